@@ -1,0 +1,3 @@
+from ecflow.cli import main
+
+main()

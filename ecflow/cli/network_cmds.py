@@ -1,0 +1,70 @@
+"""``ecflow info``, ``ecflow teacher synthetic`` and ``ecflow query``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ecflow import networks, teachers
+from ecflow.cli._app import app
+
+teacher_app = typer.Typer(help="Create teacher networks.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+
+@app.command()
+def info(file: Path = typer.Argument(..., help="A network or pairs file (HDF5).")) -> None:
+    """Print format, version, layer sizes, activations, parameter count and queries of a file."""
+    summary = networks.describe_file(file)
+    console = Console()
+    table = Table(show_header=False, box=None)
+    for key, value in summary.items():
+        table.add_row(f"[bold]{key}[/bold]", str(value))
+    console.print(table)
+
+
+@teacher_app.command("synthetic")
+def teacher_synthetic(
+    d_in: int = typer.Option(..., "--d-in", help="Input dimension."),
+    r: Optional[int] = typer.Option(None, "--r", help="Hidden neurons (one hidden layer)."),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden sizes, e.g. 8,4,2."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    activation: str = typer.Option("g", "--activation", help="Hidden activation."),
+    d_out: int = typer.Option(1, "--d-out", help="Output dimension."),
+    out: Path = typer.Option(..., "--out", help="Output network file."),
+) -> None:
+    """Draw a synthetic teacher of the paper (appendix A.4) and write it."""
+    if (r is None) == (hidden is None):
+        raise ValueError("give exactly one of --r (one hidden layer) or --hidden (e.g. 8,4,2)")
+    sizes = (r,) if r is not None else teachers.parse_hidden(hidden)
+    if r is not None and r < 1:
+        raise ValueError(f"--r must be positive, got {r}")
+    config = teachers.TeacherConfig(d_in=d_in, hidden=sizes, activation=activation, d_out=d_out)
+    net = teachers.synthetic_teacher(config, seed)
+    networks.write_network(
+        out, net, attrs={"teacher": "synthetic", "seed": seed, "activation": activation}
+    )
+    typer.echo(f"wrote {out}: {net.describe()}")
+
+
+@app.command()
+def query(
+    teacher: Path = typer.Option(..., "--teacher", help="Network file queried as a black box."),
+    n: int = typer.Option(..., "--n", help="Number of queries."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the query inputs."),
+    out: Path = typer.Option(..., "--out", help="Output pairs file."),
+) -> None:
+    """Query a network at N inputs uniform in [-√3, √3]^d_in and write the pairs."""
+    if n < 1:
+        raise ValueError(f"--n must be positive, got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {seed}")
+    net = networks.read_network(teacher)
+    x = teachers.sample_inputs(n, net.d_in, seed)
+    y = teachers.query(net, x)
+    networks.write_pairs(out, x, y, attrs={"seed": seed, "source": str(Path(teacher).name)})
+    typer.echo(f"wrote {out}: {n} pairs, d_in {net.d_in}, d_out {net.d_out}")

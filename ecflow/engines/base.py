@@ -1,0 +1,219 @@
+"""The engine protocol: what every training engine (native, julia) takes and returns.
+
+An engine trains one student network on input-output pairs with the MSE loss
+
+    L(θ) = 1/(n_samples · d_out) Σ_{s,k} (f_θ(x_s)_k - y_{s,k})²,
+
+from a given initial network, and returns a :class:`TrainResult`. Engines differ only in how
+they minimise; configs and results are shared so that tests and callers are engine-agnostic.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ecflow.networks import MLP
+
+__all__ = [
+    "Schedule",
+    "Optimizer",
+    "OdeMethod",
+    "TrainStatus",
+    "TrainConfig",
+    "TrainResult",
+    "Engine",
+]
+
+
+class Schedule(enum.Enum):
+    """Order of the two training phases."""
+
+    LM_FIRST = "lm-first"
+    """Levenberg–Marquardt from the initial point; the gradient flow only if LM stalls."""
+    FLOW_FIRST = "flow-first"
+    """Gradient flow, then the second-phase optimizer (the paper's order)."""
+
+
+class Optimizer(enum.Enum):
+    """Second-phase (polishing) optimizer."""
+
+    LM = "lm"
+    TRUST_EXACT = "trust-exact"
+    BFGS = "bfgs"
+
+
+class OdeMethod(enum.Enum):
+    """Stiff integrator of the gradient flow (scipy ``solve_ivp`` methods)."""
+
+    BDF = "BDF"
+    RADAU = "Radau"
+    LSODA = "LSODA"
+
+
+class TrainStatus(enum.Enum):
+    """Why training stopped. ``message`` tells the user what to do about it."""
+
+    CONVERGED_LOSS = "converged: loss below loss_tol"
+    CONVERGED_GRAD = "converged: gradient norm below grad_tol"
+    STALLED = "stalled at a non-zero loss (likely a local minimum): try another seed or a wider student"
+    MAX_TIME = "time budget reached: increase max_seconds (or flow_seconds/polish_seconds)"
+    MAX_STEPS = "step budget reached: increase max_steps"
+
+    @property
+    def converged(self) -> bool:
+        return self in (TrainStatus.CONVERGED_LOSS, TrainStatus.CONVERGED_GRAD)
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+def _enum(cls, value, name):
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        known = ", ".join(m.value for m in cls)
+        raise ValueError(f"{name} must be one of: {known}; got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one student training (defaults follow the paper and MLPGradientFlow.jl).
+
+    Parameters
+    ----------
+    schedule : Schedule or str, default="lm-first"
+    optimizer : Optimizer or str, default="lm"
+        Second phase; ``trust-exact`` is Newton trust region on the exact Hessian.
+    ode_method : OdeMethod or str, default="BDF"
+    loss_tol : float, default=1e-31
+        MSE at which training stops (paper A.6.1).
+    grad_tol : float, default=1e-16
+        Gradient norm at which training stops (paper A.6.1).
+    flow_seconds : float, default=180.0
+        Time budget of the gradient-flow phase.
+    polish_seconds : float, default=120.0
+        Time budget of the second (and first LM) phase.
+    max_seconds : float or None, default=None
+        Overall wall-clock budget; None means ``flow_seconds + polish_seconds``.
+    max_steps : int, default=100_000
+        Step budget per phase.
+    patience : int, default=50
+        Steps without relative improvement of the best loss before a phase counts as stalled.
+    memory_budget_mb : float, default=2048.0
+        Above this estimated size of the dense Jacobian QR/Hessian the engine uses L-BFGS on the
+        exact gradient and says so in ``TrainResult.notes``.
+    """
+
+    schedule: Schedule | str = Schedule.LM_FIRST
+    optimizer: Optimizer | str = Optimizer.LM
+    ode_method: OdeMethod | str = OdeMethod.BDF
+    loss_tol: float = 1e-31
+    grad_tol: float = 1e-16
+    flow_seconds: float = 180.0
+    polish_seconds: float = 120.0
+    max_seconds: float | None = None
+    max_steps: int = 100_000
+    patience: int = 50
+    memory_budget_mb: float = 2048.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
+        object.__setattr__(self, "optimizer", _enum(Optimizer, self.optimizer, "optimizer"))
+        object.__setattr__(self, "ode_method", _enum(OdeMethod, self.ode_method, "ode_method"))
+        for name in ("loss_tol", "grad_tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("flow_seconds", "polish_seconds", "memory_budget_mb"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.max_seconds is not None and not (
+            isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+        for name in ("max_steps", "patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    @property
+    def total_seconds(self) -> float:
+        """Overall budget: ``max_seconds`` or ``flow_seconds + polish_seconds``."""
+        if self.max_seconds is not None:
+            return float(self.max_seconds)
+        return float(self.flow_seconds + self.polish_seconds)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Outcome of one training.
+
+    Attributes
+    ----------
+    network : MLP
+        The best network seen (lowest loss).
+    loss : float
+        MSE on the training pairs.
+    rmse : float
+        ``sqrt(loss)``.
+    grad_norm : float
+        Euclidean norm of the gradient of ``loss`` at ``network``.
+    status : TrainStatus
+    stopped_by : str
+        Which phase/rule stopped training, e.g. ``"lm: loss_tol"``.
+    steps : int
+        Total steps over all phases.
+    seconds : float
+        Wall-clock time.
+    history : ndarray of shape (n_records, 2), float64
+        ``(elapsed seconds, loss)`` pairs, increasing in time.
+    engine : str
+    notes : tuple of str
+        Remarks for the user (e.g. the switch to L-BFGS for a large student).
+    """
+
+    network: MLP
+    loss: float
+    rmse: float
+    grad_norm: float
+    status: TrainStatus
+    stopped_by: str
+    steps: int
+    seconds: float
+    history: np.ndarray
+    engine: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def converged(self) -> bool:
+        return self.status.converged
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A training engine. ``train`` validates its inputs and never mutates ``init``."""
+
+    name: str
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        init: MLP,
+        config: TrainConfig,
+        *,
+        progress=None,
+    ) -> TrainResult:
+        """Train ``init`` on pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)``.
+
+        ``progress``, if given, is called as ``progress(elapsed_seconds, loss)`` now and then.
+        """
+        ...

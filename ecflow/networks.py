@@ -1,0 +1,583 @@
+"""Multi-layer perceptrons: parameters, forward pass, flattening, and the HDF5 file format.
+
+A network is a tuple of :class:`Layer` ``(weight, bias, activation)``; the forward pass is
+
+    h_0 = x,   h_{i+1} = σ_i(h_i W_i^T + b_i),
+
+with ``W_i`` of shape ``(n_out, n_in)``. The flat parameter vector (used by the engines) is the
+concatenation, layer by layer, of ``W_i`` in row-major order followed by ``b_i``.
+
+File layout (``docs/formats.md``, spec version 1)::
+
+    /                 attrs ecflow_format = "mlp" | "pairs", version = 1
+    /layers/<i>       attrs activation;  datasets weight (n_out, n_in), bias (n_out,)
+    /queries/x, /y    optional (n, d_in), (n, d_out)
+
+All HDF5 I/O of the package lives here. Readers validate everything the spec lists and raise
+``ValueError``/``TypeError`` naming the file and the offending item; writers are atomic
+(temporary file in the destination folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecflow.activations import Activation, get_activation
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Layer",
+    "MLP",
+    "NetworkFile",
+    "PairsFile",
+    "read_network",
+    "read_network_file",
+    "read_pairs",
+    "write_network",
+    "write_pairs",
+    "atomic_path",
+    "check_array",
+    "check_xy",
+    "describe_file",
+]
+
+FORMAT_VERSION = 1
+
+
+def check_array(a: Any, name: str, *, ndim: int | None = None) -> np.ndarray:
+    """Validate a float array: real floating dtype, finite, optional ndim; returns float64.
+
+    Integer, boolean or complex input is rejected rather than silently cast, as the spec asks.
+    """
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr.astype(np.float64, copy=False)
+
+
+def check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate input-output pairs: float, finite, 2-D, same number of rows, at least one row.
+
+    Returns
+    -------
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+    """
+    x = check_array(x, "x", ndim=2)
+    y = check_array(y, "y", ndim=2)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[1] == 0:
+        raise ValueError(f"x and y must be non-empty, got shapes {x.shape} and {y.shape}")
+    return x, y
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """One dense layer ``h -> σ(h W^T + b)``.
+
+    Parameters
+    ----------
+    weight : ndarray of shape (n_out, n_in), float64
+    bias : ndarray of shape (n_out,), float64
+    activation : Activation
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: Activation
+
+    def __post_init__(self):
+        w = check_array(self.weight, "weight", ndim=2)
+        b = check_array(self.bias, "bias", ndim=1)
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(
+                f"bias must have n_out = {w.shape[0]} entries (weight {w.shape}), got {b.shape[0]}"
+            )
+        if w.shape[0] == 0 or w.shape[1] == 0:
+            raise ValueError(f"layer sizes must be positive, got weight of shape {w.shape}")
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "bias", b)
+        object.__setattr__(self, "activation", get_activation(self.activation))
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class MLP:
+    """A multi-layer perceptron: a non-empty tuple of chained :class:`Layer`.
+
+    Build one from arrays with :meth:`from_arrays`; evaluate with :meth:`forward`.
+    """
+
+    layers: tuple[Layer, ...]
+
+    def __post_init__(self):
+        layers = tuple(self.layers)
+        if not layers:
+            raise ValueError("a network needs at least one layer")
+        for i in range(1, len(layers)):
+            if layers[i].n_in != layers[i - 1].n_out:
+                raise ValueError(
+                    f"layer {i} has n_in = {layers[i].n_in} but layer {i - 1} has "
+                    f"n_out = {layers[i - 1].n_out}"
+                )
+        object.__setattr__(self, "layers", layers)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        weights: Sequence[np.ndarray],
+        biases: Sequence[np.ndarray],
+        activations: Sequence[str | Activation],
+    ) -> MLP:
+        """Build from per-layer weights ``(n_out, n_in)``, biases ``(n_out,)`` and activations."""
+        if not (len(weights) == len(biases) == len(activations)):
+            raise ValueError(
+                f"need one weight, bias and activation per layer, got {len(weights)}, "
+                f"{len(biases)} and {len(activations)}"
+            )
+        return cls(tuple(Layer(w, b, a) for w, b, a in zip(weights, biases, activations)))
+
+    # --- shape ---------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def d_out(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """Sizes of the hidden layers (every layer but the last)."""
+        return tuple(layer.n_out for layer in self.layers[:-1])
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """``(d_in, n_hidden_1, ..., d_out)``."""
+        return (self.d_in,) + tuple(layer.n_out for layer in self.layers)
+
+    @property
+    def activations(self) -> tuple[Activation, ...]:
+        return tuple(layer.activation for layer in self.layers)
+
+    @property
+    def n_params(self) -> int:
+        return sum(layer.weight.size + layer.bias.size for layer in self.layers)
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_samples, d_in), float64
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples, d_out), float64
+        """
+        h = check_array(x, "x", ndim=2)
+        if h.shape[1] != self.d_in:
+            raise ValueError(f"x must have d_in = {self.d_in} columns, got shape {h.shape}")
+        for layer in self.layers:
+            h = layer.activation(h @ layer.weight.T + layer.bias)
+        return h
+
+    __call__ = forward
+
+    def hidden(self, x: np.ndarray, layer: int = 0) -> np.ndarray:
+        """Activations of hidden layer ``layer``, shape ``(n_samples, n_out of that layer)``."""
+        h = check_array(x, "x", ndim=2)
+        for lyr in self.layers[: layer + 1]:
+            h = lyr.activation(h @ lyr.weight.T + lyr.bias)
+        return h
+
+    # --- flat parameters -----------------------------------------------------------------------
+    def flatten(self) -> np.ndarray:
+        """Flat parameter vector ``[vec(W_0), b_0, vec(W_1), b_1, ...]``, shape ``(n_params,)``."""
+        return np.concatenate([np.concatenate([l.weight.ravel(), l.bias]) for l in self.layers])
+
+    def unflatten(self, theta: np.ndarray) -> MLP:
+        """A network of the same structure holding the parameters ``theta`` (see :meth:`flatten`)."""
+        theta = check_array(theta, "theta", ndim=1)
+        if theta.size != self.n_params:
+            raise ValueError(f"theta must have {self.n_params} entries, got {theta.size}")
+        layers, k = [], 0
+        for l in self.layers:
+            nw = l.weight.size
+            w = theta[k : k + nw].reshape(l.weight.shape).copy()
+            b = theta[k + nw : k + nw + l.n_out].copy()
+            k += nw + l.n_out
+            layers.append(Layer(w, b, l.activation))
+        return MLP(tuple(layers))
+
+    def replace_layer(self, i: int, layer: Layer) -> MLP:
+        """A copy with layer ``i`` replaced."""
+        layers = list(self.layers)
+        layers[i] = layer
+        return MLP(tuple(layers))
+
+    def describe(self) -> str:
+        """Short text such as ``4-16-1 (g, identity), 97 parameters``."""
+        acts = ", ".join(a.name for a in self.activations)
+        return f"{'-'.join(map(str, self.sizes))} ({acts}), {self.n_params} parameters"
+
+
+# --- HDF5 ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkFile:
+    """Contents of a network file: the network, optional queries and the extra root attributes."""
+
+    network: MLP
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class PairsFile:
+    """Contents of a pairs file: inputs ``(n, d_in)`` and outputs ``(n, d_out)``, float64."""
+
+    x: np.ndarray
+    y: np.ndarray
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+@contextlib.contextmanager
+def _open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
+    h5py = _h5py()
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: file not found")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, expected an HDF5 file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: file is empty")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise ValueError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
+    try:
+        yield f
+    except (KeyError, OSError, RuntimeError) as exc:
+        raise ValueError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)})") from None
+    finally:
+        f.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SO":
+        return [_decode(e) for e in v.tolist()]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _check_header(f: Any, p: Path, expected: str) -> None:
+    fmt = _decode(f.attrs.get("ecflow_format"))
+    if fmt is None:
+        raise ValueError(f"{p}: missing root attribute 'ecflow_format' (expected {expected!r})")
+    if fmt != expected:
+        raise ValueError(f"{p}: ecflow_format is {fmt!r}, expected {expected!r}")
+    version = _decode(f.attrs.get("version"))
+    if version is None:
+        raise ValueError(f"{p}: missing root attribute 'version'")
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{p}: version must be an integer, got {version!r}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{p}: unsupported version {version}, this ecflow reads {FORMAT_VERSION}")
+
+
+def _read_dataset(group: Any, name: str, p: Path, ndim: int) -> np.ndarray:
+    h5py = _h5py()
+    where = f"{group.name.rstrip('/')}/{name}"
+    if name not in group:
+        raise ValueError(f"{p}: missing dataset {where}")
+    ds = group[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{p}: {where} must be a dataset")
+    if ds.dtype.kind != "f":
+        raise ValueError(f"{p}: {where} must be a float dataset, got dtype {ds.dtype}")
+    arr = np.asarray(ds[()], dtype=np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{p}: {where} must be {ndim}-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{p}: {where} contains NaN or Inf")
+    return arr
+
+
+def _read_queries(f: Any, p: Path, required: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if "queries" not in f:
+        if required:
+            raise ValueError(f"{p}: missing group /queries (a pairs file needs /queries/x and /y)")
+        return None, None
+    g = f["queries"]
+    x = _read_dataset(g, "x", p, 2)
+    y = _read_dataset(g, "y", p, 2)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{p}: /queries/x has {x.shape[0]} rows but /queries/y has {y.shape[0]}"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[1] == 0:
+        raise ValueError(f"{p}: /queries is empty (x {x.shape}, y {y.shape})")
+    return x, y
+
+
+def _extra_attrs(f: Any) -> dict[str, Any]:
+    return {k: _decode(v) for k, v in f.attrs.items() if k not in ("ecflow_format", "version")}
+
+
+def read_network_file(path: str | os.PathLike) -> NetworkFile:
+    """Read and validate a network file (``ecflow_format = "mlp"``).
+
+    Raises
+    ------
+    ValueError
+        Missing, empty, truncated or non-HDF5 file; wrong or missing ``ecflow_format`` or
+        ``version``; missing layers or a gap in their numbering; unknown activation; mismatched
+        shapes; non-float datasets; NaN or Inf.
+    """
+    p = Path(path)
+    with _open_for_reading(p) as f:
+        _check_header(f, p, "mlp")
+        if "layers" not in f or len(f["layers"]) == 0:
+            raise ValueError(f"{p}: missing group /layers (a network needs at least one layer)")
+        g = f["layers"]
+        names = list(g.keys())
+        if not all(n.isdigit() and (n == "0" or not n.startswith("0")) for n in names):
+            raise ValueError(f"{p}: /layers must hold groups named 0, 1, 2, ..., got {sorted(names)}")
+        idx = sorted(int(n) for n in names)
+        if idx != list(range(len(idx))):
+            missing = sorted(set(range(idx[-1] + 1)) - set(idx))
+            raise ValueError(f"{p}: gap in layer numbering, /layers/{missing[0]} is missing")
+        layers = []
+        for i in idx:
+            lg = g[str(i)]
+            act = _decode(lg.attrs.get("activation"))
+            if act is None:
+                raise ValueError(f"{p}: /layers/{i} has no 'activation' attribute")
+            if not isinstance(act, str):
+                raise ValueError(f"{p}: /layers/{i} activation must be a string, got {act!r}")
+            try:
+                activation = get_activation(act)
+            except ValueError as exc:
+                raise ValueError(f"{p}: /layers/{i}: {exc}") from None
+            w = _read_dataset(lg, "weight", p, 2)
+            b = _read_dataset(lg, "bias", p, 1)
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(
+                    f"{p}: /layers/{i}/bias has {b.shape[0]} entries but weight has "
+                    f"{w.shape[0]} rows"
+                )
+            if w.size == 0:
+                raise ValueError(f"{p}: /layers/{i}/weight is empty (shape {w.shape})")
+            if layers and w.shape[1] != layers[-1].n_out:
+                raise ValueError(
+                    f"{p}: /layers/{i}/weight has n_in = {w.shape[1]} but layer {i - 1} has "
+                    f"n_out = {layers[-1].n_out}"
+                )
+            layers.append(Layer(w, b, activation))
+        net = MLP(tuple(layers))
+        x, y = _read_queries(f, p, required=False)
+        if x is not None and (x.shape[1] != net.d_in or y.shape[1] != net.d_out):
+            raise ValueError(
+                f"{p}: /queries has x {x.shape} and y {y.shape} but the network is "
+                f"{net.d_in} -> {net.d_out}"
+            )
+        return NetworkFile(net, x, y, _extra_attrs(f))
+
+
+def read_network(path: str | os.PathLike) -> MLP:
+    """Read and validate the network of a network file (see :func:`read_network_file`)."""
+    return read_network_file(path).network
+
+
+def read_pairs(path: str | os.PathLike) -> PairsFile:
+    """Read and validate a pairs file (``ecflow_format = "pairs"``, ``/queries/x`` and ``/y``)."""
+    p = Path(path)
+    with _open_for_reading(p) as f:
+        _check_header(f, p, "pairs")
+        x, y = _read_queries(f, p, required=True)
+        return PairsFile(x, y, _extra_attrs(f))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    A reader never sees a half-written file, and a killed writer leaves at most a stray
+    ``.*.tmp`` file, never a truncated destination.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{dest}: cannot write, folder {folder} does not exist")
+    if dest.is_dir():
+        raise ValueError(f"{dest}: cannot write, it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise ValueError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def _write_attr(f: Any, key: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        value = np.array(value, dtype=_h5py().string_dtype())
+    elif isinstance(value, (dict,)):
+        import json
+
+        value = json.dumps(value)
+    f.attrs[key] = value
+
+
+def write_network(
+    path: str | os.PathLike,
+    network: MLP,
+    *,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a network file atomically, optionally with its queries and extra root attributes.
+
+    Parameters
+    ----------
+    path : path-like
+    network : MLP
+    x : ndarray of shape (n, d_in), float64, optional
+    y : ndarray of shape (n, d_out), float64, optional
+    attrs : mapping, optional
+        Extra root attributes (numbers, strings, arrays; dicts are stored as JSON strings).
+    """
+    if (x is None) != (y is None):
+        raise ValueError("queries need both x and y")
+    if x is not None:
+        x, y = check_xy(x, y)
+        if x.shape[1] != network.d_in or y.shape[1] != network.d_out:
+            raise ValueError(
+                f"queries x {x.shape}, y {y.shape} do not match the network "
+                f"{network.d_in} -> {network.d_out}"
+            )
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["ecflow_format"] = "mlp"
+            f.attrs["version"] = np.int64(FORMAT_VERSION)
+            for k, v in (attrs or {}).items():
+                _write_attr(f, k, v)
+            g = f.create_group("layers")
+            for i, layer in enumerate(network.layers):
+                lg = g.create_group(str(i))
+                lg.attrs["activation"] = layer.activation.name
+                lg.create_dataset("weight", data=np.asarray(layer.weight, dtype=np.float64))
+                lg.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.float64))
+            if x is not None:
+                q = f.create_group("queries")
+                q.create_dataset("x", data=x)
+                q.create_dataset("y", data=y)
+    return Path(path)
+
+
+def write_pairs(
+    path: str | os.PathLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a pairs file atomically: ``/queries/x`` ``(n, d_in)`` and ``/queries/y`` ``(n, d_out)``."""
+    x, y = check_xy(x, y)
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["ecflow_format"] = "pairs"
+            f.attrs["version"] = np.int64(FORMAT_VERSION)
+            for k, v in (attrs or {}).items():
+                _write_attr(f, k, v)
+            q = f.create_group("queries")
+            q.create_dataset("x", data=x)
+            q.create_dataset("y", data=y)
+    return Path(path)
+
+
+def describe_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a network or pairs file and summarise it (format, version, sizes, queries, attrs)."""
+    p = Path(path)
+    with _open_for_reading(p) as f:
+        fmt = _decode(f.attrs.get("ecflow_format"))
+    if fmt == "pairs":
+        pf = read_pairs(p)
+        out: dict[str, Any] = {
+            "format": "pairs",
+            "version": FORMAT_VERSION,
+            "queries": f"{pf.x.shape[0]} pairs, d_in {pf.x.shape[1]}, d_out {pf.y.shape[1]}",
+        }
+        attrs = pf.attrs
+    else:
+        nf = read_network_file(p)
+        net = nf.network
+        out = {
+            "format": "mlp",
+            "version": FORMAT_VERSION,
+            "sizes": "-".join(map(str, net.sizes)),
+            "hidden layers": ", ".join(map(str, net.hidden_sizes)) or "none",
+            "activations": ", ".join(a.name for a in net.activations),
+            "parameters": net.n_params,
+            "queries": (
+                f"{nf.x.shape[0]} pairs" if nf.x is not None else "none"
+            ),
+        }
+        attrs = nf.attrs
+    for k, v in attrs.items():
+        out[f"attr {k}"] = v
+    return out
