@@ -47,6 +47,10 @@ __all__ = [
     "check_array",
     "check_xy",
     "describe_file",
+    "JobFile",
+    "write_job",
+    "read_job",
+    "glorot_normal",
 ]
 
 FORMAT_VERSION = 1
@@ -366,6 +370,47 @@ def _extra_attrs(f: Any) -> dict[str, Any]:
     return {k: _decode(v) for k, v in f.attrs.items() if k not in ("ecflow_format", "version")}
 
 
+def _read_layers(f: Any, p: Path, prefix: str = "") -> MLP:
+    where = f"{prefix}/layers"
+    if "layers" not in f or len(f["layers"]) == 0:
+        raise ValueError(f"{p}: missing group {where} (a network needs at least one layer)")
+    g = f["layers"]
+    names = list(g.keys())
+    if not all(n.isdigit() and (n == "0" or not n.startswith("0")) for n in names):
+        raise ValueError(f"{p}: {where} must hold groups named 0, 1, 2, ..., got {sorted(names)}")
+    idx = sorted(int(n) for n in names)
+    if idx != list(range(len(idx))):
+        missing = sorted(set(range(idx[-1] + 1)) - set(idx))
+        raise ValueError(f"{p}: gap in layer numbering, {where}/{missing[0]} is missing")
+    layers: list[Layer] = []
+    for i in idx:
+        lg = g[str(i)]
+        act = _decode(lg.attrs.get("activation"))
+        if act is None:
+            raise ValueError(f"{p}: {where}/{i} has no 'activation' attribute")
+        if not isinstance(act, str):
+            raise ValueError(f"{p}: {where}/{i} activation must be a string, got {act!r}")
+        try:
+            activation = get_activation(act)
+        except ValueError as exc:
+            raise ValueError(f"{p}: {where}/{i}: {exc}") from None
+        w = _read_dataset(lg, "weight", p, 2)
+        b = _read_dataset(lg, "bias", p, 1)
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(
+                f"{p}: {where}/{i}/bias has {b.shape[0]} entries but weight has {w.shape[0]} rows"
+            )
+        if w.size == 0:
+            raise ValueError(f"{p}: {where}/{i}/weight is empty (shape {w.shape})")
+        if layers and w.shape[1] != layers[-1].n_out:
+            raise ValueError(
+                f"{p}: {where}/{i}/weight has n_in = {w.shape[1]} but layer {i - 1} has "
+                f"n_out = {layers[-1].n_out}"
+            )
+        layers.append(Layer(w, b, activation))
+    return MLP(tuple(layers))
+
+
 def read_network_file(path: str | os.PathLike) -> NetworkFile:
     """Read and validate a network file (``ecflow_format = "mlp"``).
 
@@ -379,44 +424,7 @@ def read_network_file(path: str | os.PathLike) -> NetworkFile:
     p = Path(path)
     with _open_for_reading(p) as f:
         _check_header(f, p, "mlp")
-        if "layers" not in f or len(f["layers"]) == 0:
-            raise ValueError(f"{p}: missing group /layers (a network needs at least one layer)")
-        g = f["layers"]
-        names = list(g.keys())
-        if not all(n.isdigit() and (n == "0" or not n.startswith("0")) for n in names):
-            raise ValueError(f"{p}: /layers must hold groups named 0, 1, 2, ..., got {sorted(names)}")
-        idx = sorted(int(n) for n in names)
-        if idx != list(range(len(idx))):
-            missing = sorted(set(range(idx[-1] + 1)) - set(idx))
-            raise ValueError(f"{p}: gap in layer numbering, /layers/{missing[0]} is missing")
-        layers = []
-        for i in idx:
-            lg = g[str(i)]
-            act = _decode(lg.attrs.get("activation"))
-            if act is None:
-                raise ValueError(f"{p}: /layers/{i} has no 'activation' attribute")
-            if not isinstance(act, str):
-                raise ValueError(f"{p}: /layers/{i} activation must be a string, got {act!r}")
-            try:
-                activation = get_activation(act)
-            except ValueError as exc:
-                raise ValueError(f"{p}: /layers/{i}: {exc}") from None
-            w = _read_dataset(lg, "weight", p, 2)
-            b = _read_dataset(lg, "bias", p, 1)
-            if b.shape[0] != w.shape[0]:
-                raise ValueError(
-                    f"{p}: /layers/{i}/bias has {b.shape[0]} entries but weight has "
-                    f"{w.shape[0]} rows"
-                )
-            if w.size == 0:
-                raise ValueError(f"{p}: /layers/{i}/weight is empty (shape {w.shape})")
-            if layers and w.shape[1] != layers[-1].n_out:
-                raise ValueError(
-                    f"{p}: /layers/{i}/weight has n_in = {w.shape[1]} but layer {i - 1} has "
-                    f"n_out = {layers[-1].n_out}"
-                )
-            layers.append(Layer(w, b, activation))
-        net = MLP(tuple(layers))
+        net = _read_layers(f, p)
         x, y = _read_queries(f, p, required=False)
         if x is not None and (x.shape[1] != net.d_in or y.shape[1] != net.d_out):
             raise ValueError(
@@ -480,6 +488,15 @@ def _write_attr(f: Any, key: str, value: Any) -> None:
     f.attrs[key] = value
 
 
+def _write_layers(parent: Any, network: MLP) -> None:
+    g = parent.create_group("layers")
+    for i, layer in enumerate(network.layers):
+        lg = g.create_group(str(i))
+        lg.attrs["activation"] = layer.activation.name
+        lg.create_dataset("weight", data=np.asarray(layer.weight, dtype=np.float64))
+        lg.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.float64))
+
+
 def write_network(
     path: str | os.PathLike,
     network: MLP,
@@ -515,12 +532,7 @@ def write_network(
             f.attrs["version"] = np.int64(FORMAT_VERSION)
             for k, v in (attrs or {}).items():
                 _write_attr(f, k, v)
-            g = f.create_group("layers")
-            for i, layer in enumerate(network.layers):
-                lg = g.create_group(str(i))
-                lg.attrs["activation"] = layer.activation.name
-                lg.create_dataset("weight", data=np.asarray(layer.weight, dtype=np.float64))
-                lg.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.float64))
+            _write_layers(f, network)
             if x is not None:
                 q = f.create_group("queries")
                 q.create_dataset("x", data=x)
@@ -581,3 +593,97 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
     for k, v in attrs.items():
         out[f"attr {k}"] = v
     return out
+
+
+# --- job files (engine protocol) -----------------------------------------------------------------
+# The layout is generic here (pairs + initial network + a flat dict of settings); the engines
+# package turns the settings into a TrainConfig and the result attributes into a TrainResult.
+
+
+@dataclass(frozen=True, eq=False)
+class JobFile:
+    """Contents of a training job file: pairs, the initial network and the settings."""
+
+    x: np.ndarray
+    y: np.ndarray
+    init: MLP
+    settings: Mapping[str, Any]
+
+
+def write_job(
+    path: str | os.PathLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    init: MLP,
+    settings: Mapping[str, Any],
+) -> Path:
+    """Write a job file atomically: ``ecflow_format = "job"``, settings as root attributes,
+    ``/queries/x`` ``(n, d_in)``, ``/queries/y`` ``(n, d_out)`` and the initial network under
+    ``/init/layers/<i>`` (same layout as a network file)."""
+    x, y = check_xy(x, y)
+    if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
+        raise ValueError(
+            f"pairs x {x.shape}, y {y.shape} do not match the network {init.d_in} -> {init.d_out}"
+        )
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["ecflow_format"] = "job"
+            f.attrs["version"] = np.int64(FORMAT_VERSION)
+            for k, v in settings.items():
+                _write_attr(f, k, v)
+            q = f.create_group("queries")
+            q.create_dataset("x", data=x)
+            q.create_dataset("y", data=y)
+            _write_layers(f.create_group("init"), init)
+    return Path(path)
+
+
+def read_job(path: str | os.PathLike) -> JobFile:
+    """Read and validate a job file written by :func:`write_job`."""
+    p = Path(path)
+    with _open_for_reading(p) as f:
+        _check_header(f, p, "job")
+        x, y = _read_queries(f, p, required=True)
+        if "init" not in f:
+            raise ValueError(f"{p}: missing group /init (the initial network)")
+        init = _read_layers(f["init"], p, prefix="/init")
+        if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
+            raise ValueError(
+                f"{p}: /queries x {x.shape}, y {y.shape} do not match /init "
+                f"{init.d_in} -> {init.d_out}"
+            )
+        return JobFile(x, y, init, _extra_attrs(f))
+
+
+def glorot_normal(
+    sizes: Sequence[int],
+    activations: Sequence[str | Activation],
+    seed: int | np.random.Generator,
+) -> MLP:
+    """Glorot-normal initialisation (the paper's, appendix A.6.1), zero biases.
+
+    Weights of layer ``i`` are drawn from N(0, 2 / (fan_in + fan_out)).
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``(d_in, n_hidden_1, ..., d_out)``.
+    activations : sequence of str or Activation
+        One per layer (``len(sizes) - 1``).
+    seed : int or Generator
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two positive integers, got {sizes}")
+    if len(activations) != len(sizes) - 1:
+        raise ValueError(
+            f"need {len(sizes) - 1} activations for sizes {sizes}, got {len(activations)}"
+        )
+    rng = np.random.default_rng(seed)
+    weights, biases = [], []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        std = np.sqrt(2.0 / (n_in + n_out))
+        weights.append(rng.normal(0.0, std, size=(n_out, n_in)))
+        biases.append(np.zeros(n_out))
+    return MLP.from_arrays(weights, biases, activations)
