@@ -1,0 +1,137 @@
+"""CLI: info, teacher synthetic, query, and one-line errors with exit 2 on bad input."""
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from ecflow.networks import read_network, read_pairs
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def assert_bad_input(res, *fragments):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("ecflow: error:")
+    assert "Traceback" not in res.stderr
+    for frag in fragments:
+        assert frag in lines[0]
+
+
+def test_teacher_info_query_end_to_end(tmp_path):
+    t = tmp_path / "t.h5"
+    res = run("teacher", "synthetic", "--d-in", 3, "--hidden", "4,2", "--seed", 1, "--activation", "tanh", "--out", t)
+    assert res.returncode == 0, res.stderr
+    net = read_network(t)
+    assert net.sizes == (3, 4, 2, 1)
+    res = run("info", t)
+    assert res.returncode == 0
+    assert "3-4-2-1" in res.stdout and "tanh" in res.stdout and str(net.n_params) in res.stdout
+    p = tmp_path / "p.h5"
+    res = run("query", "--teacher", t, "--n", 500, "--seed", 2, "--out", p)
+    assert res.returncode == 0, res.stderr
+    pairs = read_pairs(p)
+    assert pairs.x.shape == (500, 3)
+    assert np.abs(pairs.x).max() <= np.sqrt(3)
+    np.testing.assert_allclose(pairs.y, net(pairs.x), rtol=1e-12, atol=1e-12)
+    assert "500 pairs" in run("info", p).stdout
+
+
+def test_query_independently_written_deep_network(tmp_path):
+    from test_networks import naive_forward, raw_write
+
+    rng = np.random.default_rng(0)
+    sizes = (2, 3, 3, 1)
+    ws = [rng.normal(size=(o, i)) for i, o in zip(sizes[:-1], sizes[1:])]
+    bs = [rng.normal(size=o) for o in sizes[1:]]
+    acts = ["mish", "selu", "identity"]
+    raw_write(tmp_path / "n.h5", ws, bs, acts)
+    assert run("info", tmp_path / "n.h5").returncode == 0
+    res = run("query", "--teacher", tmp_path / "n.h5", "--n", 50, "--out", tmp_path / "p.h5")
+    assert res.returncode == 0, res.stderr
+    pairs = read_pairs(tmp_path / "p.h5")
+    ref = naive_forward([w.tolist() for w in ws], [b.tolist() for b in bs], acts, pairs.x)
+    np.testing.assert_allclose(pairs.y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    t = tmp_path / "t.h5"
+    assert run("teacher", "synthetic", "--d-in", 2, "--r", 2, "--out", t).returncode == 0
+    return t
+
+
+def test_bad_files_exit_2(tmp_path):
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        f.attrs["ecflow_format"] = "mlp"
+        f.attrs["version"] = 1
+        f["layers/0/weight"] = np.full((1, 2), np.nan)
+        f["layers/0/bias"] = np.zeros(1)
+        f["layers/0"].attrs["activation"] = "identity"
+    assert_bad_input(run("info", tmp_path / "missing.h5"), "file not found")
+    assert_bad_input(run("info", tmp_path / "empty.h5"), "empty")
+    assert_bad_input(run("info", tmp_path / "text.h5"), "not a readable HDF5")
+    out = tmp_path / "p.h5"
+    assert_bad_input(run("query", "--teacher", tmp_path / "nan.h5", "--n", 5, "--out", out), "NaN")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,frag",
+    [
+        (["teacher", "synthetic", "--d-in", 0, "--r", 2], "d_in must be positive"),
+        (["teacher", "synthetic", "--d-in", 2, "--r", 0], "must be positive"),
+        (["teacher", "synthetic", "--d-in", 2], "exactly one of --r"),
+        (["teacher", "synthetic", "--d-in", 2, "--r", 2, "--hidden", "3"], "exactly one of --r"),
+        (["teacher", "synthetic", "--d-in", 2, "--hidden", "3,0"], "positive"),
+        (["teacher", "synthetic", "--d-in", 2, "--r", 2, "--activation", "swish"], "unknown activation"),
+        (["teacher", "synthetic", "--d-in", "two", "--r", 2], "--d-in"),
+        (["teacher", "synthetic", "--d-in", 2, "--r", 2, "--bogus", 1], "--bogus"),
+    ],
+)
+def test_teacher_bad_options(tmp_path, args, frag):
+    out = tmp_path / "t.h5"
+    assert_bad_input(run(*args, "--out", out), frag)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,frag",
+    [
+        (["--n", 0], "--n must be positive"),
+        (["--n", -3], "--n must be positive"),
+        (["--n", 5, "--seed", -1], "--seed must be non-negative"),
+    ],
+)
+def test_query_bad_options(tmp_path, teacher, args, frag):
+    out = tmp_path / "p.h5"
+    assert_bad_input(run("query", "--teacher", teacher, *args, "--out", out), frag)
+    assert not out.exists()
+
+
+def test_unwritable_output(tmp_path, teacher):
+    assert_bad_input(
+        run("query", "--teacher", teacher, "--n", 5, "--out", tmp_path / "no" / "p.h5"),
+        "does not exist",
+    )
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        res = run("query", "--teacher", teacher, "--n", 5, "--out", ro / "p.h5")
+        import os
+        if os.geteuid() != 0:  # root ignores directory permissions
+            assert_bad_input(res, "cannot write")
+    finally:
+        ro.chmod(0o700)
+    assert_bad_input(run("query", "--teacher", teacher, "--n", 5, "--out", tmp_path), "directory")
