@@ -1,0 +1,248 @@
+"""Figures: every matplotlib call of ecflow lives here.
+
+Functions return :class:`matplotlib.figure.Figure` objects built without pyplot (no GUI backend
+is needed); writers save them as PNG files atomically. Sections: recovery figures, then the
+sweep figures (4B, 4C, 5B of Martinelli et al., ICML 2024).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# =================================================================================================
+# Sweep figures (figures 4B, 4C and 5B of the paper), drawn from the sweep's CSV tables.
+# Owned by the sweep (issue 8); they take rows as returned by ecflow.sweep.read_table.
+# =================================================================================================
+
+_SWEEP_DARK = "#08306b"  # the paper's dark blue for near-zero loss
+_SWEEP_LOG_RANGE = (-14.0, 0.0)  # colour scale of log10 losses, saturating at both ends
+
+
+def _sweep_grid(rows: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int]]:
+    return sorted({int(r["d_in"]) for r in rows}), sorted({int(r["r"]) for r in rows})
+
+
+def _sweep_log10(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.asarray(values, dtype=np.float64))
+    return np.clip(np.nan_to_num(out, nan=_SWEEP_LOG_RANGE[1], neginf=_SWEEP_LOG_RANGE[0]),
+                   *_SWEEP_LOG_RANGE)
+
+
+def _sweep_colors(values: np.ndarray, threshold: float):
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize, to_rgba
+
+    cmap = colormaps["YlOrRd"]
+    norm = Normalize(*_SWEEP_LOG_RANGE)
+    logs = _sweep_log10(values)
+    colors = np.array([cmap(norm(v)) for v in logs]).reshape(-1, 4)
+    near = np.asarray(values, dtype=np.float64) <= threshold
+    colors[near] = to_rgba(_SWEEP_DARK)
+    return colors, cmap, norm
+
+
+def _sweep_empty(fig, text: str):
+    ax = fig.add_subplot(1, 1, 1)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+def _sweep_colorbar(fig, axes, cmap, norm, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    sm = ScalarMappable(norm=norm, cmap=cmap)
+    cb = fig.colorbar(sm, ax=axes, shrink=0.8, pad=0.02)
+    cb.set_label(label)
+
+
+def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+    """Figure 4B: the final loss of every ρ = 1 student, one row of dots per teacher.
+
+    Panels are the cells of the grid (columns d_in, rows r); in a panel each row is a teacher
+    and each dot a student seed, dark blue where the MSE is at most ``threshold``.
+
+    Parameters
+    ----------
+    results : sequence of mapping
+        Rows of ``results.csv`` (``d_in, r, teacher, rho, student, loss``).
+    threshold : float, default=1e-14
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    rows = [r for r in results if int(r["rho"]) == 1]
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    if not rows:
+        return _sweep_empty(fig, "no ρ = 1 students finished yet")
+    d_ins, rs = _sweep_grid(rows)
+    axes = fig.subplots(len(rs), len(d_ins), squeeze=False)
+    cmap = norm = None
+    for i, r in enumerate(rs):
+        for j, d in enumerate(d_ins):
+            ax = axes[i][j]
+            cell = [row for row in rows if row["r"] == r and row["d_in"] == d]
+            if cell:
+                loss = np.array([float(row["loss"]) for row in cell])
+                colors, cmap, norm = _sweep_colors(loss, threshold)
+                ax.scatter([row["student"] for row in cell], [row["teacher"] for row in cell],
+                           c=colors, s=18, edgecolors="none")
+            ax.invert_yaxis()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"$d_{{in}}$ = {d}")
+            if j == 0:
+                ax.set_ylabel(f"r = {r}\nteacher")
+            if i == len(rs) - 1:
+                ax.set_xlabel("student seed")
+    if cmap is not None:
+        _sweep_colorbar(fig, axes, cmap, norm, "log$_{10}$ loss (dark: ≤ %g)" % threshold)
+    fig.suptitle("Students of the teacher's size (ρ = 1): final loss")
+    return fig
+
+
+def sweep_fig4c(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+    """Figure 4C: fraction of students reaching near-zero loss against ρ, one line per r/d_in.
+
+    Parameters
+    ----------
+    results : sequence of mapping
+        Rows of ``results.csv`` (``d_in, r, rho, loss``).
+    threshold : float, default=1e-14
+        A student with MSE at most this reached near-zero loss.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from fractions import Fraction
+
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    if not results:
+        return _sweep_empty(fig, "no students finished yet")
+    by_ratio: dict[Fraction, dict[int, list[bool]]] = {}
+    for row in results:
+        ratio = Fraction(int(row["r"]), int(row["d_in"]))
+        by_ratio.setdefault(ratio, {}).setdefault(int(row["rho"]), []).append(
+            float(row["loss"]) <= threshold
+        )
+    ax = fig.add_subplot(1, 1, 1)
+    ratios = sorted(by_ratio)
+    cmap = colormaps["viridis"]
+    logs = np.log2([float(q) for q in ratios])
+    span = max(logs.max() - logs.min(), 1e-12)
+    for q, lq in zip(ratios, logs):
+        rhos = sorted(by_ratio[q])
+        frac = [np.mean(by_ratio[q][rho]) for rho in rhos]
+        ax.plot(rhos, frac, "o-", color=cmap(0.9 * (lq - logs.min()) / span), label=f"{q}")
+    all_rhos = sorted({int(row["rho"]) for row in results})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(all_rhos, [str(x) for x in all_rhos])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("overparameterisation ρ")
+    ax.set_ylabel(f"fraction of students with loss ≤ {threshold:g}")
+    ax.legend(title="r / $d_{in}$", fontsize="small", ncols=2 if len(ratios) > 6 else 1)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+    """Figure 5B: training RMSE after Expand-and-Cluster for every teacher and ρ.
+
+    Panels are the cells of the grid (columns d_in, rows r); in a panel each row is a teacher
+    and each short horizontal bar one ρ, dark blue where the RMSE is at most ``threshold``;
+    a cross marks a reconstruction whose hidden-layer size differs from the teacher's.
+
+    Parameters
+    ----------
+    recoveries : sequence of mapping
+        Rows of ``recoveries.csv`` (``d_in, r, teacher, rho, rmse_train, recovered_size,
+        teacher_size``).
+    threshold : float, default=1e-14
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    if not recoveries:
+        return _sweep_empty(fig, "no recoveries finished yet")
+    d_ins, rs = _sweep_grid(recoveries)
+    rhos = sorted({int(row["rho"]) for row in recoveries})
+    axes = fig.subplots(len(rs), len(d_ins), squeeze=False)
+    cmap = norm = None
+    for i, r in enumerate(rs):
+        for j, d in enumerate(d_ins):
+            ax = axes[i][j]
+            cell = [row for row in recoveries if row["r"] == r and row["d_in"] == d]
+            if cell:
+                rmse = np.array([float(row["rmse_train"]) for row in cell])
+                colors, cmap, norm = _sweep_colors(rmse, threshold)
+                for row, color in zip(cell, colors):
+                    x = rhos.index(int(row["rho"]))
+                    ax.plot([x - 0.35, x + 0.35], [row["teacher"]] * 2, color=color, lw=4,
+                            solid_capstyle="butt")
+                    if row["recovered_size"] != row["teacher_size"]:
+                        ax.plot(x, row["teacher"], "x", color="k", ms=4)
+            ax.set_xlim(-0.6, len(rhos) - 0.4)
+            ax.invert_yaxis()
+            ax.set_yticks([])
+            ax.set_xticks(range(len(rhos)), [str(x) for x in rhos] if i == len(rs) - 1 else [])
+            if i == 0:
+                ax.set_title(f"$d_{{in}}$ = {d}")
+            if j == 0:
+                ax.set_ylabel(f"r = {r}\nteacher")
+            if i == len(rs) - 1:
+                ax.set_xlabel("ρ")
+    if cmap is not None:
+        _sweep_colorbar(fig, axes, cmap, norm, "log$_{10}$ RMSE after E&C (dark: ≤ %g)" % threshold)
+    fig.suptitle("Expand-and-Cluster: training RMSE of the reconstruction (×: wrong size)")
+    return fig
+
+
+def write_sweep_figures(out: str | os.PathLike) -> list[Path]:
+    """Draw figures 4B, 4C and 5B of a sweep directory from its tables and write them as PNGs.
+
+    Parameters
+    ----------
+    out : path-like
+        A sweep directory holding ``results.csv`` and ``recoveries.csv``.
+
+    Returns
+    -------
+    list of Path
+        ``fig4b.png``, ``fig4c.png`` and ``fig5b.png`` in ``out``.
+    """
+    from ecflow.networks import atomic_path
+    from ecflow.sweep import read_table
+
+    out = Path(out)
+    results = read_table(out / "results.csv")
+    recoveries = read_table(out / "recoveries.csv")
+    written = []
+    for name, fig in (
+        ("fig4b.png", sweep_fig4b(results)),
+        ("fig4c.png", sweep_fig4c(results)),
+        ("fig5b.png", sweep_fig5b(recoveries)),
+    ):
+        path = out / name
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+        written.append(path)
+    return written
