@@ -1,0 +1,915 @@
+"""Exact zero-loss symmetry mapping: neuron types and the minimal equivalent network.
+
+Paper section 4, Fig. 2, appendix A.2 and Figs. A.5/A.6. A hidden layer with activation σ feeds
+the next layer's pre-activation (the output, for a one-hidden-layer network) through
+
+    y(x) = Σ_i a_i σ(z_i(x)) + c,      z_i(x) = w_i·x + b_i,      v_i = [w_i, b_i],
+
+with ``a_i`` of shape ``(d_out,)``. At zero loss an over-parameterised student contains only a
+few neuron types, each removed by one exact identity of σ's symmetry class (``Symmetry``):
+
+``zero``
+    ``a_i = 0``, or a group of duplicates whose (compensated) output weights sum to zero.
+``constant``
+    σ(z_i) constant over the input domain: ``w_i = 0`` or, for relu, a hyperplane outside the
+    domain on the flat side. ``a_i σ(z_i)`` is folded into the next bias.
+``cancelled``
+    A contribution that is linear on the domain: an even+linear group whose output weights sum
+    to zero but whose flipped members leave ``-2 c1 a_i z`` (a *linear-type* group), or a relu
+    whose hyperplane lies outside the domain on its linear side (Fig. A.6). Their linear terms
+    must cancel against the others'.
+``neuron``
+    A member of a kept group of duplicates ``v_i = s_i λ_i v_g`` (sign ``s_i``, scale ``λ_i``),
+    merged into one neuron ``A_g σ(v_g·[x, 1])`` with the identity of its class:
+
+    ===========================  ================================================================
+    class                        member contribution ``a_i σ(s_i λ_i z_g)``
+    ===========================  ================================================================
+    ``NONE``                     ``s_i = λ_i = 1``: ``a_i σ(z_g)``
+    ``ODD``                      ``s_i a_i σ(z_g)``
+    ``ODD_CONSTANT``             ``s_i a_i σ(z_g) + [s_i = -1] 2 c0 a_i``
+    ``EVEN_LINEAR``              ``a_i σ(z_g) - [s_i = -1] 2 c1 a_i z_g``
+    ``EVEN_LINEAR_SCALING``      as even+linear with ``a_i`` replaced by ``λ_i a_i``
+    ===========================  ================================================================
+
+The linear terms accumulate into ``Θ x + β`` (``Θ`` of shape ``(d_out, d_in)``). β joins the
+bias; Θ must vanish for the reduced network to keep the plain MLP form. For even+linear classes
+each kept group may still be flipped (``A σ(z) = A σ(-z) + 2 c1 A z``, the last step of
+Fig. A.6), which adds ``2 c1 A_g w_g`` to Θ: the reduction searches the fewest flips that make
+Θ vanish on the domain, and reports ``LINEAR_REMAINDER`` when none does, rather than dropping
+Θ silently.
+
+Tolerances are scale-aware: directions are compared relative to ``||[w, b]||`` (``param_rtol``)
+and contributions relative to the rms of the layer's output over the domain (``output_rtol``).
+The domain is the box ``[-h, h]^d_in`` (``h = √3`` by default, where ``z_i`` ranges exactly
+over ``b_i ± h ||w_i||_1``) or the given query inputs. The reduced network is verified against
+the student on the domain.
+
+Deeper networks are reduced layer by layer from the first hidden layer; the domain of layer
+``l > 0`` is the image of the query inputs (or of samples of the box) through the layers below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ecflow.activations import Activation, Symmetry
+from ecflow.networks import MLP, Layer, check_array
+from ecflow.teachers import INPUT_HALF_WIDTH, sample_inputs
+
+__all__ = [
+    "NeuronType",
+    "ReductionStatus",
+    "SymmetryConfig",
+    "NeuronClass",
+    "LayerReduction",
+    "NeuronMatch",
+    "TeacherMapping",
+    "ReductionResult",
+    "reduce_network",
+    "map_to_teacher",
+    "cosine_distance_matrix",
+]
+
+
+class NeuronType(enum.Enum):
+    """Type of a student hidden neuron at zero loss (paper Fig. 2)."""
+
+    NEURON = "neuron"
+    """Member of a kept group of duplicates (with sign/scale compensation)."""
+    ZERO = "zero"
+    """No contribution: zero output weight, or a zero-type group."""
+    CONSTANT = "constant"
+    """Constant over the domain; folded into the next bias."""
+    CANCELLED = "cancelled"
+    """Linear over the domain (linear-type group or off-bound linear); cancels against others."""
+
+
+class ReductionStatus(enum.Enum):
+    """Outcome of :func:`reduce_network`. ``message`` says what to do about it."""
+
+    EXACT = "exact: the reduced network computes the student's function on the domain"
+    LINEAR_REMAINDER = (
+        "linear remainder: the neurons' linear parts leave a term Θx that no choice of signs "
+        "cancels, so the student is the reduced network plus Θx (see linear_remainder); check "
+        "that the student is at zero loss, or loosen param_rtol/output_rtol"
+    )
+    MISMATCH = (
+        "mismatch: the reduced network differs from the student on the domain by more than "
+        "verify_rtol; the student is not at exact zero loss for these tolerances: loosen "
+        "param_rtol/output_rtol, or train the student further"
+    )
+
+    @property
+    def exact(self) -> bool:
+        return self is ReductionStatus.EXACT
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+def _positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SymmetryConfig:
+    """Tolerances and domain of the exact symmetry reduction.
+
+    Parameters
+    ----------
+    param_rtol : float, default=1e-7
+        Two neurons are duplicates when their ``[w, b]`` (unit-normalised for positively
+        homogeneous activations, up to sign for symmetric ones) differ by at most
+        ``param_rtol · ||[w, b]||``; a neuron has ``w ≈ 0`` when ``||w|| ≤ param_rtol ||[w, b]||``.
+        Exact constructions agree to ~1e-15; students trained to RMSE ~1e-11 to ~1e-8.
+    output_rtol : float, default=1e-9
+        A contribution (an output weight, a neuron's variation over the domain, its deviation
+        from linear, the linear remainder Θx) is negligible below ``output_rtol`` times the rms
+        of the layer's output over the domain.
+    verify_rtol : float, default=1e-8
+        Status ``MISMATCH`` when the RMSE between reduced network and student on the domain
+        exceeds ``verify_rtol`` times the rms of the student's output.
+    half_width : float, default=√3
+        The default domain is the box ``[-half_width, half_width]^d_in`` (the paper's inputs).
+    n_verify : int, default=4096
+        Points sampled from the box for verification (and for the domains of deeper layers).
+    n_grid : int, default=513
+        Points of the 1-D grid over each neuron's range of ``z`` on the box, on which constancy
+        and linearity are tested.
+    max_flip_subsets : int, default=2**20
+        Sign-flip subsets tried (fewest flips first) to cancel Θ for even+linear activations;
+        beyond this a least-squares rounding is tried.
+    seed : int, default=0
+        Seed of the verification sample.
+    """
+
+    param_rtol: float = 1e-7
+    output_rtol: float = 1e-9
+    verify_rtol: float = 1e-8
+    half_width: float = INPUT_HALF_WIDTH
+    n_verify: int = 4096
+    n_grid: int = 513
+    max_flip_subsets: int = 1 << 20
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("param_rtol", "output_rtol", "verify_rtol", "half_width"):
+            object.__setattr__(self, name, _positive_float(getattr(self, name), name))
+        object.__setattr__(self, "n_verify", _positive_int(self.n_verify, "n_verify", 2))
+        object.__setattr__(self, "n_grid", _positive_int(self.n_grid, "n_grid", 3))
+        object.__setattr__(
+            self, "max_flip_subsets", _positive_int(self.max_flip_subsets, "max_flip_subsets")
+        )
+        object.__setattr__(self, "seed", _positive_int(self.seed, "seed", 0))
+
+
+@dataclass(frozen=True)
+class NeuronClass:
+    """The type of one student hidden neuron.
+
+    Attributes
+    ----------
+    index : int
+        Index of the neuron in its (student) layer.
+    type : NeuronType
+    group : int or None
+        For ``NEURON``: the index of the neuron it is merged into in the reduced layer.
+    cluster : int or None
+        Duplicate cluster id (shared by ``NEURON`` members of one group, and by the members
+        of a zero-type or linear-type group); ``None`` for singletons removed on their own.
+    sign : int
+        ``+1`` or ``-1``: the neuron's ``[w, b]`` is ``sign · scale`` times the kept neuron's.
+    scale : float
+        Positive factor (1 except for positively homogeneous activations).
+    note : str
+        Finer description: ``"duplicate"``, ``"flipped duplicate"``, ``"output weight 0"``,
+        ``"zero-type group"``, ``"w = 0"``, ``"off-bound flat"``, ``"off-bound linear"``,
+        ``"linear-type group"``.
+    layer : int
+        Hidden layer of the neuron (0 for the first).
+    """
+
+    index: int
+    type: NeuronType
+    group: int | None
+    cluster: int | None
+    sign: int
+    scale: float
+    note: str
+    layer: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class LayerReduction:
+    """Reduction of one hidden layer.
+
+    Attributes
+    ----------
+    layer : int
+    neurons : tuple of NeuronClass
+        One per student neuron of this layer, in the student's order.
+    n_before, n_after : int
+        Layer width before and after.
+    flipped : tuple of int
+        Reduced-layer indices whose sign was flipped (even+linear) to cancel Θ.
+    linear_remainder : ndarray of shape (n_next, n_in), float64
+        Θ left after the flips (≈ 0 when the status is exact).
+    linear_rms : float
+        rms of ``Θ (x - mean x)`` over the layer's domain.
+    output_scale : float
+        rms of the layer's output (next pre-activation) over the domain.
+    """
+
+    layer: int
+    neurons: tuple[NeuronClass, ...]
+    n_before: int
+    n_after: int
+    flipped: tuple[int, ...]
+    linear_remainder: np.ndarray
+    linear_rms: float
+    output_scale: float
+
+
+@dataclass(frozen=True)
+class NeuronMatch:
+    """Where one student neuron sits in the teacher (first hidden layer).
+
+    ``[w_i, b_i] = sign · scale · [w*_k, b*_k]`` with ``k = teacher``; ``share`` is the
+    fraction of the teacher's output weight ``a*_k`` that neuron ``i`` carries after sign/scale
+    compensation (shares of a duplicate group sum to 1).
+    """
+
+    student: int
+    type: NeuronType
+    teacher: int | None
+    sign: int
+    scale: float
+    share: float
+    cosine_distance: float
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherMapping:
+    """Explicit student → teacher mapping.
+
+    Attributes
+    ----------
+    neurons : tuple of NeuronMatch
+        One per student neuron, in the student's order (``teacher`` is ``None`` for removed
+        neurons and for kept neurons without a teacher partner).
+    teacher_of_reduced : tuple of int or None
+        Teacher neuron matched to each reduced-network neuron (Hungarian matching on the
+        sign/scale-invariant cosine distance).
+    cosine_distance : ndarray of shape (n_matched,), float64
+        Distance of each matched pair.
+    output_error : ndarray of shape (n_matched,), float64
+        ``||A_g - a*_k|| / ||a*_k||`` with ``A_g`` brought to the teacher's sign and scale.
+    unmatched_teacher : tuple of int
+        Teacher neurons without a reduced partner.
+    """
+
+    neurons: tuple[NeuronMatch, ...]
+    teacher_of_reduced: tuple[int | None, ...]
+    cosine_distance: np.ndarray
+    output_error: np.ndarray
+    unmatched_teacher: tuple[int, ...]
+
+    @property
+    def max_cosine_distance(self) -> float:
+        return float(self.cosine_distance.max()) if self.cosine_distance.size else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class ReductionResult:
+    """Result of :func:`reduce_network`.
+
+    Attributes
+    ----------
+    status : ReductionStatus
+    reason : str
+        Human-readable explanation with a remedy when not exact.
+    network : MLP
+        The minimal network (same depth; each hidden layer reduced).
+    neurons : tuple of NeuronClass
+        Every student hidden neuron, layer by layer, in the student's order.
+    layers : tuple of LayerReduction
+    rmse : float
+        RMSE between reduced network and student on the verification points.
+    output_scale : float
+        rms of the student's output on those points.
+    student : MLP
+        The student that was reduced.
+    mapping : TeacherMapping or None
+        Present when a teacher was given.
+    """
+
+    status: ReductionStatus
+    reason: str
+    network: MLP
+    neurons: tuple[NeuronClass, ...]
+    layers: tuple[LayerReduction, ...]
+    rmse: float
+    output_scale: float
+    student: MLP
+    mapping: TeacherMapping | None = None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Type names of the first hidden layer's neurons, in the student's order."""
+        return tuple(n.type.value for n in self.neurons if n.layer == 0)
+
+    @property
+    def groups(self) -> tuple[int | None, ...]:
+        """Reduced-neuron index of each first-layer student neuron (``None`` if removed)."""
+        return tuple(n.group for n in self.neurons if n.layer == 0)
+
+    @property
+    def linear_remainder(self) -> np.ndarray:
+        """Θ of the first hidden layer, shape ``(n_next, d_in)``."""
+        return self.layers[0].linear_remainder
+
+    def report(self) -> dict:
+        """JSON-ready summary: ``{"status", "reason", "neurons": [...], "sizes", ...}``."""
+        out = {
+            "status": self.status.name.lower(),
+            "reason": self.reason,
+            "rmse": self.rmse,
+            "output_scale": self.output_scale,
+            "student_hidden": [lr.n_before for lr in self.layers],
+            "reduced_hidden": [lr.n_after for lr in self.layers],
+            "sizes": list(self.network.sizes),
+            "linear_rms": [lr.linear_rms for lr in self.layers],
+            "neurons": [
+                {
+                    "index": n.index,
+                    "layer": n.layer,
+                    "type": n.type.value,
+                    "group": n.group,
+                    "cluster": n.cluster,
+                    "sign": n.sign,
+                    "scale": n.scale,
+                    "note": n.note,
+                }
+                for n in self.neurons
+            ],
+        }
+        if self.mapping is not None:
+            out["mapping"] = [
+                {
+                    "index": m.student,
+                    "teacher": m.teacher,
+                    "sign": m.sign,
+                    "scale": m.scale,
+                    "share": m.share,
+                    "cosine_distance": m.cosine_distance,
+                }
+                for m in self.mapping.neurons
+            ]
+            out["max_cosine_distance"] = self.mapping.max_cosine_distance
+            out["unmatched_teacher"] = list(self.mapping.unmatched_teacher)
+        return out
+
+
+# --- domain ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Domain:
+    """Input domain of one layer: a box (exact z ranges) or a finite point set."""
+
+    points: np.ndarray  # (n, d) points (box samples or given inputs)
+    half_width: float | None  # set for the box
+    n_grid: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.zeros(self.points.shape[1]) if self.half_width else self.points.mean(axis=0)
+
+    def cov_sqrt(self) -> np.ndarray:
+        """``L`` with ``L L^T`` the covariance of the domain: ``||Θ L||_F`` is the rms of Θ(x-μ)."""
+        d = self.points.shape[1]
+        if self.half_width:
+            # Uniform on [-h, h]: variance h²/3 per coordinate, independent coordinates.
+            return np.eye(d) * (self.half_width / math.sqrt(3.0))
+        xc = self.points - self.mean
+        cov = xc.T @ xc / xc.shape[0]
+        s, u = np.linalg.eigh(cov)
+        return u * np.sqrt(np.clip(s, 0.0, None))
+
+    def z_values(self, w: np.ndarray, b: float) -> np.ndarray:
+        """Values ``w·x + b`` that matter over the domain, shape ``(n_grid,)`` or ``(n,)``."""
+        if self.half_width:
+            r = self.half_width * float(np.abs(w).sum())
+            return np.linspace(b - r, b + r, self.n_grid)
+        return self.points @ w + b
+
+
+# --- per-layer reduction ---------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    members: list[int]
+    rep: int
+    signs: np.ndarray  # (k,) relative to rep
+    scales: np.ndarray  # (k,) ||v_i|| / ||v_rep|| (1 unless positively homogeneous)
+
+
+def _union_find_groups(u: np.ndarray, tol: np.ndarray, signed: bool) -> list[list[int]]:
+    """Group rows of ``u`` equal (up to sign when ``signed``) within per-row tolerance."""
+    n = u.shape[0]
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        d = np.linalg.norm(u[i + 1 :] - u[i], axis=1)
+        if signed:
+            d = np.minimum(d, np.linalg.norm(u[i + 1 :] + u[i], axis=1))
+        tol_ij = np.maximum(tol[i + 1 :], tol[i])
+        for j in np.nonzero(d <= tol_ij)[0]:
+            ri, rj = find(i), find(i + 1 + int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _leaky_slope(act: Activation) -> float:
+    """Slope ``α`` of a positively homogeneous activation on z < 0 (relu 0, identity 1)."""
+    return -float(act(np.array([-1.0]))[0])
+
+
+def _linear_fit(
+    act: Activation, z: np.ndarray, fz: np.ndarray
+) -> tuple[float, float, float]:
+    """Best line ``p z + q`` through ``(z, σ(z))`` and its max deviation.
+
+    Positively homogeneous activations are exactly linear with slope 1 (z ≥ 0) or α (z ≤ 0),
+    so those slopes are used as such for an exact fold; otherwise least squares.
+    """
+    if act.symmetry is Symmetry.EVEN_LINEAR_SCALING:
+        p = 1.0 if z.mean() >= 0.0 else _leaky_slope(act)
+        q = 0.0
+    elif np.ptp(z) > 0.0:
+        p, q = np.polyfit(z, fz, 1)
+    else:
+        p, q = 0.0, float(fz[0])
+    return float(p), float(q), float(np.max(np.abs(fz - p * z - q)))
+
+
+def _reduce_layer(
+    W: np.ndarray,
+    b: np.ndarray,
+    A: np.ndarray,
+    c: np.ndarray,
+    act: Activation,
+    domain: _Domain,
+    out_scale: float,
+    config: SymmetryConfig,
+    layer_index: int,
+) -> tuple[LayerReduction, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce one hidden layer ``A σ(W x + b) + c``.
+
+    Returns the layer report and the reduced ``(W', b', A', c')``.
+    """
+    m, d = W.shape
+    sym = act.symmetry
+    tol_out = config.output_rtol * out_scale
+    V = np.hstack([W, b[:, None]])
+    vnorm = np.linalg.norm(V, axis=1)
+    anorm = np.linalg.norm(A, axis=0)
+    L = domain.cov_sqrt()
+    mu = domain.mean
+
+    def lin_rms(theta: np.ndarray) -> float:
+        return float(np.linalg.norm(theta @ L) / math.sqrt(theta.shape[0]))
+
+    types: list[NeuronClass | None] = [None] * m
+    bias = c.astype(np.float64).copy()
+    theta = np.zeros_like(A @ W)  # (n_next, d)
+    active: list[int] = []
+    rms_f = np.zeros(m)
+
+    # 1. singletons: zero, constant, off-bound linear.
+    for i in range(m):
+        z = domain.z_values(W[i], b[i])
+        fz = act(z)
+        rms_f[i] = float(np.sqrt(np.mean(fz * fz)))
+        if anorm[i] * max(1.0, rms_f[i]) <= tol_out:
+            types[i] = NeuronClass(i, NeuronType.ZERO, None, None, 1, 1.0, "output weight 0",
+                                   layer_index)
+            continue
+        lo, hi = float(fz.min()), float(fz.max())
+        w_zero = np.linalg.norm(W[i]) <= config.param_rtol * vnorm[i]
+        if w_zero or anorm[i] * 0.5 * (hi - lo) <= tol_out:
+            value = float(act(np.array([b[i]]))[0]) if w_zero else 0.5 * (hi + lo)
+            bias += A[:, i] * value
+            note = "w = 0" if w_zero else "off-bound flat"
+            types[i] = NeuronClass(i, NeuronType.CONSTANT, None, None, 1, 1.0, note, layer_index)
+            continue
+        p, q, dev = _linear_fit(act, z, fz)
+        if anorm[i] * dev <= tol_out:
+            theta += p * np.outer(A[:, i], W[i])
+            bias += A[:, i] * (p * b[i] + q)
+            types[i] = NeuronClass(i, NeuronType.CANCELLED, None, None, 1, 1.0,
+                                   "off-bound linear", layer_index)
+            continue
+        active.append(i)
+
+    # 2. duplicate groups among the remaining neurons.
+    scaled = sym.scale_invariant
+    U = V[active] / vnorm[active, None] if scaled else V[active]
+    unorm = np.linalg.norm(U, axis=1)
+    raw_groups = _union_find_groups(U, config.param_rtol * unorm, sym.sign_invariant) if active else []
+    groups: list[_Group] = []
+    for g in raw_groups:
+        idx = [active[k] for k in g]
+        weight = anorm[idx] * vnorm[idx]
+        rep = idx[int(np.argmax(weight))]
+        signs = np.sign(V[idx] @ V[rep]).astype(int) if sym.sign_invariant else np.ones(len(idx), int)
+        signs[signs == 0] = 1
+        scales = vnorm[idx] / vnorm[rep] if scaled else np.ones(len(idx))
+        groups.append(_Group(idx, rep, signs, scales))
+
+    def terms(g: _Group, orient: int):
+        """Output weight, constant and linear term ``(Θ | β)`` of group g kept as orient·v_rep."""
+        v = orient * V[g.rep]
+        s = g.signs * orient
+        a_eff = A[:, g.members] * g.scales  # (n_next, k)
+        flipped = s < 0
+        if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT):
+            out_w = a_eff @ s
+        else:
+            out_w = a_eff.sum(axis=1)
+        const = np.zeros_like(bias)
+        lin = np.zeros((A.shape[0], d + 1))
+        if flipped.any():
+            a_flip = a_eff[:, flipped].sum(axis=1)
+            if sym is Symmetry.ODD_CONSTANT:
+                const = 2.0 * act.c0 * a_flip
+            elif sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
+                lin = -2.0 * act.c1 * np.outer(a_flip, v)
+        return out_w, const, lin
+
+    even = sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING)
+    kept: list[_Group] = []
+    cluster_id = 0
+    for g in groups:
+        out_w, const, lin = terms(g, 1)
+        multi = len(g.members) > 1
+        cid = cluster_id if multi else None
+        if multi:
+            cluster_id += 1
+        rms_g = rms_f[g.rep]
+        if np.linalg.norm(out_w) * max(1.0, rms_g) <= tol_out:
+            bias += const + lin[:, d]
+            theta += lin[:, :d]
+            linear = even and lin_rms(lin[:, :d]) > tol_out
+            kind = NeuronType.CANCELLED if linear else NeuronType.ZERO
+            note = "linear-type group" if linear else "zero-type group"
+            for k, i in enumerate(g.members):
+                types[i] = NeuronClass(i, kind, None, cid, int(g.signs[k]), float(g.scales[k]),
+                                       note, layer_index)
+            continue
+        kept.append(g)
+        for k, i in enumerate(g.members):
+            note = "duplicate" if g.signs[k] > 0 else "flipped duplicate"
+            types[i] = NeuronClass(i, NeuronType.NEURON, len(kept) - 1, cid, int(g.signs[k]),
+                                   float(g.scales[k]), note, layer_index)
+
+    # 3. orientations: for even+linear classes, flip the fewest kept groups so that Θ vanishes.
+    orient = np.ones(len(kept), dtype=int)
+    base = [terms(g, 1) for g in kept]
+    lin_total = theta + sum((t[2][:, :d] for t in base), np.zeros_like(theta))
+    if even and kept and lin_rms(lin_total) > tol_out:
+        deltas = np.stack([(terms(g, -1)[2][:, :d] - t[2][:, :d]) for g, t in zip(kept, base)])
+        flips = _search_flips(lin_total, deltas, L, tol_out, config.max_flip_subsets)
+        if flips is not None:
+            orient[flips] = -1
+
+    n_next = A.shape[0]
+    W_new = np.zeros((max(len(kept), 1), d))
+    b_new = np.zeros(max(len(kept), 1))
+    A_new = np.zeros((n_next, max(len(kept), 1)))
+    for j, g in enumerate(kept):
+        out_w, const, lin = terms(g, int(orient[j]))
+        W_new[j] = orient[j] * W[g.rep]
+        b_new[j] = orient[j] * b[g.rep]
+        A_new[:, j] = out_w
+        bias += const + lin[:, d]
+        theta += lin[:, :d]
+        if orient[j] < 0:
+            for i in g.members:
+                t = types[i]
+                types[i] = NeuronClass(i, t.type, t.group, t.cluster, -t.sign, t.scale,
+                                       "duplicate" if t.sign < 0 else "flipped duplicate",
+                                       layer_index)
+    rms_theta = lin_rms(theta)
+    if rms_theta <= tol_out:
+        # Θ(x - μ) vanishes on the domain, so Θx is the constant Θμ there.
+        bias += theta @ mu
+    report = LayerReduction(
+        layer=layer_index,
+        neurons=tuple(types),  # type: ignore[arg-type]
+        n_before=m,
+        n_after=len(kept),
+        flipped=tuple(int(j) for j in np.nonzero(orient < 0)[0]),
+        linear_remainder=theta,
+        linear_rms=rms_theta,
+        output_scale=out_scale,
+    )
+    return report, W_new, b_new, A_new, bias
+
+
+def _search_flips(
+    theta0: np.ndarray, deltas: np.ndarray, L: np.ndarray, tol: float, max_subsets: int
+) -> np.ndarray | None:
+    """Fewest groups to flip so that ``Θ0 + Σ_{g∈S} Δ_g`` vanishes on the domain.
+
+    Parameters
+    ----------
+    theta0 : ndarray of shape (n_next, d)
+    deltas : ndarray of shape (K, n_next, d)
+        Change of Θ when kept group g is flipped (``2 c1 A_g w_g``).
+    L : ndarray of shape (d, d)
+        Square root of the domain covariance (the rms of Θ(x - μ) is ``||Θ L||_F / √n_next``).
+
+    Returns
+    -------
+    ndarray of int or None
+        Indices of the groups to flip, or None when no subset cancels Θ.
+    """
+    n_next = theta0.shape[0]
+    t0 = (theta0 @ L).ravel() / math.sqrt(n_next)
+    D = np.stack([(dl @ L).ravel() for dl in deltas]) / math.sqrt(n_next)  # (K, p)
+    K = D.shape[0]
+    tried = 0
+    for k in range(1, K + 1):
+        combos = itertools.combinations(range(K), k)
+        while True:
+            chunk = list(itertools.islice(combos, 8192))
+            if not chunk:
+                break
+            idx = np.array(chunk)
+            res = np.linalg.norm(t0 + D[idx].sum(axis=1), axis=1)
+            j = int(np.argmin(res))
+            if res[j] <= tol:
+                return idx[j]
+            tried += len(chunk)
+            if tried >= max_subsets:
+                return _round_flips(t0, D, tol)
+    return None
+
+
+def _round_flips(t0: np.ndarray, D: np.ndarray, tol: float) -> np.ndarray | None:
+    """Least-squares relaxation ``min ||t0 + D^T s||``, ``s`` rounded to {0, 1}."""
+    s, *_ = np.linalg.lstsq(D.T, -t0, rcond=None)
+    pick = np.nonzero(np.round(s) == 1.0)[0]
+    if np.linalg.norm(t0 + D[pick].sum(axis=0)) <= tol:
+        return pick
+    return None
+
+
+# --- front door ------------------------------------------------------------------------------
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(a * a)))
+
+
+def reduce_network(
+    student: MLP,
+    x: np.ndarray | None = None,
+    *,
+    teacher: MLP | None = None,
+    config: SymmetryConfig | None = None,
+) -> ReductionResult:
+    """Classify every hidden neuron of a zero-loss student and build the minimal network.
+
+    Parameters
+    ----------
+    student : MLP
+        The student; every hidden layer is reduced in turn (one hidden layer is the usual case).
+    x : ndarray of shape (n_samples, d_in), float64, optional
+        Query inputs defining the domain. Default: the box ``[-h, h]^d_in`` of
+        ``config.half_width``, with ``config.n_verify`` uniform samples for the verification.
+    teacher : MLP, optional
+        A one-hidden-layer teacher with the student's input and output sizes; when given,
+        ``result.mapping`` maps every student neuron to a teacher neuron (see
+        :func:`map_to_teacher`).
+    config : SymmetryConfig, optional
+
+    Returns
+    -------
+    ReductionResult
+        Status (exact, linear remainder, mismatch) with reason, per-neuron types, the reduced
+        network and its RMSE to the student on the domain.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a non-MLP student, a student without hidden layer, or inputs of the wrong shape.
+    """
+    if not isinstance(student, MLP):
+        raise TypeError(f"student must be an MLP, got {type(student).__name__}")
+    if len(student.layers) < 2:
+        raise ValueError(
+            f"student must have at least one hidden layer, got sizes {student.sizes}"
+        )
+    config = SymmetryConfig() if config is None else config
+    if not isinstance(config, SymmetryConfig):
+        raise TypeError(f"config must be a SymmetryConfig, got {type(config).__name__}")
+    if x is None:
+        x_check = sample_inputs(config.n_verify, student.d_in, config.seed)
+        x_check = x_check * (config.half_width / INPUT_HALF_WIDTH)
+        box = config.half_width
+    else:
+        x_check = check_array(x, "x", ndim=2)
+        if x_check.shape[1] != student.d_in or x_check.shape[0] < 2:
+            raise ValueError(
+                f"x must have shape (n_samples >= 2, d_in = {student.d_in}), got {x_check.shape}"
+            )
+        box = None
+    if teacher is not None:
+        _check_teacher(student, teacher)
+
+    net = student
+    reports: list[LayerReduction] = []
+    for li in range(len(student.layers) - 1):
+        h_in = x_check if li == 0 else net.hidden(x_check, li - 1)
+        domain = _Domain(h_in, box if li == 0 else None, config.n_grid)
+        hid, nxt = net.layers[li], net.layers[li + 1]
+        pre_next = net.hidden(x_check, li) @ nxt.weight.T + nxt.bias
+        out_scale = _rms(pre_next) or 1.0
+        rep, W, b, A, c = _reduce_layer(
+            hid.weight, hid.bias, nxt.weight, nxt.bias, hid.activation, domain, out_scale,
+            config, li,
+        )
+        reports.append(rep)
+        layers = list(net.layers)
+        layers[li : li + 2] = [Layer(W, b, hid.activation), Layer(A, c, nxt.activation)]
+        net = MLP(tuple(layers))
+
+    y_student = student.forward(x_check)
+    y_reduced = net.forward(x_check)
+    rmse = _rms(y_student - y_reduced)
+    scale = _rms(y_student) or 1.0
+    remainder = [r for r in reports if r.linear_rms > config.output_rtol * r.output_scale]
+    if remainder:
+        status = ReductionStatus.LINEAR_REMAINDER
+        r = remainder[0]
+        reason = (
+            f"layer {r.layer}: rms of Θx on the domain is {r.linear_rms:.3g} "
+            f"(output rms {r.output_scale:.3g}); {status.message}"
+        )
+    elif rmse > config.verify_rtol * scale:
+        status = ReductionStatus.MISMATCH
+        reason = f"RMSE {rmse:.3g} to the student (output rms {scale:.3g}); {status.message}"
+    else:
+        status = ReductionStatus.EXACT
+        sizes = ", ".join(f"{r.n_before} -> {r.n_after}" for r in reports)
+        reason = f"hidden sizes {sizes}; RMSE {rmse:.3g} to the student on the domain"
+    if all(r.n_after == 0 for r in reports[:1]):
+        reason += "; the function is constant: one zero neuron kept since layers cannot be empty"
+    neurons = tuple(n for r in reports for n in r.neurons)
+    result = ReductionResult(status, reason, net, neurons, tuple(reports), rmse, scale, student)
+    if teacher is not None:
+        result = dataclasses.replace(result, mapping=map_to_teacher(result, teacher))
+    return result
+
+
+def _check_teacher(student: MLP, teacher: MLP) -> None:
+    if not isinstance(teacher, MLP):
+        raise TypeError(f"teacher must be an MLP, got {type(teacher).__name__}")
+    if len(teacher.layers) != 2 or len(student.layers) != 2:
+        raise ValueError(
+            "the teacher mapping needs one-hidden-layer networks, got student sizes "
+            f"{student.sizes} and teacher sizes {teacher.sizes}"
+        )
+    if teacher.d_in != student.d_in or teacher.d_out != student.d_out:
+        raise ValueError(
+            f"teacher {teacher.d_in} -> {teacher.d_out} does not match student "
+            f"{student.d_in} -> {student.d_out}"
+        )
+    if teacher.layers[0].activation.name != student.layers[0].activation.name:
+        raise ValueError(
+            f"teacher activation {teacher.layers[0].activation.name!r} differs from the "
+            f"student's {student.layers[0].activation.name!r}"
+        )
+
+
+def cosine_distance_matrix(V: np.ndarray, T: np.ndarray, *, signed: bool) -> np.ndarray:
+    """Cosine distances ``1 - cos`` (``1 - |cos|`` unless ``signed``) between rows.
+
+    Parameters
+    ----------
+    V : ndarray of shape (n, p), float64
+    T : ndarray of shape (k, p), float64
+
+    Returns
+    -------
+    ndarray of shape (n, k), float64, in [0, 2]
+    """
+    vn = np.linalg.norm(V, axis=1, keepdims=True)
+    tn = np.linalg.norm(T, axis=1, keepdims=True)
+    cos = (V / np.where(vn > 0, vn, 1.0)) @ (T / np.where(tn > 0, tn, 1.0)).T
+    cos = np.clip(cos, -1.0, 1.0)
+    return 1.0 - (cos if signed else np.abs(cos))
+
+
+def map_to_teacher(result: ReductionResult, teacher: MLP) -> TeacherMapping:
+    """Map each student neuron to a teacher neuron, with sign, scale and share.
+
+    Reduced neurons are matched to teacher neurons by the Hungarian algorithm on the
+    cosine distance between ``[w, b]`` rows, sign-invariant for symmetric activations (the
+    distance is scale-invariant by construction). A member ``i`` of reduced group ``g`` has
+    ``[w_i, b_i] = s_i λ_i [w_g, b_g]`` and ``[w_g, b_g] = s_g λ_g [w*_k, b*_k]``; its share
+    of ``a*_k`` is ``(ã_i · a*_k) / ||a*_k||²`` with ``ã_i`` its output weight brought to the
+    teacher's sign and scale.
+
+    Parameters
+    ----------
+    result : ReductionResult
+        A reduction of a one-hidden-layer student.
+    teacher : MLP
+        One-hidden-layer teacher of the same input/output sizes and activation.
+    """
+    if len(result.network.layers) != 2:
+        raise ValueError("the teacher mapping needs a one-hidden-layer student")
+    if not isinstance(teacher, MLP) or len(teacher.layers) != 2:
+        raise ValueError("the teacher mapping needs a one-hidden-layer teacher MLP")
+    act = result.network.layers[0].activation
+    sym = act.symmetry
+    R = np.hstack([result.network.layers[0].weight, result.network.layers[0].bias[:, None]])
+    AR = result.network.layers[1].weight
+    T = np.hstack([teacher.layers[0].weight, teacher.layers[0].bias[:, None]])
+    AT = teacher.layers[1].weight
+    n_red = result.layers[0].n_after
+    cost = cosine_distance_matrix(R[:n_red], T, signed=not sym.sign_invariant)
+    rows, cols = linear_sum_assignment(cost) if n_red else (np.array([], int), np.array([], int))
+    teacher_of = [None] * n_red
+    sign_g = np.ones(n_red, dtype=int)
+    scale_g = np.ones(n_red)
+    dist, out_err = [], []
+    odd = sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT)
+    for g, k in zip(rows, cols):
+        teacher_of[g] = int(k)
+        sign_g[g] = 1 if float(R[g] @ T[k]) >= 0.0 else -1
+        scale_g[g] = float(np.linalg.norm(R[g]) / np.linalg.norm(T[k]))
+        dist.append(float(cost[g, k]))
+        a_t = _to_teacher_frame(AR[:, g], sign_g[g], scale_g[g], sym)
+        out_err.append(float(np.linalg.norm(a_t - AT[:, k]) / max(np.linalg.norm(AT[:, k]), 1e-300)))
+    matches = []
+    for n in result.neurons:
+        if n.layer != 0:
+            continue
+        if n.type is not NeuronType.NEURON or teacher_of[n.group] is None:
+            matches.append(NeuronMatch(n.index, n.type, None, n.sign, n.scale, 0.0, math.nan))
+            continue
+        g, k = n.group, teacher_of[n.group]
+        sign = n.sign * int(sign_g[g])
+        scale = n.scale * float(scale_g[g])
+        a_i = result.student.layers[1].weight[:, n.index]
+        a_t = _to_teacher_frame(a_i, sign if odd else 1, scale, sym)
+        share = float(a_t @ AT[:, k] / max(float(AT[:, k] @ AT[:, k]), 1e-300))
+        matches.append(NeuronMatch(n.index, n.type, k, sign, scale, share, float(cost[g, k])))
+    unmatched = tuple(sorted(set(range(T.shape[0])) - {int(k) for k in cols}))
+    return TeacherMapping(
+        tuple(matches), tuple(teacher_of), np.array(dist), np.array(out_err), unmatched
+    )
+
+
+def _to_teacher_frame(a: np.ndarray, sign: int, scale: float, sym: Symmetry) -> np.ndarray:
+    """Output weight of ``a σ(sign · scale · z*)`` expressed on ``σ(z*)``."""
+    a = a * scale if sym.scale_invariant else a
+    return a * sign if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT) else a
+
