@@ -64,6 +64,9 @@ __all__ = [
     "StudentUnit",
     "RecoveryUnit",
     "profile_config",
+    "override_config",
+    "read_sweep_config",
+    "prepare_directory",
     "student_units",
     "recovery_units",
     "unit_seed",
@@ -278,16 +281,14 @@ _PROFILES: dict[Profile, Callable[[], SweepConfig]] = {
 
 
 def profile_config(profile: Profile | str, **overrides: Any) -> SweepConfig:
-    """The config of a named profile with some fields replaced.
+    """The config of a named profile with some fields replaced (see :func:`override_config`).
 
     Parameters
     ----------
     profile : Profile or str
         ``"quick"``, ``"medium"`` or ``"paper"``.
     **overrides
-        Fields of :class:`SweepConfig`; a value of None keeps the profile's. ``max_seconds`` and
-        ``max_steps`` replace those of the student training (``max_steps`` also of the
-        fine-tuning).
+        As :func:`override_config`.
     """
     if not isinstance(profile, Profile):
         try:
@@ -295,7 +296,20 @@ def profile_config(profile: Profile | str, **overrides: Any) -> SweepConfig:
         except ValueError:
             known = ", ".join(p.value for p in Profile)
             raise ValueError(f"unknown profile {profile!r}; expected one of: {known}") from None
-    base = _PROFILES[profile]()
+    return override_config(_PROFILES[profile](), **overrides)
+
+
+def override_config(base: SweepConfig, **overrides: Any) -> SweepConfig:
+    """``base`` with some fields replaced.
+
+    Parameters
+    ----------
+    base : SweepConfig
+    **overrides
+        Fields of :class:`SweepConfig`; a value of None keeps the base's. ``max_seconds``
+        replaces the student training's wall-clock budget; ``max_steps`` the step budget of
+        the student training and of the fine-tuning.
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     max_seconds = overrides.pop("max_seconds", None)
     max_steps = overrides.pop("max_steps", None)

@@ -2,5 +2,6 @@
 
 from ecflow.cli._app import app, error, main
 from ecflow.cli import network_cmds  # noqa: F401  (registers info, teacher, query)
+from ecflow.cli import sweep_cmd  # noqa: F401  (registers synthetic-sweep)
 
 __all__ = ["app", "error", "main"]
