@@ -1,0 +1,156 @@
+"""How well a recovered network matches its data and its teacher.
+
+* :func:`rmse` — root mean squared error of a network on pairs ``(x, y)``.
+* :func:`cosine_distances` — between neurons ``v = [w, b]`` of two hidden layers,
+  ``1 - cos(u, v)`` for an activation without symmetry and ``1 - |cos(u, v)|`` for the classes
+  where a neuron and its sign flip are equivalent (paper section 4). Computed as
+  ``‖û ∓ v̂‖² / 2``, which keeps full relative precision near 0 (``1 - cos`` in floating point
+  cannot go below about 1e-16 and is off by that much, which matters against a 1e-8 target).
+* :func:`match_neurons` — a one-to-one matching of teacher to recovered neurons minimising the
+  total cosine distance (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ecflow.activations import Symmetry
+from ecflow.networks import MLP, check_array, check_xy
+
+__all__ = ["rmse", "cosine_distances", "NeuronMatch", "match_neurons", "max_distance_of"]
+
+
+def rmse(network: MLP, x: np.ndarray, y: np.ndarray) -> float:
+    """Root mean squared error ``sqrt(mean((f(x) - y)²))`` over samples and outputs.
+
+    Parameters
+    ----------
+    network : MLP
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+    """
+    x, y = check_xy(x, y)
+    if y.shape[1] != network.d_out:
+        raise ValueError(f"y must have d_out = {network.d_out} columns, got shape {y.shape}")
+    return float(np.sqrt(np.mean((network.forward(x) - y) ** 2)))
+
+
+def max_distance_of(symmetry: Symmetry) -> float:
+    """Largest possible cosine distance: 2 (opposite vectors) without symmetry, else 1."""
+    return 1.0 if Symmetry(symmetry).sign_invariant else 2.0
+
+
+def cosine_distances(a: np.ndarray, b: np.ndarray, symmetry: Symmetry) -> np.ndarray:
+    """Pairwise cosine distances between rows of ``a`` and ``b`` (module docstring).
+
+    Parameters
+    ----------
+    a : ndarray of shape (n_a, p), float64
+    b : ndarray of shape (n_b, p), float64
+    symmetry : Symmetry
+        Sign-invariant (``1 - |cos|``) unless ``Symmetry.NONE`` (``1 - cos``).
+
+    Returns
+    -------
+    ndarray of shape (n_a, n_b), float64
+        A zero row or column (no direction) is at the largest distance of its class from
+        everything.
+    """
+    a = check_array(a, "a", ndim=2)
+    b = check_array(b, "b", ndim=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same width, got {a.shape} and {b.shape}")
+    symmetry = Symmetry(symmetry)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    ua = np.divide(a, na[:, None], out=np.zeros_like(a), where=na[:, None] > 0)
+    ub = np.divide(b, nb[:, None], out=np.zeros_like(b), where=nb[:, None] > 0)
+    diff = ua[:, None, :] - ub[None, :, :]
+    d = 0.5 * np.sum(diff * diff, axis=2)
+    if symmetry.sign_invariant:
+        summ = ua[:, None, :] + ub[None, :, :]
+        d = np.minimum(d, 0.5 * np.sum(summ * summ, axis=2))
+    worst = max_distance_of(symmetry)
+    d[na == 0, :] = worst
+    d[:, nb == 0] = worst
+    return d
+
+
+@dataclass(frozen=True, eq=False)
+class NeuronMatch:
+    """One-to-one matching of teacher neurons to recovered neurons.
+
+    Attributes
+    ----------
+    teacher : ndarray of shape (n_matched,), int
+        Teacher neuron indices.
+    recovered : ndarray of shape (n_matched,), int
+        Matched recovered neuron index for each entry of ``teacher``.
+    distances : ndarray of shape (n_matched,), float64
+        Cosine distance of each matched pair.
+    unmatched_teacher : tuple of int
+        Teacher neurons without a partner (the recovered layer is narrower).
+    unmatched_recovered : tuple of int
+        Recovered neurons without a partner (the recovered layer is wider).
+    max_distance : float
+        Largest distance over teacher neurons; an unmatched teacher neuron counts as the
+        largest possible distance of the class (:func:`max_distance_of`).
+    """
+
+    teacher: np.ndarray
+    recovered: np.ndarray
+    distances: np.ndarray
+    unmatched_teacher: tuple[int, ...]
+    unmatched_recovered: tuple[int, ...]
+    max_distance: float
+
+    @property
+    def complete(self) -> bool:
+        """Every teacher neuron matched and no recovered neuron left over."""
+        return not self.unmatched_teacher and not self.unmatched_recovered
+
+
+def _neurons(net: MLP) -> np.ndarray:
+    layer = net.layers[0]
+    return np.hstack([layer.weight, layer.bias[:, None]])
+
+
+def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
+    """Match the first hidden layer of ``recovered`` to that of ``teacher``.
+
+    Minimises the summed :func:`cosine_distances` of ``[w, b]`` over one-to-one assignments
+    (the symmetry class is the teacher's hidden activation's).
+
+    Raises
+    ------
+    ValueError
+        Networks without a hidden layer, or of different input dimension.
+    """
+    for name, net in (("recovered", recovered), ("teacher", teacher)):
+        if len(net.layers) < 2:
+            raise ValueError(f"{name} network has no hidden layer")
+    if recovered.d_in != teacher.d_in:
+        raise ValueError(
+            f"recovered has d_in = {recovered.d_in}, teacher has d_in = {teacher.d_in}"
+        )
+    sym = teacher.layers[0].activation.symmetry
+    d = cosine_distances(_neurons(teacher), _neurons(recovered), sym)
+    rows, cols = linear_sum_assignment(d)
+    dist = d[rows, cols]
+    n_t, n_r = d.shape
+    un_t = tuple(sorted(set(range(n_t)) - set(rows.tolist())))
+    un_r = tuple(sorted(set(range(n_r)) - set(cols.tolist())))
+    worst = float(dist.max()) if dist.size else 0.0
+    if un_t:
+        worst = max_distance_of(sym)
+    return NeuronMatch(
+        teacher=rows,
+        recovered=cols,
+        distances=dist,
+        unmatched_teacher=un_t,
+        unmatched_recovered=un_r,
+        max_distance=worst,
+    )

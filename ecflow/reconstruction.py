@@ -1,0 +1,460 @@
+"""Reconstruction of one hidden layer from the kept clusters, fine-tuning and pruning.
+
+Paper section 5 step 3-4 and appendix A.3. Notation: a student computes
+``f(x) = A σ(W x + b) + c`` with ``A`` of shape ``(d_out, m)``; neuron ``j`` is ``v_j = [w_j, b_j]``
+and ``z_j = w_j·x + b_j``.
+
+**Collapse.** Each kept cluster becomes one hidden neuron, taken from the lowest-loss student
+among the cluster's contributors (the average of that student's members when it holds
+several). Members are first brought to a common orientation, ``s_j = sign(v_j · v_ref)``, and
+the output weights of the student's members are summed with the compensation of the class
+(``symmetry`` below, ``c0 = σ(0)``, ``c1`` the linear slope):
+
+=========================  ==============================================  =======================
+class                      identity                                        output weight, bias
+=========================  ==============================================  =======================
+``NONE``                   (no flip)                                       ``a += a_j``
+``ODD``                    ``σ(-z) = -σ(z)``                               ``a += s_j a_j``
+``ODD_CONSTANT``           ``σ(-z) = 2 c0 - σ(z)``                         ``a += s_j a_j``; a flip
+                                                                           adds ``2 c0 a_j`` to c
+``EVEN_LINEAR``            ``σ(-z) = σ(z) - 2 c1 z``                       ``a += a_j``
+``EVEN_LINEAR_SCALING``    the above and ``σ(λz) = λσ(z)``, ``λ > 0``      ``a += ‖v_j‖ a_j`` on
+                                                                           the unit neuron
+=========================  ==============================================  =======================
+
+For the even+linear classes a flip leaves the linear term ``-2 c1 a_j z_j``, which a plain MLP
+of the same width cannot hold (the paper keeps a separate affine map ``Θx + β``). Because the
+teacher has no such term, the right orientation of each neuron is the one whose network fits
+the queries: :func:`choose_orientations` tries the orientations (exhaustively up to
+``2**max_exhaustive`` combinations, greedily beyond) and refits the output layer by linear
+least squares for each.
+
+**Output refit.** :func:`refit_output` solves ``min ‖[h(x), 1] [A c]^T - y‖`` exactly; it
+absorbs constant-type neurons and the split of a teacher neuron over several clusters.
+
+**Fine-tune and prune.** The reconstruction is fine-tuned with the engine; then
+:func:`prune_network` tries to remove each neuron, least supported first: the smaller network
+(output refit, fine-tuned if the refit alone is not enough) replaces the current one when it
+reaches the same precision, so the recovered width is minimal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecflow.activations import Activation, Symmetry
+from ecflow.clustering import ClusterResult
+from ecflow.engines.base import Engine, TrainConfig, TrainResult
+from ecflow.networks import MLP, Layer, check_xy
+
+__all__ = [
+    "Collapsed",
+    "PruneConfig",
+    "PruneResult",
+    "collapse_clusters",
+    "refit_output",
+    "choose_orientations",
+    "remove_neurons",
+    "network_rmse",
+    "prune_network",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Collapsed:
+    """A network rebuilt from kept clusters.
+
+    Attributes
+    ----------
+    network : MLP
+        ``d_in -> n_kept -> d_out``, hidden activation of the students, output ``identity``.
+    cluster : tuple of int
+        Label of the cluster behind each hidden neuron.
+    source_student : tuple of int
+        Student each hidden neuron was taken from.
+    """
+
+    network: MLP
+    cluster: tuple[int, ...]
+    source_student: tuple[int, ...]
+
+
+def _check_one_hidden(net: MLP, name: str) -> None:
+    if len(net.layers) != 2:
+        raise ValueError(
+            f"{name} must have exactly one hidden layer (issue 5), got sizes {net.sizes}"
+        )
+
+
+def collapse_clusters(
+    students: Sequence[MLP],
+    losses: Sequence[float],
+    clustering: ClusterResult,
+    student: np.ndarray,
+    neuron: np.ndarray,
+) -> Collapsed:
+    """One hidden neuron per kept cluster, output weights compensated per class (module docs).
+
+    Parameters
+    ----------
+    students : sequence of MLP
+        One-hidden-layer students with the same activation.
+    losses : sequence of float
+        Final training loss of each student (the lowest wins each cluster).
+    clustering : ClusterResult
+        From :func:`ecflow.clustering.cluster_neurons` on these students' neurons.
+    student, neuron : ndarray of shape (n_neurons,), int
+        Student and in-student index of each clustered neuron (:func:`neuron_vectors`).
+
+    Returns
+    -------
+    Collapsed
+        The output bias is the overall best student's, plus the ``ODD_CONSTANT`` compensation
+        of every flipped neuron: exact when one zero-loss student supplies every kept cluster
+        and holds no other neuron, a starting point for :func:`refit_output` otherwise.
+
+    Raises
+    ------
+    ValueError
+        No kept cluster, or inconsistent inputs.
+    """
+    if len(students) != len(losses):
+        raise ValueError(f"need one loss per student, got {len(losses)} for {len(students)}")
+    for s, net in enumerate(students):
+        _check_one_hidden(net, f"student {s}")
+    act: Activation = students[0].layers[0].activation
+    if any(net.layers[0].activation is not act for net in students):
+        raise ValueError("all students must share one hidden activation")
+    sym = act.symmetry
+    if sym is not clustering.symmetry:
+        raise ValueError(
+            f"clustering used symmetry {clustering.symmetry.value}, the students' activation "
+            f"{act.name} has {sym.value}"
+        )
+    kept = clustering.kept
+    if not kept:
+        raise ValueError(
+            "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
+            "students longer or wider"
+        )
+    losses_arr = np.asarray(losses, dtype=np.float64)
+    best_overall = int(np.argmin(losses_arr))
+    d_out = students[0].d_out
+    rows, out_cols = [], []
+    bias = students[best_overall].layers[1].bias.copy()
+    sources = []
+    for cl in kept:
+        owners = student[cl.members]
+        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
+        idx = neuron[cl.members[owners == s_best]]
+        hid, out = students[s_best].layers
+        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
+        a = out.weight[:, idx]  # (d_out, n_members)
+        # Reference: the member of largest norm, whose direction is the best determined.
+        ref = v[int(np.argmax(np.linalg.norm(v, axis=1)))]
+        signs = np.ones(len(idx))
+        if sym.sign_invariant:
+            signs = np.where(v @ ref >= 0.0, 1.0, -1.0)
+        oriented = v * signs[:, None]
+        if sym is Symmetry.EVEN_LINEAR_SCALING:
+            norms = np.linalg.norm(oriented, axis=1)
+            unit = oriented / np.where(norms > 0, norms, 1.0)[:, None]
+            mean = unit.mean(axis=0)
+            new_v = mean / max(np.linalg.norm(mean), np.finfo(np.float64).tiny)
+            new_a = (a * norms[None, :]).sum(axis=1)
+        else:
+            new_v = oriented.mean(axis=0)
+            if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT):
+                new_a = (a * signs[None, :]).sum(axis=1)
+            else:
+                new_a = a.sum(axis=1)
+        if sym is Symmetry.ODD_CONSTANT:
+            flipped = signs < 0
+            bias = bias + 2.0 * act.c0 * a[:, flipped].sum(axis=1)
+        rows.append(new_v)
+        out_cols.append(new_a.reshape(d_out))
+        sources.append(s_best)
+    V = np.vstack(rows)
+    hidden = Layer(V[:, :-1].copy(), V[:, -1].copy(), act)
+    output = Layer(np.column_stack(out_cols), bias, students[0].layers[1].activation)
+    return Collapsed(
+        network=MLP((hidden, output)),
+        cluster=tuple(c.label for c in kept),
+        source_student=tuple(sources),
+    )
+
+
+def _design(net: MLP, x: np.ndarray) -> np.ndarray:
+    h = net.hidden(x, 0)
+    return np.hstack([h, np.ones((h.shape[0], 1))])
+
+
+def refit_output(network: MLP, x: np.ndarray, y: np.ndarray) -> MLP:
+    """Refit the output layer by linear least squares, hidden layer fixed.
+
+    Solves ``min_{A, c} ‖h(x) A^T + c - y‖_F`` with ``h(x)`` the hidden activations, by SVD
+    (``numpy.linalg.lstsq``; rank-deficient columns, such as a neuron that duplicates another
+    or a constant neuron beside the bias, get the minimum-norm solution).
+
+    Parameters
+    ----------
+    network : MLP
+        One hidden layer, ``identity`` output.
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+
+    Returns
+    -------
+    MLP
+        Same hidden layer, new output weight ``(d_out, n_hidden)`` and bias ``(d_out,)``.
+    """
+    _check_one_hidden(network, "network")
+    x, y = check_xy(x, y)
+    if network.layers[1].activation.name != "identity":
+        raise ValueError("refit_output needs an identity output layer")
+    design = _design(network, x)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    out = Layer(coef[:-1].T.copy(), coef[-1].copy(), network.layers[1].activation)
+    return network.replace_layer(1, out)
+
+
+def network_rmse(network: MLP, x: np.ndarray, y: np.ndarray) -> float:
+    """Root mean squared error over all samples and outputs."""
+    return float(np.sqrt(np.mean((network.forward(x) - y) ** 2)))
+
+
+def _flip(network: MLP, flips: Sequence[int]) -> MLP:
+    hid = network.layers[0]
+    sign = np.ones(hid.n_out)
+    sign[list(flips)] = -1.0
+    return network.replace_layer(
+        0, Layer(hid.weight * sign[:, None], hid.bias * sign, hid.activation)
+    )
+
+
+def choose_orientations(
+    network: MLP,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_exhaustive: int = 10,
+    max_samples: int = 5000,
+) -> MLP:
+    """Orient each hidden neuron ``±[w, b]`` of an even+linear network to fit ``y`` best.
+
+    For ``EVEN_LINEAR`` and ``EVEN_LINEAR_SCALING`` activations, ``σ(-z) = σ(z) - 2 c1 z``: the
+    orientation of a neuron changes the function by a linear term that no output weight can
+    undo, so each orientation is scored by the residual of :func:`refit_output` (on at most
+    ``max_samples`` queries) and the best is returned, its output layer refit on all queries.
+    Every ``2**n_hidden`` combination is tried when ``n_hidden <= max_exhaustive``; beyond,
+    single flips are applied greedily while they lower the residual.
+
+    Other classes are returned with a refit output layer and unchanged orientations.
+
+    Parameters
+    ----------
+    network : MLP
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+    max_exhaustive : int, default=10
+    max_samples : int, default=5000
+        5000 queries pin a linear term of 1e-6 against noise-free targets; more only costs time.
+    """
+    _check_one_hidden(network, "network")
+    x, y = check_xy(x, y)
+    sym = network.layers[0].activation.symmetry
+    if sym not in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
+        return refit_output(network, x, y)
+    if x.shape[0] > max_samples:
+        pick = np.linspace(0, x.shape[0] - 1, max_samples).astype(int)
+        xs, ys = x[pick], y[pick]
+    else:
+        xs, ys = x, y
+    m = network.layers[0].n_out
+
+    def residual(flips: Sequence[int]) -> float:
+        design = _design(_flip(network, flips), xs)
+        coef, *_ = np.linalg.lstsq(design, ys, rcond=None)
+        return float(np.sum((design @ coef - ys) ** 2))
+
+    if m <= max_exhaustive:
+        candidates = (
+            flips for r in range(m + 1) for flips in itertools.combinations(range(m), r)
+        )
+        best = min(candidates, key=residual)
+    else:
+        current: set[int] = set()
+        best_res = residual(())
+        improved = True
+        while improved:
+            improved = False
+            for k in range(m):
+                trial = current ^ {k}
+                res = residual(sorted(trial))
+                if res < best_res:
+                    current, best_res, improved = trial, res, True
+        best = tuple(sorted(current))
+    return refit_output(_flip(network, best), x, y)
+
+
+def remove_neurons(network: MLP, drop: Sequence[int]) -> MLP:
+    """The network without hidden neurons ``drop`` (their output columns removed too)."""
+    _check_one_hidden(network, "network")
+    hid, out = network.layers
+    keep = np.setdiff1d(np.arange(hid.n_out), np.asarray(list(drop), dtype=int))
+    if keep.size == 0:
+        raise ValueError("cannot remove every hidden neuron")
+    return MLP(
+        (
+            Layer(hid.weight[keep], hid.bias[keep], hid.activation),
+            Layer(out.weight[:, keep], out.bias, out.activation),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Settings of :func:`prune_network`.
+
+    Parameters
+    ----------
+    rel_factor : float, default=10.0
+        A smaller network is accepted when its RMSE is at most
+        ``max(abs_rmse, rel_factor * RMSE before pruning)``: "the same precision", up to the
+        jitter of fine-tuning at machine precision.
+    abs_rmse : float, default=1e-13
+        RMSE that counts as exact regardless of the current one (float64 round-off of outputs of
+        order 1 is about 1e-16; fine-tuning ends within a few hundred ulps of it).
+    skip_rmse : float, default=1e-2
+        Do not fine-tune a removal whose refit RMSE, relative to ``std(y)``, exceeds this: a
+        teacher neuron's removal costs a sizeable fraction of the output, and such a fine-tune
+        only burns its time budget before stalling.
+    """
+
+    rel_factor: float = 10.0
+    abs_rmse: float = 1e-13
+    skip_rmse: float = 1e-2
+
+    def __post_init__(self):
+        for name in ("rel_factor", "abs_rmse", "skip_rmse"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.rel_factor < 1:
+            raise ValueError(f"rel_factor must be at least 1, got {self.rel_factor!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class PruneResult:
+    """Outcome of :func:`prune_network`.
+
+    Attributes
+    ----------
+    network : MLP
+    rmse : float
+        RMSE of ``network`` on the queries.
+    kept : tuple of int
+        Indices (into the input network's hidden layer) of the neurons that remain.
+    removed : tuple of int
+        Indices removed, in removal order.
+    tried : int
+        Removals tried.
+    finetunes : int
+        Fine-tunes run while pruning.
+    """
+
+    network: MLP
+    rmse: float
+    kept: tuple[int, ...]
+    removed: tuple[int, ...]
+    tried: int
+    finetunes: int
+
+
+def prune_network(
+    network: MLP,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    engine: Engine,
+    train_config: TrainConfig,
+    order: Sequence[int] | None = None,
+    config: PruneConfig = PruneConfig(),
+    deadline: float | None = None,
+    on_try: Callable[[int, int], None] | None = None,
+) -> PruneResult:
+    """Remove every hidden neuron the network can do without at the same precision.
+
+    Tries each neuron once, in ``order`` (default: last to first): removes it, refits the
+    output layer (:func:`choose_orientations`, which also fixes orientations for even+linear
+    classes), and fine-tunes with ``engine`` when the refit alone is not within tolerance
+    (:class:`PruneConfig`). An accepted removal replaces the current network.
+
+    Parameters
+    ----------
+    network : MLP
+        One hidden layer, typically already fine-tuned.
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+    engine : Engine
+    train_config : TrainConfig
+        Budget of each fine-tune.
+    order : sequence of int, optional
+        Neuron indices to try, first tried first (e.g. least supported cluster first).
+    config : PruneConfig
+    deadline : float, optional
+        ``time.monotonic()`` value after which no new removal is tried.
+    on_try : callable, optional
+        ``on_try(done, total)`` after each tried removal.
+    """
+    _check_one_hidden(network, "network")
+    x, y = check_xy(x, y)
+    m = network.layers[0].n_out
+    order = list(range(m - 1, -1, -1)) if order is None else [int(k) for k in order]
+    if sorted(order) != sorted(set(order)) or any(not 0 <= k < m for k in order):
+        raise ValueError(f"order must list distinct neuron indices in [0, {m}), got {order}")
+    scale = float(np.std(y)) or 1.0
+    current = network
+    current_rmse = network_rmse(network, x, y)
+    # Tolerance against the starting precision, so that successive removals cannot drift.
+    tol = max(config.abs_rmse, config.rel_factor * current_rmse)
+    alive = list(range(m))  # original index of each current neuron
+    removed: list[int] = []
+    tried = finetunes = 0
+    for done, k in enumerate(order, start=1):
+        if len(alive) == 1 or (deadline is not None and time.monotonic() > deadline):
+            break
+        tried += 1
+        pos = alive.index(k)
+        smaller = choose_orientations(remove_neurons(current, [pos]), x, y)
+        rmse = network_rmse(smaller, x, y)
+        if rmse > tol and rmse <= config.skip_rmse * scale:
+            result: TrainResult = engine.train(x, y, smaller, train_config)
+            finetunes += 1
+            if result.rmse < rmse:
+                smaller, rmse = result.network, network_rmse(result.network, x, y)
+        accepted = rmse <= tol
+        logger.info("prune neuron %d: rmse %.3g (tolerance %.3g) %s", k, rmse, tol,
+                    "removed" if accepted else "kept")
+        if accepted:
+            current, current_rmse = smaller, rmse
+            alive.pop(pos)
+            removed.append(k)
+        if on_try is not None:
+            on_try(done, len(order))
+    return PruneResult(
+        network=current,
+        rmse=current_rmse,
+        kept=tuple(alive),
+        removed=tuple(removed),
+        tried=tried,
+        finetunes=finetunes,
+    )

@@ -1,0 +1,704 @@
+"""Expand-and-Cluster for one hidden layer, end to end (paper section 5, appendix A.3).
+
+:func:`recover` runs the whole procedure; :func:`reconstruct_from_students` runs everything
+after the students are trained (the sweep trains its students itself):
+
+1. **Queries** — a teacher is queried at ``n_queries`` inputs uniform in ``[-√3, √3]^d_in``
+   (or at given inputs); with ``--data`` the pairs are given.
+2. **Students** — ``n_students`` students of width ``ceil(rho r)`` or ``hidden`` are trained
+   (:mod:`ecflow.expansion`).
+3. **Clustering** — their hidden neurons are clustered and the big, aligned clusters kept
+   (:mod:`ecflow.clustering`).
+4. **Reconstruction** — one neuron per kept cluster, with the symmetry compensation of its class,
+   orientations chosen and output layer refit by least squares, fine-tuned with the engine, then
+   pruned to the smallest width at the same precision (:mod:`ecflow.reconstruction`).
+5. **Metrics** — RMSE on the queries and on fresh inputs (teacher path), and the match of the
+   recovered neurons to the teacher's when the teacher is known (:mod:`ecflow.metrics`).
+
+The result is a :class:`Recovery` whose ``status`` says whether the network was recovered to
+``rmse_tol`` and, if not, what to try; every recovered neuron carries a certificate (cluster
+size, within-cluster angles, symmetry class, contributing students).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import enum
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecflow import metrics, teachers
+from ecflow.activations import get_activation
+from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neuron_vectors
+from ecflow.engines import get_engine
+from ecflow.engines.base import TrainConfig, TrainResult
+from ecflow.expansion import student_seeds, student_width, train_students
+from ecflow.networks import MLP, check_array, check_xy
+from ecflow.reconstruction import (
+    PruneConfig,
+    choose_orientations,
+    collapse_clusters,
+    network_rmse,
+    prune_network,
+)
+
+__all__ = [
+    "RecoverConfig",
+    "RecoverStatus",
+    "NeuronCertificate",
+    "Recovery",
+    "reconstruct_from_students",
+    "recover",
+]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``; phases: students, clustering, fine-tune, pruning, metrics."""
+
+
+def _default_finetune() -> TrainConfig:
+    # Near the optimum Levenberg-Marquardt converges in a few dozen steps; a minute bounds the
+    # rare fine-tune of a spurious reconstruction that stalls.
+    return TrainConfig(max_seconds=60.0)
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _integer(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """Settings of a recovery (defaults: the paper's, appendix A.6, and issue 5).
+
+    Parameters
+    ----------
+    n_students : int, default=10
+        Students trained (``N``).
+    gamma : float, default=0.5
+        Minimum fraction of students in a kept cluster, ``0 < gamma <= 1``.
+    beta_deg : float, default=30.0
+        Maximum median within-cluster angle of a kept cluster, ``0 < beta_deg <= 90``.
+    n_queries : int, default=30000
+        Teacher queries used for training (the paper's 30k, A.6.1).
+    n_fresh : int, default=10000
+        Fresh teacher queries on which the RMSE is reported (0: none).
+    rho : float, optional
+        Overparameterisation: student width ``ceil(rho * r)`` for a teacher of width ``r``.
+        Needs a teacher. Exclusive with ``hidden``.
+    hidden : int or tuple of one int, optional
+        Explicit student width (the black-box case). Exclusive with ``rho``.
+    activation : str, optional
+        Student activation; default the teacher's (the paper assumes it known), or ``g`` when
+        only pairs are given.
+    seed : int, default=0
+        Seeds the query inputs (``teachers.sample_inputs(n_queries, d_in, seed)``) and the
+        students (:func:`ecflow.expansion.student_seeds`).
+    prune : bool, default=True
+        Remove neurons the network can do without at the same precision.
+    train : TrainConfig
+        Training of each student.
+    finetune : TrainConfig, default=TrainConfig(max_seconds=60.0)
+        Fine-tuning of the reconstruction and of each pruning attempt.
+    pruning : PruneConfig
+        Tolerances of pruning.
+    rmse_tol : float, default=1e-10
+        RMSE (fresh queries when there are some) at or below which the status is RECOVERED.
+    """
+
+    n_students: int = 10
+    gamma: float = 0.5
+    beta_deg: float = 30.0
+    n_queries: int = 30000
+    n_fresh: int = 10000
+    rho: float | None = None
+    hidden: int | tuple[int, ...] | None = None
+    activation: str | None = None
+    seed: int = 0
+    prune: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=_default_finetune)
+    pruning: PruneConfig = field(default_factory=PruneConfig)
+    rmse_tol: float = 1e-10
+
+    def __post_init__(self):
+        _integer(self.n_students, "n_students", 1)
+        _integer(self.n_queries, "n_queries", 1)
+        _integer(self.n_fresh, "n_fresh", 0)
+        _integer(self.seed, "seed", 0)
+        ClusterConfig(gamma=self.gamma, beta_deg=self.beta_deg)  # validates both, names them
+        if self.rho is not None:
+            rho = _number(self.rho, "rho")
+            if rho <= 0:
+                raise ValueError(f"rho must be positive, got {self.rho!r}")
+            object.__setattr__(self, "rho", rho)
+        if self.hidden is not None:
+            hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
+            hidden = tuple(hidden)
+            if isinstance(self.hidden, bool) or len(hidden) != 1:
+                raise ValueError(
+                    f"hidden must be one positive width (one hidden layer), got {self.hidden!r}"
+                )
+            width = _integer(hidden[0], "hidden", 1)
+            object.__setattr__(self, "hidden", (width,))
+        if self.rho is not None and self.hidden is not None:
+            raise ValueError("give rho or hidden, not both")
+        if self.activation is not None:
+            get_activation(self.activation)
+        if not isinstance(self.prune, bool):
+            raise TypeError(f"prune must be a bool, got {self.prune!r}")
+        for name in ("train", "finetune"):
+            if not isinstance(getattr(self, name), TrainConfig):
+                raise TypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
+        if not isinstance(self.pruning, PruneConfig):
+            raise TypeError(f"pruning must be a PruneConfig, got {self.pruning!r}")
+        if _number(self.rmse_tol, "rmse_tol") <= 0:
+            raise ValueError(f"rmse_tol must be positive, got {self.rmse_tol!r}")
+
+    @property
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig(gamma=self.gamma, beta_deg=self.beta_deg)
+
+
+class RecoverStatus(enum.Enum):
+    """Outcome of a recovery; ``message`` says what to do about it."""
+
+    RECOVERED = "recovered: the network reproduces the queries within rmse_tol"
+    INEXACT = (
+        "reconstructed, but the RMSE is above rmse_tol: train more students (--students), "
+        "wider ones (--rho/--hidden) or longer (--max-seconds)"
+    )
+    NO_CLUSTERS = (
+        "no cluster is both big and aligned: lower --gamma, raise --beta-deg, or train the "
+        "students longer or wider"
+    )
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class NeuronCertificate:
+    """Why a recovered neuron is trusted: the cluster it came from.
+
+    Attributes
+    ----------
+    neuron : int
+        Index in the recovered hidden layer.
+    cluster : int
+        Cluster label (:class:`~ecflow.clustering.ClusterResult`).
+    cluster_size : int
+        Neurons in the cluster.
+    n_students : int
+        Distinct students in the cluster.
+    median_angle_deg, max_angle_deg : float
+        Within-cluster angles between ``[w, b]`` vectors.
+    symmetry : str
+        Symmetry class of the activation (``Symmetry.value``).
+    students : tuple of int
+        Contributing students.
+    source_student : int
+        Student whose neuron(s) were taken (the lowest loss in the cluster).
+    """
+
+    neuron: int
+    cluster: int
+    cluster_size: int
+    n_students: int
+    median_angle_deg: float
+    max_angle_deg: float
+    symmetry: str
+    students: tuple[int, ...]
+    source_student: int
+
+    def to_dict(self) -> dict:
+        return {
+            "neuron": self.neuron,
+            "cluster": self.cluster,
+            "cluster_size": self.cluster_size,
+            "n_students": self.n_students,
+            "median_angle_deg": self.median_angle_deg,
+            "max_angle_deg": self.max_angle_deg,
+            "symmetry": self.symmetry,
+            "students": list(self.students),
+            "source_student": self.source_student,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Recovery:
+    """Outcome of a recovery.
+
+    Attributes
+    ----------
+    network : MLP or None
+        The recovered network; None when no cluster was kept.
+    hidden_sizes : tuple of int
+        Recovered hidden width(s); ``()`` without a network.
+    rmse_train : float or None
+        RMSE on the training queries.
+    rmse_fresh : float or None
+        RMSE on fresh queries; None without fresh data (``--data``: nothing is held out).
+    student_losses : tuple of float
+        Final MSE of each student.
+    neurons : tuple of NeuronCertificate
+        One per recovered hidden neuron.
+    max_cosine_distance : float or None
+        Largest cosine distance of a teacher neuron to its matched recovered neuron (teacher
+        known), else None.
+    status : RecoverStatus
+    reason : str
+        ``status.message`` with the numbers behind it.
+    seconds : float
+        Wall-clock time of the whole recovery.
+    phase_seconds : mapping of str to float
+        Time per phase (students, clustering, reconstruction, fine-tune, pruning, metrics).
+    student_width : int
+    activation : str
+    n_kept_clusters : int
+        Clusters kept before pruning.
+    pruned : tuple of int
+        Reconstruction neurons removed by pruning (indices before pruning).
+    teacher_distances : tuple of float
+        Cosine distance of each teacher neuron to its match (teacher known), else ``()``.
+    notes : tuple of str
+    clustering : ClusterResult or None
+        For the plots; not part of the report.
+    """
+
+    network: MLP | None
+    hidden_sizes: tuple[int, ...]
+    rmse_train: float | None
+    rmse_fresh: float | None
+    student_losses: tuple[float, ...]
+    neurons: tuple[NeuronCertificate, ...]
+    max_cosine_distance: float | None
+    status: RecoverStatus
+    reason: str
+    seconds: float
+    phase_seconds: Mapping[str, float]
+    student_width: int
+    activation: str
+    n_kept_clusters: int = 0
+    pruned: tuple[int, ...] = ()
+    teacher_distances: tuple[float, ...] = ()
+    notes: tuple[str, ...] = ()
+    clustering: ClusterResult | None = field(default=None, repr=False)
+
+    @property
+    def recovered(self) -> bool:
+        return self.status is RecoverStatus.RECOVERED
+
+    def to_report(self) -> dict:
+        """JSON-serialisable summary (the ``--report`` file; also the output's root attributes)."""
+
+        def num(v):
+            return None if v is None or not math.isfinite(v) else float(v)
+
+        return {
+            "status": self.status.name,
+            "reason": self.reason,
+            "hidden_sizes": list(self.hidden_sizes),
+            "sizes": list(self.network.sizes) if self.network is not None else [],
+            "activation": self.activation,
+            "student_width": self.student_width,
+            "rmse_train": num(self.rmse_train),
+            "rmse_fresh": num(self.rmse_fresh),
+            "max_cosine_distance": num(self.max_cosine_distance),
+            "teacher_distances": [num(d) for d in self.teacher_distances],
+            "student_losses": [num(v) for v in self.student_losses],
+            "n_students": len(self.student_losses),
+            "n_kept_clusters": self.n_kept_clusters,
+            "pruned": list(self.pruned),
+            "neurons": [c.to_dict() for c in self.neurons],
+            "seconds": self.seconds,
+            "phase_seconds": dict(self.phase_seconds),
+            "notes": list(self.notes),
+        }
+
+    def to_attrs(self) -> dict:
+        """The report as HDF5 root attributes: numbers and strings as they are, lists of
+        numbers as arrays, anything nested as a JSON string; None values are left out."""
+        out = {}
+        for key, value in self.to_report().items():
+            if value is None:
+                continue
+            if isinstance(value, (dict, list)) and not _flat_numbers(value):
+                out[key] = json.dumps(value)
+            elif isinstance(value, list):
+                out[key] = np.asarray(value, dtype=np.float64)
+            else:
+                out[key] = value
+        return out
+
+
+def _flat_numbers(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _support_order(certs: Sequence[NeuronCertificate]) -> list[int]:
+    """Pruning order: least supported first (fewest students, then widest median angle)."""
+    return sorted(
+        range(len(certs)),
+        key=lambda k: (certs[k].n_students, -certs[k].median_angle_deg, -k),
+    )
+
+
+def reconstruct_from_students(
+    x: np.ndarray,
+    y: np.ndarray,
+    students: Sequence[TrainResult],
+    *,
+    config: RecoverConfig,
+    engine: str = "native",
+    x_fresh: np.ndarray | None = None,
+    y_fresh: np.ndarray | None = None,
+    teacher: MLP | None = None,
+    progress: Progress | None = None,
+) -> Recovery:
+    """Clustering, reconstruction, fine-tuning, pruning and metrics from trained students.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, d_in), float64
+        Training queries (the students' training inputs).
+    y : ndarray of shape (n_samples, d_out), float64
+    students : sequence of TrainResult
+        Trained one-hidden-layer students with a common activation.
+    config : RecoverConfig
+        ``gamma``, ``beta_deg``, ``prune``, ``finetune``, ``pruning`` and ``rmse_tol`` are used.
+    engine : str, default="native"
+        Engine of the fine-tunes.
+    x_fresh : ndarray of shape (n_fresh, d_in), float64, optional
+    y_fresh : ndarray of shape (n_fresh, d_out), float64, optional
+        Held-out pairs for the reported RMSE.
+    teacher : MLP, optional
+        When known, the recovered neurons are matched to its hidden neurons.
+    progress : callable, optional
+        ``progress(phase, done, total)``.
+
+    Returns
+    -------
+    Recovery
+    """
+    t_start = time.monotonic()
+    x, y = check_xy(x, y)
+    if (x_fresh is None) != (y_fresh is None):
+        raise ValueError("fresh queries need both x_fresh and y_fresh")
+    if x_fresh is not None:
+        x_fresh, y_fresh = check_xy(x_fresh, y_fresh)
+        if x_fresh.shape[1] != x.shape[1] or y_fresh.shape[1] != y.shape[1]:
+            raise ValueError(
+                f"fresh pairs x {x_fresh.shape}, y {y_fresh.shape} do not match the training "
+                f"pairs x {x.shape}, y {y.shape}"
+            )
+    students = list(students)
+    if not students:
+        raise ValueError("need at least one student")
+    nets = [s.network for s in students]
+    for i, net in enumerate(nets):
+        if len(net.layers) != 2:
+            raise ValueError(
+                f"student {i} must have one hidden layer (issue 5), got sizes {net.sizes}"
+            )
+        if net.d_in != x.shape[1] or net.d_out != y.shape[1]:
+            raise ValueError(
+                f"student {i} is {net.d_in} -> {net.d_out}, the pairs are "
+                f"{x.shape[1]} -> {y.shape[1]}"
+            )
+    act = nets[0].layers[0].activation
+    if any(n.layers[0].activation is not act for n in nets):
+        raise ValueError("all students must share one hidden activation")
+    if teacher is not None and (teacher.d_in != x.shape[1] or len(teacher.layers) != 2):
+        raise ValueError(
+            f"teacher must be a one-hidden-layer network with d_in = {x.shape[1]}, got "
+            f"sizes {teacher.sizes}"
+        )
+    eng = get_engine(engine)
+    # A failed student (NaN loss) must never win a cluster.
+    losses = tuple(float(s.loss) for s in students)
+    rank_losses = [v if math.isfinite(v) else math.inf for v in losses]
+    width = nets[0].layers[0].n_out
+    phases: dict[str, float] = {}
+
+    def tick(phase: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(phase, done, total)
+
+    t = time.monotonic()
+    tick("clustering", 0, 1)
+    vectors, sid, nid = neuron_vectors(nets)
+    clustering = cluster_neurons(
+        vectors, sid, act.symmetry, n_students=len(nets), config=config.cluster_config
+    )
+    tick("clustering", 1, 1)
+    phases["clustering"] = time.monotonic() - t
+    kept = clustering.kept
+    base = dict(
+        student_losses=losses,
+        student_width=width,
+        activation=act.name,
+        n_kept_clusters=len(kept),
+        clustering=clustering,
+    )
+    if not kept:
+        n_big = sum(c.big for c in clustering.clusters)
+        return Recovery(
+            network=None,
+            hidden_sizes=(),
+            rmse_train=None,
+            rmse_fresh=None,
+            neurons=(),
+            max_cosine_distance=None,
+            status=RecoverStatus.NO_CLUSTERS,
+            reason=(
+                f"{RecoverStatus.NO_CLUSTERS.message} ({n_big} big clusters, none with a "
+                f"median angle <= {config.beta_deg}°; best student loss {min(rank_losses):.3g})"
+            ),
+            seconds=time.monotonic() - t_start,
+            phase_seconds=phases,
+            **base,
+        )
+
+    t = time.monotonic()
+    collapsed = collapse_clusters(nets, rank_losses, clustering, sid, nid)
+    net = choose_orientations(collapsed.network, x, y)
+    phases["reconstruction"] = time.monotonic() - t
+    by_label = {c.label: c for c in clustering.clusters}
+    certs = [
+        NeuronCertificate(
+            neuron=k,
+            cluster=lab,
+            cluster_size=by_label[lab].size,
+            n_students=len(by_label[lab].students),
+            median_angle_deg=by_label[lab].median_angle_deg,
+            max_angle_deg=by_label[lab].max_angle_deg,
+            symmetry=act.symmetry.value,
+            students=by_label[lab].students,
+            source_student=src,
+        )
+        for k, (lab, src) in enumerate(zip(collapsed.cluster, collapsed.source_student))
+    ]
+
+    t = time.monotonic()
+    tick("fine-tune", 0, 1)
+    tuned = eng.train(x, y, net, config.finetune)
+    if tuned.rmse < network_rmse(net, x, y):
+        net = tuned.network
+    tick("fine-tune", 1, 1)
+    phases["fine-tune"] = time.monotonic() - t
+
+    pruned: tuple[int, ...] = ()
+    notes: list[str] = []
+    if config.prune and len(certs) > 1:
+        t = time.monotonic()
+        order = _support_order(certs)
+        tick("pruning", 0, len(order))
+        result = prune_network(
+            net,
+            x,
+            y,
+            engine=eng,
+            train_config=config.finetune,
+            order=order,
+            config=config.pruning,
+            on_try=lambda done, total: tick("pruning", done, total),
+        )
+        pruned = result.removed
+        if pruned:
+            net = result.network
+            final = eng.train(x, y, net, config.finetune)
+            if final.rmse < result.rmse:
+                net = final.network
+            notes.append(
+                f"pruning removed {len(pruned)} of {len(certs)} neurons "
+                f"({result.finetunes} fine-tunes)"
+            )
+        certs = [
+            NeuronCertificate(**{**c.__dict__, "neuron": i})
+            for i, c in enumerate(certs[k] for k in result.kept)
+        ]
+        phases["pruning"] = time.monotonic() - t
+
+    t = time.monotonic()
+    rmse_train = metrics.rmse(net, x, y)
+    rmse_fresh = metrics.rmse(net, x_fresh, y_fresh) if x_fresh is not None else None
+    if x_fresh is None:
+        notes.append("no held-out queries: the RMSE is on the training queries only")
+    max_cos, dists = None, ()
+    if teacher is not None:
+        match = metrics.match_neurons(net, teacher)
+        max_cos = match.max_distance
+        per_teacher = np.full(teacher.layers[0].n_out, metrics.max_distance_of(
+            teacher.layers[0].activation.symmetry))
+        per_teacher[match.teacher] = match.distances
+        dists = tuple(float(d) for d in per_teacher)
+    phases["metrics"] = time.monotonic() - t
+
+    judged = rmse_fresh if rmse_fresh is not None else rmse_train
+    where = "fresh" if rmse_fresh is not None else "training"
+    if judged <= config.rmse_tol:
+        status = RecoverStatus.RECOVERED
+        reason = f"{status.message} ({where} RMSE {judged:.3g} <= {config.rmse_tol:.3g})"
+    else:
+        status = RecoverStatus.INEXACT
+        reason = (
+            f"{status.message} ({where} RMSE {judged:.3g} > {config.rmse_tol:.3g}; best "
+            f"student loss {min(rank_losses):.3g})"
+        )
+    return Recovery(
+        network=net,
+        hidden_sizes=net.hidden_sizes,
+        rmse_train=rmse_train,
+        rmse_fresh=rmse_fresh,
+        neurons=tuple(certs),
+        max_cosine_distance=max_cos,
+        status=status,
+        reason=reason,
+        seconds=time.monotonic() - t_start,
+        phase_seconds=phases,
+        pruned=tuple(int(k) for k in pruned),
+        teacher_distances=dists,
+        notes=tuple(notes),
+        **base,
+    )
+
+
+def recover(
+    *,
+    teacher: MLP | None = None,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    config: RecoverConfig,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    progress: Progress | None = None,
+) -> Recovery:
+    """Recover a one-hidden-layer network from a teacher or from input-output pairs.
+
+    Teacher path: ``teacher`` given (``y`` not); it is queried at ``x`` when given, else at
+    ``config.n_queries`` inputs ``teachers.sample_inputs(n_queries, d_in, config.seed)``, and
+    at ``config.n_fresh`` fresh inputs for the reported RMSE. The student width is
+    ``ceil(rho r)`` or ``hidden``.
+
+    Data path: ``x`` and ``y`` given, no teacher; ``config.hidden`` is required, nothing is
+    held out.
+
+    Parameters
+    ----------
+    teacher : MLP, optional
+        One hidden layer.
+    x : ndarray of shape (n_samples, d_in), float64, optional
+    y : ndarray of shape (n_samples, d_out), float64, optional
+    config : RecoverConfig
+    engine : str, default="native"
+    executor : concurrent.futures.Executor, optional
+        Trains the students in parallel (:func:`ecflow.parallel.make_executor`).
+    progress : callable, optional
+        ``progress(phase, done, total)``.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent inputs: neither or both of teacher and pairs, ``rho`` without a teacher,
+        no width, a deep teacher.
+    """
+    t_start = time.monotonic()
+    if not isinstance(config, RecoverConfig):
+        raise TypeError(f"config must be a RecoverConfig, got {type(config).__name__}")
+    notes: list[str] = []
+    x_fresh = y_fresh = None
+    if teacher is not None:
+        if y is not None:
+            raise ValueError("give a teacher or pairs (x, y), not both")
+        if len(teacher.layers) != 2:
+            raise ValueError(
+                f"the teacher must have one hidden layer (issue 5), got sizes {teacher.sizes}"
+            )
+        d_in = teacher.d_in
+        if x is None:
+            x = teachers.sample_inputs(config.n_queries, d_in, config.seed)
+        x = check_array(x, "x", ndim=2)
+        if x.shape[1] != d_in:
+            raise ValueError(f"queries must have d_in = {d_in} columns, got shape {x.shape}")
+        y = teachers.query(teacher, x)
+        if config.n_fresh > 0:
+            x_fresh = teachers.sample_inputs(
+                config.n_fresh, d_in, np.random.default_rng([config.seed, 1])
+            )
+            y_fresh = teachers.query(teacher, x_fresh)
+        if config.rho is not None:
+            width = student_width(teacher.hidden_sizes[0], config.rho)
+        elif config.hidden is not None:
+            width = config.hidden[0]
+        else:
+            raise ValueError("give rho (a multiple of the teacher's width) or hidden (a width)")
+        activation = config.activation or teacher.layers[0].activation.name
+    else:
+        if x is None or y is None:
+            raise ValueError("give a teacher, or input-output pairs x and y")
+        x, y = check_xy(x, y)
+        if config.rho is not None:
+            raise ValueError("rho needs a teacher (its width); with pairs give hidden")
+        if config.hidden is None:
+            raise ValueError("with pairs, give hidden (the student width)")
+        width = config.hidden[0]
+        activation = config.activation or "g"
+        if config.activation is None:
+            notes.append("no activation given: students use g, the paper's default")
+
+    seeds = student_seeds(config.seed, config.n_students)
+    t = time.monotonic()
+    results = train_students(
+        x,
+        y,
+        hidden=(width,),
+        activation=activation,
+        seeds=seeds,
+        config=config.train,
+        engine=engine,
+        executor=executor,
+        progress=(lambda d, n: progress("students", d, n)) if progress is not None else None,
+    )
+    t_students = time.monotonic() - t
+    rec = reconstruct_from_students(
+        x,
+        y,
+        results,
+        config=config,
+        engine=engine,
+        x_fresh=x_fresh,
+        y_fresh=y_fresh,
+        teacher=teacher,
+        progress=progress,
+    )
+    phases = {"students": t_students, **rec.phase_seconds}
+    return Recovery(
+        **{
+            **rec.__dict__,
+            "phase_seconds": phases,
+            "seconds": time.monotonic() - t_start,
+            "notes": tuple(notes) + rec.notes,
+        }
+    )
