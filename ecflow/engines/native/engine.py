@@ -1,0 +1,233 @@
+"""The native engine: schedules of Levenberg–Marquardt, gradient flow and scipy optimizers.
+
+Schedules (:class:`~ecflow.engines.base.Schedule`):
+
+``lm-first``
+    LM from the initial point (it either converges or stalls within seconds for the students of
+    the paper). Only if it stalls above ``loss_tol``: the gradient flow from the best point for
+    at most ``flow_seconds``, then the second-phase optimizer (``config.optimizer``) for at most
+    ``polish_seconds``; this flow + polish round repeats while time is left and each round
+    lowers the best loss.
+``flow-first``
+    The paper's order (A.6.1): the gradient flow for at most ``flow_seconds``, then the
+    second-phase optimizer with the rest of the budget.
+
+When the whole budget ``max_seconds`` is shorter than ``flow_seconds + polish_seconds``, the
+flow gets the same share of what is left as ``flow_seconds`` has of the sum, so the polish
+always runs. A student whose dense Jacobian QR / Hessian would exceed ``memory_budget_mb``
+is trained by L-BFGS on the exact gradient only, and the result's notes say so.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ecflow.engines.base import Optimizer, Schedule, TrainConfig, TrainResult, TrainStatus
+from ecflow.engines.native.derivatives import Architecture
+from ecflow.engines.native.gradient_flow import gradient_flow
+from ecflow.engines.native.levenberg_marquardt import levenberg_marquardt
+from ecflow.engines.native.problem import PhaseOutcome, Problem, Tracker, dense_bytes
+from ecflow.engines.native.quasi_newton import minimize_phase
+from ecflow.networks import MLP, check_xy
+
+__all__ = ["NativeEngine"]
+
+_ROUND_IMPROVEMENT = 1e-3
+"""A flow + polish round of ``lm-first`` is repeated only if the previous one lowered the best
+loss by at least this relative amount."""
+_MIN_PHASE_SECONDS = 0.05
+"""A phase with less time than this left is not started."""
+
+_STATUS = {
+    "loss_tol": TrainStatus.CONVERGED_LOSS,
+    "grad_tol": TrainStatus.CONVERGED_GRAD,
+    "max_seconds": TrainStatus.MAX_TIME,
+    "max_steps": TrainStatus.MAX_STEPS,
+    "patience": TrainStatus.STALLED,
+    "stalled": TrainStatus.STALLED,
+}
+_CONVERGED = ("loss_tol", "grad_tol")
+
+
+def _check_inputs(x, y, init, config, progress):
+    if not isinstance(init, MLP):
+        raise TypeError(f"init must be an MLP, got {type(init).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+    x, y = check_xy(x, y)
+    if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
+        raise ValueError(
+            f"pairs x {x.shape}, y {y.shape} do not match the initial network "
+            f"{init.d_in} -> {init.d_out}"
+        )
+    return x, y
+
+
+class NativeEngine:
+    """NumPy/SciPy Float64 engine (see the module docstring for the schedules)."""
+
+    name = "native"
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        init: MLP,
+        config: TrainConfig,
+        *,
+        progress=None,
+    ) -> TrainResult:
+        """Train ``init`` on pairs by minimising the MSE.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_samples, d_in), float64
+        y : ndarray of shape (n_samples, d_out), float64
+        init : MLP
+            Initial network (not modified).
+        config : TrainConfig
+        progress : callable, optional
+            ``progress(elapsed_seconds, best_loss)``, called about every 0.25 s.
+
+        Returns
+        -------
+        TrainResult
+            The best network seen, with its loss, gradient norm, status and history.
+        """
+        x, y = _check_inputs(x, y, init, config, progress)
+        arch = Architecture.of(init)
+        problem = Problem(arch, x, y)
+        theta0 = init.flatten()
+        loss0 = problem.sum_sq(theta0) / problem.n_residuals
+        if not np.isfinite(loss0):
+            raise ValueError("the initial network's outputs overflow on x (loss is not finite)")
+        tracker = Tracker(
+            theta0, loss0, loss_tol=config.loss_tol, grad_tol=config.grad_tol, progress=progress
+        )
+        run = _Run(problem, tracker, config)
+        notes: list[str] = []
+        need = dense_bytes(arch, x.shape[0]) / 2**20
+        if need > config.memory_budget_mb:
+            notes.append(
+                f"{arch.n_params} parameters need about {need:.0f} MB for the dense Jacobian QR "
+                f"and Hessian, over memory_budget_mb = {config.memory_budget_mb:g}: trained "
+                "with L-BFGS on the exact gradient instead of LM / gradient flow"
+            )
+            run.polish("l-bfgs", theta0, run.total_deadline)
+        elif config.schedule is Schedule.LM_FIRST:
+            run.lm_first(theta0)
+        else:
+            run.flow_first(theta0)
+
+        history = tracker.finish()
+        best = tracker.best_theta
+        loss, grad = problem.loss_grad(best)
+        grad_norm = float(np.linalg.norm(grad))
+        phase, outcome = run.last
+        if loss <= config.loss_tol:
+            status, rule = TrainStatus.CONVERGED_LOSS, "loss_tol"
+        elif grad_norm <= config.grad_tol:
+            status, rule = TrainStatus.CONVERGED_GRAD, "grad_tol"
+        else:
+            rule = outcome.rule if outcome.rule not in _CONVERGED else "stalled"
+            status = _STATUS[rule]
+        return TrainResult(
+            network=init.unflatten(best),
+            loss=float(loss),
+            rmse=float(np.sqrt(loss)),
+            grad_norm=grad_norm,
+            status=status,
+            stopped_by=f"{phase}: {rule}",
+            steps=run.steps,
+            seconds=tracker.elapsed(),
+            history=history,
+            engine=self.name,
+            notes=tuple(notes),
+        )
+
+
+class _Run:
+    """State of one training: deadlines, the phases run so far and their steps."""
+
+    def __init__(self, problem: Problem, tracker: Tracker, config: TrainConfig):
+        self.problem = problem
+        self.tracker = tracker
+        self.config = config
+        self.total_deadline = tracker.start + config.total_seconds
+        self.steps = 0
+        self.last: tuple[str, PhaseOutcome] = ("none", PhaseOutcome("stalled", 0))
+
+    def left(self) -> float:
+        return self.total_deadline - time.perf_counter()
+
+    def _record(self, phase: str, outcome: PhaseOutcome) -> PhaseOutcome:
+        self.steps += outcome.steps
+        self.last = (phase, outcome)
+        return outcome
+
+    def lm(self, theta, deadline) -> PhaseOutcome:
+        c = self.config
+        return self._record(
+            "lm",
+            levenberg_marquardt(
+                self.problem, theta, self.tracker,
+                deadline=deadline, max_steps=c.max_steps, patience=c.patience,
+            ),
+        )
+
+    def flow(self, theta, deadline) -> PhaseOutcome:
+        c = self.config
+        return self._record(
+            "flow",
+            gradient_flow(
+                self.problem, theta, self.tracker,
+                method=c.ode_method, deadline=deadline, max_steps=c.max_steps,
+            ),
+        )
+
+    def polish(self, method: str, theta, deadline) -> PhaseOutcome:
+        if method == Optimizer.LM.value:
+            return self.lm(theta, deadline)
+        return self._record(
+            method,
+            minimize_phase(
+                self.problem, theta, self.tracker,
+                method=method, deadline=deadline, max_steps=self.config.max_steps,
+            ),
+        )
+
+    def _flow_deadline(self) -> float:
+        c = self.config
+        share = c.flow_seconds / max(c.flow_seconds + c.polish_seconds, 1e-300)
+        return time.perf_counter() + min(c.flow_seconds, share * self.left())
+
+    def _polish_deadline(self) -> float:
+        return min(self.total_deadline, time.perf_counter() + self.config.polish_seconds)
+
+    def lm_first(self, theta0) -> None:
+        out = self.lm(theta0, self.total_deadline)
+        while out.rule in ("patience", "stalled") and self.left() > _MIN_PHASE_SECONDS:
+            before = self.tracker.best_loss
+            if self.config.flow_seconds > 0:
+                out = self.flow(self.tracker.best_theta, self._flow_deadline())
+                if out.rule in _CONVERGED:
+                    return
+            if self.left() <= _MIN_PHASE_SECONDS:
+                return
+            out = self.polish(
+                self.config.optimizer.value, self.tracker.best_theta, self._polish_deadline()
+            )
+            if self.tracker.best_loss >= before * (1.0 - _ROUND_IMPROVEMENT):
+                return
+
+    def flow_first(self, theta0) -> None:
+        if self.config.flow_seconds > 0:
+            out = self.flow(theta0, self._flow_deadline())
+            if out.rule in _CONVERGED:
+                return
+        if self.left() > _MIN_PHASE_SECONDS:
+            self.polish(self.config.optimizer.value, self.tracker.best_theta, self.total_deadline)

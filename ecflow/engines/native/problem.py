@@ -1,0 +1,194 @@
+"""The training problem (pairs + architecture) and the tracker of the best point seen.
+
+Both are private plumbing shared by the phases of the native engine: :class:`Problem` binds the
+derivative kernels to one data set and picks chunk sizes; :class:`Tracker` keeps the lowest-loss
+parameters, the ``(elapsed, loss)`` history and calls the user's ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecflow.engines.native.derivatives import (
+    Architecture,
+    _hessian,
+    _loss_grad,
+    _sum_sq_residuals,
+)
+
+__all__ = ["Problem", "Tracker", "StopPhase", "PhaseOutcome", "dense_bytes", "Objective"]
+
+_BYTES = 8
+_QR_CHUNK_BYTES = 48 * 2**20
+"""Target size of one chunk of Jacobian rows in the chunked QR."""
+_QR_CHUNK_ROWS = 4096
+_HESS_CHUNK_BYTES = 64 * 2**20
+"""Target size of the tangent arrays of one chunk of samples in the Hessian."""
+
+
+def dense_bytes(arch: Architecture, n_samples: int) -> float:
+    """Estimated peak memory of the dense methods: ``R``, ``U``, ``Vᵀ``, ``H`` (P² each), one
+    chunk of Jacobian rows and one chunk of Hessian tangents (at least ``2 (P+1)`` rows)."""
+    P1 = arch.n_params + 1
+    chunk_rows = min(
+        n_samples * arch.d_out,
+        max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1))),
+    )
+    width = sum(arch.sizes[1:]) + arch.sizes[-2]
+    hess_rows = min(n_samples, max(1, _HESS_CHUNK_BYTES // (3 * width * P1 * _BYTES)))
+    return _BYTES * (4.0 * P1 * P1 + 2.0 * chunk_rows * P1 + 3.0 * hess_rows * width * P1)
+
+
+class Problem:
+    """Pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)`` and the architecture (trusted)."""
+
+    def __init__(self, arch: Architecture, x: np.ndarray, y: np.ndarray):
+        self.arch = arch
+        self.x = np.ascontiguousarray(x)
+        self.y = np.ascontiguousarray(y)
+        self.n_residuals = y.size
+        P1 = arch.n_params + 1
+        # About 4096 rows keep the stacked chunk in cache; at least 2 (P+1) rows so that each
+        # re-factorisation makes progress through the data.
+        rows = max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1)))
+        self.qr_chunk = max(1, rows // arch.d_out)
+        width = sum(arch.sizes[1:]) + arch.sizes[-2]
+        self.hess_chunk = max(1, _HESS_CHUNK_BYTES // (3 * width * P1 * _BYTES))
+
+    def sum_sq(self, theta: np.ndarray) -> float:
+        """``|r|²``; ``inf`` when the forward pass overflows."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = _sum_sq_residuals(self.arch, theta, self.x, self.y)
+        return v if np.isfinite(v) else np.inf
+
+    def loss_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _loss_grad(self.arch, theta, self.x, self.y)
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _hessian(self.arch, theta, self.x, self.y, self.hess_chunk)
+
+
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """How one phase ended.
+
+    Attributes
+    ----------
+    rule : str
+        ``loss_tol``, ``grad_tol``, ``patience`` (no progress), ``stalled`` (the method cannot
+        make a step), ``max_seconds`` or ``max_steps``.
+    steps : int
+        Steps taken (LM trial steps, ODE right-hand-side or objective evaluations).
+    """
+
+    rule: str
+    steps: int
+
+
+class StopPhase(Exception):
+    """Raised inside a scipy callback to end a phase; ``rule`` says why."""
+
+    def __init__(self, rule: str):
+        super().__init__(rule)
+        self.rule = rule
+
+
+class Tracker:
+    """Best point, history and progress reporting across all phases of one training.
+
+    Parameters
+    ----------
+    theta0 : ndarray of shape (n_params,)
+    loss0 : float
+    loss_tol, grad_tol : float
+    progress : callable or None
+        ``progress(elapsed_seconds, best_loss)``, called at most every ``report_every`` seconds.
+    """
+
+    report_every = 0.25
+    record_every = 0.05
+
+    def __init__(
+        self,
+        theta0: np.ndarray,
+        loss0: float,
+        *,
+        loss_tol: float,
+        grad_tol: float,
+        progress: Callable[[float, float], object] | None = None,
+    ):
+        self.start = time.perf_counter()
+        self.loss_tol = loss_tol
+        self.grad_tol = grad_tol
+        self.progress = progress
+        self.best_theta = theta0.copy()
+        self.best_loss = loss0
+        self._history = [(0.0, loss0)]
+        self._last_report = -np.inf
+        self._report(0.0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def observe(self, theta: np.ndarray, loss: float) -> bool:
+        """Record a visited point; returns whether it is the best so far."""
+        if not (loss < self.best_loss):
+            return False
+        self.best_loss = float(loss)
+        self.best_theta = theta.copy()
+        t = self.elapsed()
+        last_t, last_loss = self._history[-1]
+        if t - last_t >= self.record_every or loss < 0.1 * last_loss:
+            self._history.append((t, self.best_loss))
+        if t - self._last_report >= self.report_every:
+            self._report(t)
+        return True
+
+    def _report(self, t: float) -> None:
+        self._last_report = t
+        if self.progress is not None:
+            self.progress(t, self.best_loss)
+
+    def finish(self) -> np.ndarray:
+        """Close the history with the final best loss, report it, return ``(n, 2)`` float64."""
+        t = self.elapsed()
+        if self._history[-1][1] != self.best_loss or len(self._history) == 1:
+            self._history.append((t, self.best_loss))
+        self._report(t)
+        return np.asarray(self._history, dtype=np.float64)
+
+
+class Objective:
+    """``fun(θ) -> (L, ∇L)`` for scipy: feeds ``tracker``, counts calls, and raises
+    :class:`StopPhase` at the deadline, after ``max_calls`` calls, or at ``loss_tol``."""
+
+    def __init__(self, problem: Problem, tracker: Tracker, deadline: float, max_calls: int):
+        self.problem = problem
+        self.tracker = tracker
+        self.deadline = deadline
+        self.max_calls = max_calls
+        self.calls = 0
+
+    def check_time(self) -> None:
+        if time.perf_counter() >= self.deadline:
+            raise StopPhase("max_seconds")
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        self.check_time()
+        if self.calls >= self.max_calls:
+            raise StopPhase("max_steps")
+        self.calls += 1
+        value, grad = self.problem.loss_grad(theta)
+        if not np.isfinite(value):
+            # Outside the region where the network is finite: scipy's line searches back off.
+            return np.inf, np.zeros_like(theta)
+        self.tracker.observe(theta, value)
+        if value <= self.tracker.loss_tol:
+            raise StopPhase("loss_tol")
+        return value, grad
