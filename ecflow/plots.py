@@ -16,6 +16,166 @@ import numpy as np
 
 
 # =================================================================================================
+# Recovery figures (issue 5): dendrogram with the chosen cut, clusters, student losses.
+# Each takes plain results (ClusterResult, losses) and returns a Figure; see write_recovery_plots.
+# =================================================================================================
+
+_KEPT, _SMALL, _UNALIGNED = "#1a9850", "#4575b4", "#d73027"  # the paper's green, blue, red
+
+
+def recovery_dendrogram(clustering: Any):
+    """Dendrogram of the neurons' clustering with the chosen cut height (paper figure 3C).
+
+    Parameters
+    ----------
+    clustering : ecflow.clustering.ClusterResult
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Leaves coloured by the fate of their cluster: kept (green), too few students (blue),
+        unaligned (red); the cut as a dashed line.
+    """
+    from matplotlib.figure import Figure
+    from scipy.cluster import hierarchy
+
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    if clustering.linkage.shape[0] == 0:
+        ax.text(0.5, 0.5, "a single neuron: nothing to cluster", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    colour = {c.label: (_KEPT if c.kept else _SMALL if not c.big else _UNALIGNED)
+              for c in clustering.clusters}
+    n = clustering.labels.size
+    leaf_colour = [colour[int(clustering.labels[i])] for i in range(n)]
+    # A merge takes its cluster's colour when both sides belong to one cluster of the cut.
+    link_colour = {}
+    members = {i: {i} for i in range(n)}
+    for k, (a, b, _, _) in enumerate(clustering.linkage):
+        node = n + k
+        members[node] = members[int(a)] | members[int(b)]
+        labels = {int(clustering.labels[i]) for i in members[node]}
+        link_colour[node] = colour[labels.pop()] if len(labels) == 1 else "#999999"
+    hierarchy.dendrogram(
+        clustering.linkage, ax=ax, no_labels=n > 60,
+        link_color_func=lambda node: link_colour.get(node, leaf_colour[node] if node < n else "#999999"),
+    )
+    ax.axhline(clustering.height, color="orange", linestyle="--",
+               label=f"cut at {clustering.height:.3g}")
+    kept = sum(c.kept for c in clustering.clusters)
+    ax.set_title(f"{n} neurons of {clustering.n_students} students, "
+                 f"{kept} clusters kept ({clustering.symmetry.value})")
+    ax.set_ylabel("average-linkage distance")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def recovery_clusters(clustering: Any, *, beta_deg: float | None = None):
+    """Distinct students per cluster against its median within-cluster angle.
+
+    Parameters
+    ----------
+    clustering : ecflow.clustering.ClusterResult
+    beta_deg : float, optional
+        Alignment threshold drawn as a vertical line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for fate, colour, label in (("kept", _KEPT, "kept"), ("too few students", _SMALL, "too few students"),
+                                ("unaligned", _UNALIGNED, "unaligned")):
+        cs = [c for c in clustering.clusters if c.reason == fate]
+        if not cs:
+            continue
+        # A tiny floor puts exactly aligned clusters (angle 0) on the log axis.
+        ang = np.maximum([c.median_angle_deg for c in cs], 1e-12)
+        ax.scatter(ang, [len(c.students) for c in cs], s=[12 + 4 * c.size for c in cs],
+                   color=colour, alpha=0.7, label=f"{label} ({len(cs)})")
+    if beta_deg is not None:
+        ax.axvline(beta_deg, color=_UNALIGNED, linestyle=":", label=f"β = {beta_deg:g}°")
+    ax.set_xscale("log")
+    ax.set_xlabel("median within-cluster angle (degrees)")
+    ax.set_ylabel("distinct students in the cluster")
+    ax.set_title("clusters at the chosen cut (marker area ~ size)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def recovery_student_losses(losses: Sequence[float]):
+    """Final training MSE of each student, sorted, on a log scale.
+
+    Parameters
+    ----------
+    losses : sequence of float
+        One per student; non-finite losses are shown at the top of the axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    v = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(v)
+    # Exact zeros cannot sit on a log axis; 1e-33 is below any float64 MSE of order-1 outputs.
+    shown = np.where(finite, np.maximum(v, 1e-33), np.nan)
+    order = np.argsort(np.where(finite, shown, np.inf))
+    ax.scatter(np.arange(v.size), shown[order], color=_KEPT)
+    ax.set_yscale("log")
+    ax.set_xlabel("student (sorted by loss)")
+    ax.set_ylabel("final training MSE")
+    bad = int((~finite).sum())
+    ax.set_title(f"{v.size} students" + (f", {bad} without a finite loss" if bad else ""))
+    return fig
+
+
+def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
+                         beta_deg: float | None = None) -> list[Path]:
+    """Write the recovery figures as PNGs into ``folder`` (created if missing).
+
+    Parameters
+    ----------
+    recovery : ecflow.recover.Recovery
+    folder : path-like
+    beta_deg : float, optional
+        Alignment threshold to draw on the cluster figure.
+
+    Returns
+    -------
+    list of Path
+        ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering) and
+        ``student_losses.png``.
+    """
+    from ecflow.networks import atomic_path
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: exists and is not a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if recovery.clustering is not None:
+        figures.append(("dendrogram.png", recovery_dendrogram(recovery.clustering)))
+        figures.append(("clusters.png", recovery_clusters(recovery.clustering, beta_deg=beta_deg)))
+    figures.append(("student_losses.png", recovery_student_losses(recovery.student_losses)))
+    written = []
+    for name, fig in figures:
+        path = folder / name
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+        written.append(path)
+    return written
+
+
+# =================================================================================================
 # Sweep figures (figures 4B, 4C and 5B of the paper), drawn from the sweep's CSV tables.
 # Owned by the sweep (issue 8); they take rows as returned by ecflow.sweep.read_table.
 # =================================================================================================

@@ -4,5 +4,6 @@ from ecflow.cli._app import app, error, main
 from ecflow.cli import network_cmds  # noqa: F401  (registers info, teacher, query)
 from ecflow.cli import job_cmds  # noqa: F401  (registers make-job, train-job)
 from ecflow.cli import sweep_cmd  # noqa: F401  (registers synthetic-sweep)
+from ecflow.cli import recover_cmd  # noqa: F401  (registers recover)
 
 __all__ = ["app", "error", "main"]

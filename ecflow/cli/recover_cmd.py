@@ -1,0 +1,187 @@
+"""``ecflow recover``: Expand-and-Cluster on a teacher network or on input-output pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ecflow import networks, teachers
+from ecflow.cli._app import app, error
+from ecflow.engines import ENGINES
+from ecflow.engines.base import TrainConfig
+from ecflow.parallel import make_executor
+from ecflow.recover import RecoverConfig, Recovery, recover
+
+EXIT_NOT_RECONSTRUCTED = 1
+
+
+def _check_writable(path: Optional[Path], option: str) -> None:
+    # Fail before hours of training, not at the end when the output cannot be written.
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a directory")
+
+
+def _read_query_inputs(path: Path):
+    """Inputs ``/queries/x`` of a pairs file or of a network file that holds queries."""
+    kind = networks.describe_file(path)["format"]
+    if kind == "pairs":
+        return networks.read_pairs(path).x
+    nf = networks.read_network_file(path)
+    if nf.x is None:
+        raise ValueError(f"{path}: has no /queries/x to use as query inputs")
+    return nf.x
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _print_report(console: Console, rec: Recovery) -> None:
+    summary = Table(title="Expand-and-Cluster recovery", show_header=False)
+    summary.add_row("status", rec.status.name)
+    summary.add_row("reason", rec.reason)
+    summary.add_row("recovered hidden size", ", ".join(map(str, rec.hidden_sizes)) or "none")
+    summary.add_row("student width, activation", f"{rec.student_width}, {rec.activation}")
+    summary.add_row("RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
+    if rec.max_cosine_distance is not None:
+        summary.add_row("max cosine distance to teacher", _fmt(rec.max_cosine_distance))
+    losses = sorted(rec.student_losses)
+    summary.add_row("student losses", ", ".join(_fmt(v) for v in losses))
+    summary.add_row("kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
+    summary.add_row(
+        "seconds", f"{rec.seconds:.1f} (" + ", ".join(
+            f"{k} {v:.1f}" for k, v in rec.phase_seconds.items()) + ")"
+    )
+    for note in rec.notes:
+        summary.add_row("note", note)
+    console.print(summary)
+    if rec.neurons:
+        table = Table(title="Identifiability certificate per recovered neuron")
+        for col in ("neuron", "cluster size", "students", "median angle °", "max angle °",
+                    "symmetry", "from student"):
+            table.add_column(col)
+        for c in rec.neurons:
+            table.add_row(
+                str(c.neuron), str(c.cluster_size), f"{c.n_students}/{len(rec.student_losses)}",
+                f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
+                str(c.source_student),
+            )
+        console.print(table)
+
+
+@app.command("recover")
+def recover_command(
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher network file."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Input-output pairs file."),
+    out: Path = typer.Option(..., "--out", help="Output network file (the recovered network)."),
+    rho: Optional[float] = typer.Option(
+        None, "--rho", help="Student width = ceil(rho x teacher width) (needs --teacher)."
+    ),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="Explicit student width."),
+    students: int = typer.Option(10, "--students", help="Number of students N."),
+    gamma: float = typer.Option(0.5, "--gamma", help="Kept clusters hold >= gamma N students."),
+    beta_deg: float = typer.Option(
+        30.0, "--beta-deg", help="Kept clusters have a median angle <= this (degrees)."
+    ),
+    n_queries: int = typer.Option(30000, "--n-queries", help="Teacher queries for training."),
+    n_fresh: int = typer.Option(
+        10000, "--n-fresh", help="Fresh teacher queries for the reported RMSE (0: none)."
+    ),
+    queries: Optional[Path] = typer.Option(
+        None, "--queries", help="File whose /queries/x are the teacher's query inputs."
+    ),
+    activation: Optional[str] = typer.Option(
+        None, "--activation", help="Student activation (default: the teacher's, or g)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of queries and students."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Dask scheduler address (tcp://host:8786)."
+    ),
+    engine: str = typer.Option("native", "--engine", help="Training engine: native or julia."),
+    max_seconds: Optional[float] = typer.Option(
+        None, "--max-seconds", help="Time budget of each student (seconds)."
+    ),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Prune superfluous neurons."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
+) -> None:
+    """Recover a network's weights from a teacher (black box) or from its input-output pairs."""
+    if (teacher is None) == (data is None):
+        raise ValueError("give exactly one of --teacher or --data")
+    if data is not None and rho is not None:
+        raise ValueError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
+    if data is not None and queries is not None:
+        raise ValueError("--queries needs --teacher (with --data the pairs are the queries)")
+    if rho is None and hidden is None:
+        raise ValueError("give --rho (with --teacher) or --hidden (the student width)")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be positive, got {workers}")
+    width = teachers.parse_hidden(hidden) if hidden is not None else None
+    train = TrainConfig() if max_seconds is None else TrainConfig(max_seconds=max_seconds)
+    config = RecoverConfig(
+        n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
+        n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
+        prune=prune, train=train,
+    )
+    for path, option in ((out, "--out"), (report, "--report")):
+        _check_writable(path, option)
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise ValueError(f"--plots {plots}: exists and is not a directory")
+
+    if teacher is not None:
+        net = networks.read_network(teacher)
+        x = _read_query_inputs(queries) if queries is not None else None
+        inputs = dict(teacher=net, x=x)
+    else:
+        pairs = networks.read_pairs(data)
+        inputs = dict(x=pairs.x, y=pairs.y)
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        progress("students", 0, config.n_students)
+        with make_executor(workers, scheduler) as executor:
+            rec = recover(**inputs, config=config, engine=engine, executor=executor,
+                          progress=progress)
+
+    report_dict = rec.to_report()
+    if rec.network is not None:
+        networks.write_network(out, rec.network, attrs=rec.to_attrs())
+    if report is not None:
+        with networks.atomic_path(report, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(report_dict, indent=1) + "\n")
+    if plots is not None:
+        from ecflow.plots import write_recovery_plots
+
+        write_recovery_plots(rec, plots, beta_deg=config.beta_deg)
+    _print_report(Console(), rec)
+    if rec.network is None:
+        error(f"nothing reconstructed, {out} not written: {rec.reason}")
+        raise typer.Exit(EXIT_NOT_RECONSTRUCTED)
+    typer.echo(f"wrote {out}: {rec.network.describe()}")
+
+
+__all__ = ["recover_command"]
