@@ -37,8 +37,9 @@ Make the packages of `julia/Project.toml` loadable, once per process.
 The environment is a private copy in the first Julia depot (`environments/ecflow-worker`), so
 that resolving never writes a Manifest into the ecflow source tree (which may be read-only).
 Julia ≥ 1.11 installs MLPGradientFlow.jl from the `[sources]` entry; Julia 1.10 ignores
-`[sources]`, so the same URL and revision are added explicitly. The copy is put on `LOAD_PATH`
-and the previously active project is restored (juliacall's own environment stays active).
+`[sources]`, so the same URL and revision are added explicitly. Under juliacall, juliacall's
+own environment is re-activated and the copy is stacked on `LOAD_PATH` right after it; run as
+`julia --project=julia worker.jl`, the copy simply stays the active project.
 """
 function ecflow_instantiate()
     env = joinpath(first(DEPOT_PATH), "environments", "ecflow-worker")
@@ -51,6 +52,9 @@ function ecflow_instantiate()
         rm(joinpath(env, "Manifest.toml"); force = true)
     end
     previous = Base.active_project()
+    # `julia --project=julia worker.jl`: the source folder has no Manifest, so the copy stays
+    # active; under juliacall, juliacall's environment is restored and the copy stacked after it
+    stay = previous !== nothing && realpath(dirname(previous)) == realpath(ECFLOW_JULIA_SOURCE)
     Pkg.activate(env; io = devnull)
     try
         manifest = joinpath(env, "Manifest.toml")
@@ -61,13 +65,18 @@ function ecflow_instantiate()
         Pkg.instantiate()
         fresh && write(stamp, source)
     finally
-        if previous === nothing
+        if !stay && previous === nothing
             Pkg.activate(; io = devnull)
-        else
+        elseif !stay
             Pkg.activate(dirname(previous); io = devnull)
         end
     end
-    env in LOAD_PATH || push!(LOAD_PATH, env)
+    if !stay && !(env in LOAD_PATH)
+        # right after the active project ("@"), before the user's default environment, so that
+        # a different MLPGradientFlow.jl there cannot shadow the pinned one
+        at = findfirst(==("@"), LOAD_PATH)
+        insert!(LOAD_PATH, at === nothing ? 1 : at + 1, env)
+    end
     nothing
 end
 
@@ -381,9 +390,9 @@ function train_layers(x, y, layers, s::Settings)
     if second_order
         ode_alg, flow_name = KenCarp58(), "kencarp58"
         solver, solver_name = if s.optimizer == "bfgs"
-            BFGS(), "bfgs"
+            (BFGS(), "bfgs")
         else
-            NewtonTrustRegion(), "newton-trust-region"
+            (NewtonTrustRegion(), "newton-trust-region")
         end
         s.optimizer == "lm" && push!(notes, "optimizer lm is not in MLPGradientFlow.jl: used " *
                                             "NewtonTrustRegion, its exact second-order trust-region method")
@@ -412,7 +421,7 @@ function train_layers(x, y, layers, s::Settings)
     grad_norm = norm(MLPGradientFlow.gradient(net, p)) / r.d_out
     isfinite(loss) || error("training diverged: the loss is $loss")
     status = status_name(r, loss, grad_norm)
-    hist = reduce(hcat, [[t, l] for (t, l) in r.history])
+    hist = [r.history[j][i] for i in 1:2, j in eachindex(r.history)]  # 2 × n
     fields = Dict{String,Any}(
         "loss" => loss,
         "rmse" => sqrt(loss),

@@ -1,0 +1,236 @@
+"""The optional julia engine: availability checks, the julia/ project, the worker's contract with
+the job protocol, and (where Julia is installed) training parametrised over both engines."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecflow.activations import ACTIVATIONS
+from ecflow.engines import TrainConfig, TrainStatus, get_engine
+from ecflow.engines import julia as julia_engine
+from ecflow.engines import jobs
+from ecflow.networks import glorot_normal
+from ecflow.teachers import TeacherConfig, synthetic_teacher
+
+JULIA_DIR = Path(__file__).resolve().parents[1] / "julia"
+WORKER = (JULIA_DIR / "worker.jl").read_text()
+HAS_JULIA = julia_engine.julia_available()
+needs_julia = pytest.mark.skipif(not HAS_JULIA, reason="Julia is not available")
+
+ENGINES = [
+    "native",
+    pytest.param("julia", marks=[needs_julia, pytest.mark.julia]),
+]
+
+
+@pytest.fixture
+def no_julia(monkeypatch, tmp_path):
+    """An environment where no Julia can be found (whatever this machine has installed)."""
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE"):
+        monkeypatch.delenv(var, raising=False)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    return empty
+
+
+def fake_julia(folder: Path, version: str) -> Path:
+    """An executable that answers ``--version`` like Julia does."""
+    exe = folder / "julia"
+    exe.write_text(f"#!/bin/sh\necho 'julia version {version}'\n")
+    exe.chmod(0o755)
+    return exe
+
+
+# --- availability --------------------------------------------------------------------------------
+
+
+def test_without_julia_get_engine_fails_fast_with_install_advice(no_julia):
+    had_juliacall = "juliacall" in sys.modules
+    with pytest.raises(ValueError) as info:
+        get_engine("julia")
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in ("Julia >= 1.10", "juliaup", "pip install 'ecflow[julia]'", "--engine native"):
+        assert fragment in message
+    # the check never imports juliacall (whose import could download Julia)
+    assert ("juliacall" in sys.modules) == had_juliacall
+
+
+def test_too_old_julia_is_refused(no_julia, monkeypatch):
+    monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(fake_julia(no_julia, "1.9.4")))
+    with pytest.raises(ValueError, match=r"Julia >= 1\.10.*found 1\.9\.4"):
+        julia_engine.check_julia()
+
+
+def test_julia_without_juliacall_is_refused(no_julia, monkeypatch):
+    exe = fake_julia(no_julia, "1.10.5")  # on PATH
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "juliacall" else real_find_spec(name, *a),
+    )
+    assert julia_engine.find_julia() == str(exe)
+    with pytest.raises(ValueError, match="juliacall is not installed"):
+        julia_engine.check_julia()
+    assert not julia_engine.julia_available()
+
+
+def test_configured_julia_is_used_and_a_broken_setting_is_not_replaced(no_julia, monkeypatch):
+    other = no_julia.parent / "other"
+    other.mkdir()
+    configured = fake_julia(other, "1.11.2")
+    fake_julia(no_julia, "1.10.0")  # a different Julia on PATH
+    monkeypatch.setenv("PYTHON_JULIACALL_EXE", str(configured))
+    assert julia_engine.find_julia() == str(configured)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "juliacall" else real_find_spec(name, *a),
+    )
+    assert julia_engine.check_julia() == str(configured)
+    monkeypatch.setenv("PYTHON_JULIACALL_EXE", str(other / "does-not-exist"))
+    assert julia_engine.find_julia() is None
+    with pytest.raises(ValueError, match="Julia >= 1.10"):
+        julia_engine.check_julia()
+
+
+def test_train_job_with_julia_engine_and_no_julia_cli(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    init = glorot_normal((2, 3, 1), ["g", "identity"], 0)
+    job, out = tmp_path / "job.h5", tmp_path / "r.h5"
+    jobs.write_job_file(job, x, init(x), init, TrainConfig(max_seconds=5))
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_JULIA")}
+    env["PATH"] = str(empty)
+    res = subprocess.run(
+        [sys.executable, "-m", "ecflow", "train-job", str(job), "--out", str(out),
+         "--engine", "julia"],
+        capture_output=True, text=True, env=env,
+    )
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ecflow: error:"), res.stderr
+    assert "Julia >= 1.10" in lines[0] and "pip install 'ecflow[julia]'" in lines[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.h5")] == []
+
+
+# --- the julia/ project and the worker's contract -------------------------------------------------
+
+
+def test_project_toml_names_mlpgradientflow_with_real_uuids_and_bounds():
+    project = tomllib.loads((JULIA_DIR / "Project.toml").read_text())
+    deps = project["deps"]
+    # UUIDs as in the packages' own Project.toml files
+    assert deps["MLPGradientFlow"] == "5710a1e5-60a8-4c70-afc1-f14619eff7f5"
+    assert deps["HDF5"] == "f67ccb44-e63f-5c2f-98bd-6dc0ccc4ba2f"
+    compat = project["compat"]
+    assert compat["julia"] == "1.10"
+    stdlibs = {"LinearAlgebra", "Pkg"}
+    assert set(deps) - stdlibs <= set(compat), "every registered dependency needs a bound"
+    assert compat["MLPGradientFlow"] == "0.3"
+    assert project["sources"]["MLPGradientFlow"]["url"].endswith("MLPGradientFlow.jl.git")
+    assert julia_engine.julia_project_dir() == JULIA_DIR
+
+
+def test_worker_imports_only_declared_packages():
+    project = tomllib.loads((JULIA_DIR / "Project.toml").read_text())
+    used = set(re.findall(r"^\s*(?:using|import)\s+(\w+)", WORKER, flags=re.M))
+    assert used <= set(project["deps"]), used - set(project["deps"])
+
+
+def test_worker_supports_every_activation_of_the_spec():
+    block = re.search(r"const ACTIVATIONS = Dict\{String,Any\}\((.*?)\n\)", WORKER, re.S).group(1)
+    names = set(re.findall(r'"(\w+)" =>', block))
+    assert names == set(ACTIVATIONS)
+
+
+def test_worker_writes_the_result_fields_read_by_python():
+    block = re.search(r"fields = Dict\{String,Any\}\((.*?)\n    \)", WORKER, re.S).group(1)
+    written = set(re.findall(r'"(\w+)" =>', block))
+    assert written == {
+        "loss", "rmse", "grad_norm", "status", "stopped_by", "steps", "seconds", "engine",
+        "history", "notes",
+    }
+    emitted = set(re.findall(r'"([A-Z_]+)"', WORKER.split("function status_name")[1].split("\nend")[0]))
+    assert emitted and emitted <= {s.name for s in TrainStatus}
+
+
+def test_worker_reads_every_setting_python_writes():
+    read = set(re.findall(r'setting\(a, "(\w+)"', WORKER))
+    written = set(jobs.config_to_settings(TrainConfig(max_seconds=1.0)))
+    assert read == written
+    for value in ("lm-first", "flow-first", "lm", "trust-exact", "bfgs"):
+        assert f'"{value}"' in WORKER
+
+
+# --- training, parametrised over engines ----------------------------------------------------------
+
+
+def near_teacher_job(seed=0, n=200):
+    """A 2-3-1 g teacher and a student started 1e-2 away from it: both engines must reach the
+    global minimum (the teacher) from there."""
+    teacher = synthetic_teacher(TeacherConfig(d_in=2, hidden=(3,), n_normalise=5000), seed + 10)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-np.sqrt(3), np.sqrt(3), size=(n, 2))
+    init = teacher.unflatten(teacher.flatten() + 1e-2 * rng.normal(size=teacher.n_params))
+    return teacher, x, teacher(x), init
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_runs_the_same_job_files(engine, tmp_path):
+    teacher, x, y, init = near_teacher_job()
+    job, out = tmp_path / "job.h5", tmp_path / "r.h5"
+    jobs.write_job_file(job, x, y, init, TrainConfig(max_seconds=10), engine=engine)
+    result = jobs.run_job(job, out)
+    back = jobs.read_result_file(out)
+    assert back.engine == engine == result.engine
+    assert back.network.sizes == init.sizes
+    assert [a.name for a in back.network.activations] == ["g", "identity"]
+    mse = float(np.mean((back.network(x) - y) ** 2))
+    assert back.loss == pytest.approx(mse, rel=1e-6, abs=1e-30)
+    assert back.rmse == pytest.approx(np.sqrt(back.loss), rel=1e-12, abs=1e-300)
+    assert back.loss < float(np.mean((init(x) - y) ** 2))
+    assert isinstance(back.status, TrainStatus) and back.steps >= 1
+    assert back.history.shape[1] == 2 and np.all(np.diff(back.history[:, 0]) >= 0)
+
+
+@needs_julia
+@pytest.mark.julia
+def test_cross_engine_same_job_same_function(tmp_path):
+    teacher, x, y, init = near_teacher_job(seed=1, n=300)
+    job = tmp_path / "job.h5"
+    jobs.write_job_file(job, x, y, init, TrainConfig(max_seconds=60, optimizer="trust-exact"))
+    results = {e: jobs.run_job(job, tmp_path / f"{e}.h5", engine=e) for e in ("native", "julia")}
+    fresh = np.random.default_rng(99).uniform(-np.sqrt(3), np.sqrt(3), size=(2000, 2))
+    for engine, result in results.items():
+        assert result.rmse <= 1e-12, (engine, result.rmse, result.stopped_by)
+    out = {e: r.network(fresh) for e, r in results.items()}
+    np.testing.assert_allclose(out["julia"], out["native"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(out["julia"], teacher(fresh), rtol=0, atol=1e-10)
+
+
+@needs_julia
+@pytest.mark.julia
+@pytest.mark.parametrize("activation", ["selu", "leaky_relu", "mish", "tanh", "gelu"])
+def test_julia_activations_match_ecflow(activation, tmp_path):
+    # zero time budget: the worker returns its start point, evaluated with its own activation
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 2)) * 2
+    net = glorot_normal((2, 4, 1), [activation, "identity"], 3)
+    net = net.unflatten(net.flatten() + rng.normal(size=net.n_params))
+    config = TrainConfig(max_steps=1, flow_seconds=0, polish_seconds=0, max_seconds=1e-3)
+    result = get_engine("julia").train(x, net(x), net, config)
+    assert result.loss <= 1e-28, (activation, result.loss)
