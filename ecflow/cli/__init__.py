@@ -2,6 +2,7 @@
 
 from ecflow.cli._app import app, error, main
 from ecflow.cli import network_cmds  # noqa: F401  (registers info, teacher, query)
+from ecflow.cli import train_cmds  # noqa: F401  (registers train)
 from ecflow.cli import job_cmds  # noqa: F401  (registers make-job, train-job)
 from ecflow.cli import sweep_cmd  # noqa: F401  (registers synthetic-sweep)
 from ecflow.cli import recover_cmd  # noqa: F401  (registers recover)

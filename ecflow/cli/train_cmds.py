@@ -1,0 +1,102 @@
+"""``ecflow train``: train one student on a pairs file and write it with its result fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ecflow import networks, teachers
+from ecflow.cli._app import app
+from ecflow.engines import TrainConfig, TrainResult, get_engine
+from ecflow.engines.jobs import thin_history
+
+
+def _check_destination(out: Path) -> None:
+    # Fail before a long training rather than at the final write.
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{out}: cannot write, folder {folder} does not exist")
+    if out.is_dir():
+        raise ValueError(f"{out}: cannot write, it is a directory")
+
+
+def _result_attrs(result: TrainResult, seed: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "loss": float(result.loss),
+        "rmse": float(result.rmse),
+        "grad_norm": float(result.grad_norm),
+        "seconds": float(result.seconds),
+        "steps": np.int64(result.steps),
+        "status": result.status.name,
+        "stopped_by": result.stopped_by,
+        "engine": result.engine,
+        "seed": np.int64(seed),
+        "history": thin_history(result.history),
+    }
+    if result.notes:
+        attrs["notes"] = [str(n) for n in result.notes]
+    return attrs
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Pairs file (HDF5) to train on."),
+    hidden: str = typer.Option(..., "--hidden", help="Student hidden sizes, e.g. 16 or 16,8."),
+    seed: int = typer.Option(..., "--seed", help="Seed of the Glorot-normal initialisation."),
+    out: Path = typer.Option(..., "--out", help="Output network file (the trained student)."),
+    activation: str = typer.Option("g", "--activation", help="Hidden activation."),
+    engine: str = typer.Option("native", "--engine", help="native|julia."),
+    optimizer: str = typer.Option("lm", "--optimizer", help="Second phase: lm|trust-exact|bfgs."),
+    schedule: str = typer.Option("lm-first", "--schedule", help="lm-first|flow-first."),
+    max_seconds: Optional[float] = typer.Option(
+        None, "--max-seconds", help="Overall time budget (default: flow + polish budgets, 300 s)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Train a Glorot-normal student on input-output pairs to (near) zero MSE and write it.
+
+    The student file holds the trained network and, as root attributes, loss, rmse, grad_norm,
+    status, stopped_by, steps, seconds, engine, seed and the loss history.
+    """
+    if seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {seed}")
+    sizes = teachers.parse_hidden(hidden)
+    config = TrainConfig(schedule=schedule, optimizer=optimizer, max_seconds=max_seconds)
+    trainer = get_engine(engine)
+    _check_destination(out)
+    pairs = networks.read_pairs(data)
+    d_in, d_out = pairs.x.shape[1], pairs.y.shape[1]
+    init = networks.glorot_normal(
+        (d_in, *sizes, d_out), [activation] * len(sizes) + ["identity"], seed
+    )
+    budget = config.total_seconds
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]training[/bold] {task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.3e}  rmse {task.fields[rmse]:.3e}"),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(init.describe(), total=budget, loss=np.nan, rmse=np.nan)
+
+        def progress(elapsed: float, loss: float) -> None:
+            bar.update(task, completed=min(elapsed, budget), loss=loss, rmse=np.sqrt(loss))
+
+        result = trainer.train(pairs.x, pairs.y, init, config, progress=progress)
+        bar.update(task, completed=budget)
+    networks.write_network(out, result.network, attrs=_result_attrs(result, seed))
+    typer.echo(
+        f"wrote {out}: {result.network.describe()}; loss {result.loss:.3e} "
+        f"(rmse {result.rmse:.3e}), {result.status.message}; stopped by {result.stopped_by}, "
+        f"{result.steps} steps, {result.seconds:.1f} s"
+    )
+    for note in result.notes:
+        typer.echo(f"note: {note}")
