@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app, error
-from ecflow.engines import ENGINES
+from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, recover
@@ -128,6 +128,7 @@ def recover_command(
         raise ValueError("give --rho (with --teacher) or --hidden (the student width)")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    get_engine(engine)  # a missing optional engine (julia) fails here, before any work
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be positive, got {workers}")
     width = teachers.parse_hidden(hidden) if hidden is not None else None
