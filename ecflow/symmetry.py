@@ -436,6 +436,11 @@ class _Group:
     signs: np.ndarray  # (k,) relative to rep
     scales: np.ndarray  # (k,) ||v_i|| / ||v_rep|| (1 unless positively homogeneous)
 
+    def flip_cost(self, weight: np.ndarray) -> float:
+        """Share of the group's output carried by members that a flip would put against it."""
+        w = weight[self.members]
+        return float((w[self.signs > 0].sum() - w[self.signs < 0].sum()) / max(w.sum(), 1e-300))
+
 
 def _union_find_groups(u: np.ndarray, tol: np.ndarray, signed: bool) -> list[list[int]]:
     """Group rows of ``u`` equal (up to sign when ``signed``) within per-row tolerance."""
@@ -553,10 +558,16 @@ def _reduce_layer(
     groups: list[_Group] = []
     for g in raw_groups:
         idx = [active[k] for k in g]
-        weight = anorm[idx] * vnorm[idx]
+        weight = anorm[idx] * vnorm[idx]  # contribution size, invariant to the scale symmetry
         rep = idx[int(np.argmax(weight))]
-        signs = np.sign(V[idx] @ V[rep]).astype(int) if sym.sign_invariant else np.ones(len(idx), int)
-        signs[signs == 0] = 1
+        if sym.sign_invariant:
+            signs = np.where(V[idx] @ V[rep] < 0.0, -1, 1)
+            # Keep the orientation that carries most of the group's output (fewest flipped).
+            if weight[signs < 0].sum() > weight[signs > 0].sum():
+                rep = idx[int(np.argmax(np.where(signs < 0, weight, -1.0)))]
+                signs = -signs
+        else:
+            signs = np.ones(len(idx), dtype=int)
         scales = vnorm[idx] / vnorm[rep] if scaled else np.ones(len(idx))
         groups.append(_Group(idx, rep, signs, scales))
 
@@ -606,13 +617,15 @@ def _reduce_layer(
             types[i] = NeuronClass(i, NeuronType.NEURON, len(kept) - 1, cid, int(g.signs[k]),
                                    float(g.scales[k]), note, layer_index)
 
-    # 3. orientations: for even+linear classes, flip the fewest kept groups so that Θ vanishes.
+    # 3. orientations: for even+linear classes, flip kept groups so that Θ vanishes, choosing
+    # among the valid flip sets the one that goes least against the members' orientations.
     orient = np.ones(len(kept), dtype=int)
     base = [terms(g, 1) for g in kept]
     lin_total = theta + sum((t[2][:, :d] for t in base), np.zeros_like(theta))
     if even and kept and lin_rms(lin_total) > tol_out:
         deltas = np.stack([(terms(g, -1)[2][:, :d] - t[2][:, :d]) for g, t in zip(kept, base)])
-        flips = _search_flips(lin_total, deltas, L, tol_out, config.max_flip_subsets)
+        costs = np.array([g.flip_cost(anorm * vnorm) for g in kept])
+        flips = _search_flips(lin_total, deltas, costs, L, tol_out, config.max_flip_subsets)
         if flips is not None:
             orient[flips] = -1
 
@@ -651,27 +664,54 @@ def _reduce_layer(
 
 
 def _search_flips(
-    theta0: np.ndarray, deltas: np.ndarray, L: np.ndarray, tol: float, max_subsets: int
+    theta0: np.ndarray,
+    deltas: np.ndarray,
+    costs: np.ndarray,
+    L: np.ndarray,
+    tol: float,
+    max_subsets: int,
 ) -> np.ndarray | None:
-    """Fewest groups to flip so that ``Θ0 + Σ_{g∈S} Δ_g`` vanishes on the domain.
+    """Groups to flip so that ``Θ0 + Σ_{g∈S} Δ_g`` vanishes on the domain.
+
+    Several flip sets can be valid when the teacher's own ``a_k w_k`` are linearly dependent
+    (then the orientations are not identifiable); the one of least total cost is returned,
+    ties broken by size.
 
     Parameters
     ----------
     theta0 : ndarray of shape (n_next, d)
     deltas : ndarray of shape (K, n_next, d)
         Change of Θ when kept group g is flipped (``2 c1 A_g w_g``).
+    costs : ndarray of shape (K,)
+        Cost of flipping each group (share of its output against the new orientation).
     L : ndarray of shape (d, d)
         Square root of the domain covariance (the rms of Θ(x - μ) is ``||Θ L||_F / √n_next``).
+    max_subsets : int
+        All ``2^K`` subsets are tried when that is at most this; otherwise subsets by
+        increasing size up to this many, then a least-squares rounding.
 
     Returns
     -------
     ndarray of int or None
-        Indices of the groups to flip, or None when no subset cancels Θ.
+        Indices of the groups to flip, or None when no flip set cancels Θ.
     """
     n_next = theta0.shape[0]
     t0 = (theta0 @ L).ravel() / math.sqrt(n_next)
     D = np.stack([(dl @ L).ravel() for dl in deltas]) / math.sqrt(n_next)  # (K, p)
     K = D.shape[0]
+    if 2**K <= max_subsets:
+        sums = t0[None, :]
+        cost = np.zeros(1)
+        size = np.zeros(1, dtype=int)
+        for g in range(K):  # subset sums by doubling: bit g of the row index flips group g
+            sums = np.concatenate([sums, sums + D[g]])
+            cost = np.concatenate([cost, cost + costs[g]])
+            size = np.concatenate([size, size + 1])
+        ok = np.nonzero(np.linalg.norm(sums, axis=1) <= tol)[0]
+        if ok.size == 0:
+            return None
+        best = int(ok[np.lexsort((size[ok], np.round(cost[ok], 9)))[0]])
+        return np.array([g for g in range(K) if best >> g & 1], dtype=int)
     tried = 0
     for k in range(1, K + 1):
         combos = itertools.combinations(range(K), k)
