@@ -107,6 +107,8 @@ def test_configured_julia_is_used_and_a_broken_setting_is_not_replaced(no_julia,
 
 COMMANDS = {
     "train-job": lambda d: ["train-job", d / "job.h5", "--out", d / "out.h5"],
+    "train": lambda d: ["train", "--data", d / "pairs.h5", "--hidden", "3", "--seed", "0",
+                        "--out", d / "out.h5"],
     "recover": lambda d: ["recover", "--data", d / "pairs.h5", "--hidden", "4", "--students", "2",
                           "--out", d / "out.h5"],
 }
