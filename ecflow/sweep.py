@@ -975,7 +975,7 @@ class _Run:
                     in_flight[self.submit_student(ex, u)] = u
                     next_student += 1
                 done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: in_flight[f]):
+                for fut in sorted(done, key=lambda f: in_flight[f].name):
                     unit = in_flight.pop(fut)
                     result = fut.result()
                     if isinstance(unit, StudentUnit):
