@@ -383,7 +383,9 @@ class ReductionResult:
                     "sign": m.sign,
                     "scale": m.scale,
                     "share": m.share,
-                    "cosine_distance": m.cosine_distance,
+                    "cosine_distance": None
+                    if math.isnan(m.cosine_distance)
+                    else m.cosine_distance,
                 }
                 for m in self.mapping.neurons
             ]
@@ -501,9 +503,12 @@ def _reduce_layer(
     out_scale: float,
     config: SymmetryConfig,
     layer_index: int,
+    teacher_rows: np.ndarray | None = None,
 ) -> tuple[LayerReduction, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reduce one hidden layer ``A σ(W x + b) + c``.
 
+    ``teacher_rows`` (``(r, d + 1)`` teacher ``[w, b]``), when given, decides between flip
+    sets that are equally valid (the orientation is then not identifiable from the student).
     Returns the layer report and the reduced ``(W', b', A', c')``.
     """
     m, d = W.shape
@@ -625,6 +630,15 @@ def _reduce_layer(
     if even and kept and lin_rms(lin_total) > tol_out:
         deltas = np.stack([(terms(g, -1)[2][:, :d] - t[2][:, :d]) for g, t in zip(kept, base)])
         costs = np.array([g.flip_cost(anorm * vnorm) for g in kept])
+        if teacher_rows is not None:
+            # Prefer the teacher's orientation: flipping a group towards its matched teacher
+            # neuron gains, away from it costs (member costs only break the remaining ties).
+            reps = np.stack([V[g.rep] for g in kept])
+            rows, cols = linear_sum_assignment(
+                cosine_distance_matrix(reps, teacher_rows, signed=False)
+            )
+            for g, k in zip(rows, cols):
+                costs[g] += 2.0 if reps[g] @ teacher_rows[k] >= 0.0 else -2.0
         flips = _search_flips(lin_total, deltas, costs, L, tol_out, config.max_flip_subsets)
         if flips is not None:
             orient[flips] = -1
@@ -765,7 +779,8 @@ def reduce_network(
     teacher : MLP, optional
         A one-hidden-layer teacher with the student's input and output sizes; when given,
         ``result.mapping`` maps every student neuron to a teacher neuron (see
-        :func:`map_to_teacher`).
+        :func:`map_to_teacher`), and where the student leaves the orientation of even+linear
+        neurons undetermined (several sign-flip sets cancel Θ) the teacher's is chosen.
     config : SymmetryConfig, optional
 
     Returns
@@ -810,9 +825,12 @@ def reduce_network(
         hid, nxt = net.layers[li], net.layers[li + 1]
         pre_next = net.hidden(x_check, li) @ nxt.weight.T + nxt.bias
         out_scale = _rms(pre_next) or 1.0
+        t_rows = None
+        if teacher is not None and li == 0:
+            t_rows = np.hstack([teacher.layers[0].weight, teacher.layers[0].bias[:, None]])
         rep, W, b, A, c = _reduce_layer(
             hid.weight, hid.bias, nxt.weight, nxt.bias, hid.activation, domain, out_scale,
-            config, li,
+            config, li, t_rows,
         )
         reports.append(rep)
         layers = list(net.layers)
