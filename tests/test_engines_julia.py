@@ -244,3 +244,93 @@ def test_julia_activations_match_ecflow(activation, tmp_path):
     config = TrainConfig(max_steps=1, flow_seconds=0, polish_seconds=0, max_seconds=1e-3)
     result = get_engine("julia").train(x, net(x), net, config)
     assert result.loss <= 1e-28, (activation, result.loss)
+
+
+# --- the bridge, with a stand-in for juliacall ---------------------------------------------------
+
+
+class JuliaError(Exception):
+    """Named like juliacall's exception, which the bridge recognises by name."""
+
+
+class FakeWorker:
+    """Plays ECFlowWorker: reads the job file, 'trains' by returning the start point, and writes
+    the result with fixed-length strings as HDF5.jl does."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run_job(self, job, result):
+        self.jobs.append(job)
+        x, y, init, config, engine = jobs.read_job_file(job)
+        if config.max_steps == 13:
+            raise JuliaError("ArgumentError: job file: unknown activation \"swish\"\nStacktrace: ...")
+        loss = float(np.mean((init(x) - y) ** 2))
+        networks.write_network(result, init, attrs={
+            "loss": loss, "rmse": np.sqrt(loss), "grad_norm": 0.5, "seconds": 0.25,
+            "steps": np.int64(config.max_steps), "status": np.bytes_(b"STALLED"),
+            "stopped_by": np.bytes_(engine.encode() + b": patience"),
+            "engine": np.bytes_(b"julia"), "history": np.array([[0.0, loss], [0.25, loss]]),
+            "notes": ["MLPGradientFlow.jl 0.3.0"],
+        })
+
+
+@pytest.fixture
+def fake_juliacall(no_julia, monkeypatch):
+    exe = fake_julia(no_julia, "1.10.4")
+    # empty counts as unset; recorded so that the bridge's pinning is undone after the test
+    monkeypatch.setenv("PYTHON_JULIAPKG_EXE", "")
+    worker = FakeWorker()
+    evaluated = []
+
+    class Module:
+        def seval(self, code):
+            evaluated.append(code)
+            return worker if code == "ECFlowWorker" else None
+
+    fake = type(sys)("juliacall")
+    fake.newmodule = lambda name: Module()
+    monkeypatch.setitem(sys.modules, "juliacall", fake)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "juliacall" else real_find_spec(name, *a),
+    )
+    monkeypatch.setattr(julia_engine, "_WORKER", None)
+    return exe, worker, evaluated
+
+
+def test_bridge_round_trip_through_job_and_result_files(fake_juliacall):
+    exe, worker, evaluated = fake_juliacall
+    engine = get_engine("julia")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 3))
+    init = glorot_normal((3, 4, 2), ["tanh", "identity"], 1)
+    y = init(x) + 0.1
+    seen = []
+    result = engine.train(x, y, init, TrainConfig(max_steps=77),
+                          progress=lambda t, loss: seen.append((t, loss)))
+    # Julia was started once, pinned to the Julia found, and the worker included from julia/
+    assert os.environ["PYTHON_JULIAPKG_EXE"] == str(exe)
+    assert len(evaluated) == 2 and "Base.include(" in evaluated[0]
+    assert str(JULIA_DIR / "worker.jl") in evaluated[0]
+    assert result.engine == "julia" and result.status is TrainStatus.STALLED
+    assert result.stopped_by == "julia: patience" and result.steps == 77
+    assert result.loss == pytest.approx(0.01) and result.notes == ("MLPGradientFlow.jl 0.3.0",)
+    np.testing.assert_array_equal(result.network.flatten(), init.flatten())
+    assert seen == [(0.0, pytest.approx(0.01)), (0.25, pytest.approx(0.01))]
+    # the temporary job file is gone; a second training reuses the loaded worker
+    assert not Path(worker.jobs[0]).exists()
+    engine.train(x, y, init, TrainConfig())
+    assert len(evaluated) == 2 and len(worker.jobs) == 2
+
+
+def test_bridge_turns_worker_errors_into_one_line(fake_juliacall):
+    engine = get_engine("julia")
+    x = np.zeros((5, 2))
+    init = glorot_normal((2, 2, 1), ["g", "identity"], 0)
+    with pytest.raises(ValueError, match=r'^the julia worker failed: ArgumentError: .*"swish"$'):
+        engine.train(x, init(x), init, TrainConfig(max_steps=13))
+    with pytest.raises(ValueError, match="do not match"):
+        engine.train(x, np.zeros((5, 2)), init, TrainConfig())
