@@ -109,6 +109,8 @@ COMMANDS = {
     "train-job": lambda d: ["train-job", d / "job.h5", "--out", d / "out.h5"],
     "train": lambda d: ["train", "--data", d / "pairs.h5", "--hidden", "3", "--seed", "0",
                         "--out", d / "out.h5"],
+    "synthetic-sweep": lambda d: ["synthetic-sweep", "--out", d / "sweep", "--d-in", "2", "--r", "2",
+                                  "--rho", "1", "--teachers", "1", "--students", "1"],
     "recover": lambda d: ["recover", "--data", d / "pairs.h5", "--hidden", "4", "--students", "2",
                           "--out", d / "out.h5"],
 }

@@ -18,6 +18,7 @@ from rich.progress import (
 
 from ecflow import plots, sweep
 from ecflow.cli._app import app
+from ecflow.engines import get_engine
 from ecflow.teachers import parse_hidden
 
 
@@ -84,6 +85,7 @@ def synthetic_sweep(
         config = sweep.override_config(stored, **overrides)
     else:
         config = sweep.profile_config(profile or sweep.Profile.QUICK.value, **overrides)
+    get_engine(config.engine)  # a missing optional engine (julia) fails here, before any work
 
     bar = Progress(
         TextColumn("[bold]units"),
