@@ -44,6 +44,7 @@ __all__ = [
     "write_network",
     "write_pairs",
     "atomic_path",
+    "check_destination",
     "check_array",
     "check_xy",
     "describe_file",
@@ -448,12 +449,10 @@ def read_pairs(path: str | os.PathLike) -> PairsFile:
         return PairsFile(x, y, _extra_attrs(f))
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+def check_destination(path: str | os.PathLike) -> Path:
+    """Check that a file can be written at ``path`` (its folder exists, it is not a folder).
 
-    A reader never sees a half-written file, and a killed writer leaves at most a stray
-    ``.*.tmp`` file, never a truncated destination.
+    Commands call it before long work, so that a bad ``--out`` fails at once, not at the end.
     """
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
@@ -461,6 +460,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise ValueError(f"{dest}: cannot write, folder {folder} does not exist")
     if dest.is_dir():
         raise ValueError(f"{dest}: cannot write, it is a directory")
+    return dest
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    A reader never sees a half-written file, and a killed writer leaves at most a stray
+    ``.*.tmp`` file, never a truncated destination.
+    """
+    dest = check_destination(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
     except OSError as exc:

@@ -310,16 +310,6 @@ def read_result_file(path: str | os.PathLike) -> TrainResult:
 # --- running a job -------------------------------------------------------------------------------
 
 
-def _check_destination(out_path: str | os.PathLike) -> Path:
-    dest = Path(out_path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{dest}: cannot write, folder {folder} does not exist")
-    if dest.is_dir():
-        raise ValueError(f"{dest}: cannot write, it is a directory")
-    return dest
-
-
 def run_job(
     job_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -345,7 +335,7 @@ def run_job(
     -------
     TrainResult
     """
-    dest = _check_destination(out_path)
+    dest = networks.check_destination(out_path)
     x, y, init, config, job_engine = read_job_file(job_path)
     # get_engine raises (ValueError, with install advice) before any training starts
     trainer = get_engine(engine if engine is not None else job_engine)
