@@ -202,6 +202,17 @@ def test_result_file_round_trip_is_a_network_file(tmp_path):
         assert f.attrs["history"].dtype == np.float64 and f.attrs["history"].shape == (5, 2)
 
 
+def test_result_file_with_extra_attributes(tmp_path):
+    _, _, net = tiny_problem()
+    result = make_result(net)
+    jobs.write_result_file(tmp_path / "r.h5", result, attrs={"seed": np.int64(3)})
+    assert networks.read_network_file(tmp_path / "r.h5").attrs["seed"] == 3
+    assert jobs.read_result_file(tmp_path / "r.h5").loss == result.loss
+    with pytest.raises(ValueError, match="may not replace result fields: loss, notes"):
+        jobs.write_result_file(tmp_path / "s.h5", result, attrs={"loss": 0.0, "notes": ["x"]})
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_result_without_notes_and_empty_history(tmp_path):
     _, _, net = tiny_problem()
     result = dataclasses.replace(make_result(net, notes=()), history=np.zeros((0, 2)))

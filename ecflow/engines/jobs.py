@@ -35,6 +35,7 @@ __all__ = [
     "write_job_file",
     "read_job_file",
     "write_result_file",
+    "result_attrs",
     "read_result_file",
     "thin_history",
     "run_job",
@@ -203,14 +204,8 @@ def thin_history(history: np.ndarray, max_rows: int = HISTORY_MAX_ROWS) -> np.nd
     return h[idx]
 
 
-def write_result_file(path: str | os.PathLike, result: TrainResult) -> Path:
-    """Write a result file atomically: the trained network plus the result fields as root attrs.
-
-    Attributes written: ``loss``, ``rmse``, ``grad_norm``, ``seconds`` (float64), ``steps``
-    (int64), ``status`` (the :class:`TrainStatus` member *name*, e.g. ``"CONVERGED_LOSS"``),
-    ``stopped_by``, ``engine`` (strings), ``history`` (float64, shape (n, 2), thinned to at most
-    1000 rows) and ``notes`` (array of strings, omitted when there are none).
-    """
+def result_attrs(result: TrainResult) -> dict[str, Any]:
+    """The root attributes of a result file for ``result`` (see :func:`write_result_file`)."""
     if not isinstance(result, TrainResult):
         raise TypeError(f"result must be a TrainResult, got {type(result).__name__}")
     if not isinstance(result.status, TrainStatus):
@@ -226,7 +221,25 @@ def write_result_file(path: str | os.PathLike, result: TrainResult) -> Path:
     notes = [str(n) for n in result.notes]
     if notes:
         attrs["notes"] = notes
-    return networks.write_network(path, result.network, attrs=attrs)
+    return attrs
+
+
+def write_result_file(
+    path: str | os.PathLike, result: TrainResult, *, attrs: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a result file atomically: the trained network plus the result fields as root attrs.
+
+    Attributes written: ``loss``, ``rmse``, ``grad_norm``, ``seconds`` (float64), ``steps``
+    (int64), ``status`` (the :class:`TrainStatus` member *name*, e.g. ``"CONVERGED_LOSS"``),
+    ``stopped_by``, ``engine`` (strings), ``history`` (float64, shape (n, 2), thinned to at most
+    1000 rows) and ``notes`` (array of strings, omitted when there are none), then any extra
+    ``attrs`` (e.g. the seed of the initialisation), which may not replace a result field.
+    """
+    fields = result_attrs(result)
+    clash = sorted(set(attrs or {}) & (set(fields) | {"notes"}))
+    if clash:
+        raise ValueError(f"extra attributes may not replace result fields: {', '.join(clash)}")
+    return networks.write_network(path, result.network, attrs={**fields, **(attrs or {})})
 
 
 def _number(attrs: Mapping[str, Any], key: str, p: Path, *, integer: bool = False) -> float | int:
