@@ -336,3 +336,14 @@ def test_bridge_turns_worker_errors_into_one_line(fake_juliacall):
         engine.train(x, init(x), init, TrainConfig(max_steps=13))
     with pytest.raises(ValueError, match="do not match"):
         engine.train(x, np.zeros((5, 2)), init, TrainConfig())
+
+
+def test_bridge_reports_a_julia_that_does_not_start(fake_juliacall, monkeypatch):
+    def refuse(name):
+        raise RuntimeError("Both PYTHON_JULIACALL_PROJECT and PYTHON_JULIACALL_EXE must be set")
+
+    monkeypatch.setattr(sys.modules["juliacall"], "newmodule", refuse)
+    x = np.zeros((5, 2))
+    init = glorot_normal((2, 2, 1), ["g", "identity"], 0)
+    with pytest.raises(ValueError, match="could not start the julia worker: Both PYTHON_JULIACALL"):
+        get_engine("julia").train(x, init(x), init, TrainConfig())

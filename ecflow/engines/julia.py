@@ -148,12 +148,23 @@ def _load_worker(exe: str):
     # pin juliapkg to the Julia found by check_julia: without it juliapkg may download one
     if not any(os.environ.get(v, "").strip() for v in _EXE_VARIABLES):
         os.environ["PYTHON_JULIAPKG_EXE"] = exe
-    import juliacall  # noqa: PLC0415  (optional dependency, imported only here)
+    try:
+        import juliacall  # noqa: PLC0415  (optional dependency, imported only here)
 
-    jl = juliacall.newmodule("ECFlowJulia")
-    jl.seval(f"Base.include(@__MODULE__, {_julia_string(project / 'worker.jl')})")
-    _WORKER = jl.seval("ECFlowWorker")
+        jl = juliacall.newmodule("ECFlowJulia")
+        # installs the julia/ project's packages on first use (see worker.jl)
+        jl.seval(f"Base.include(@__MODULE__, {_julia_string(project / 'worker.jl')})")
+        _WORKER = jl.seval("ECFlowWorker")
+    except Exception as exc:  # juliacall's own errors (configuration, JuliaError) have no common base
+        raise ValueError(
+            f"could not start the julia worker: {_first_line(exc)} (see docs/julia.md)"
+        ) from None
     return _WORKER
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _julia_string(path: Path) -> str:
@@ -214,8 +225,7 @@ class JuliaEngine:
             except Exception as exc:  # juliacall.JuliaError; the worker rejects bad jobs
                 if type(exc).__name__ != "JuliaError":
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
-                raise ValueError(f"the julia worker failed: {first}") from None
+                raise ValueError(f"the julia worker failed: {_first_line(exc)}") from None
             result = read_result_file(out)
         if result.network.sizes != init.sizes or [a.name for a in result.network.activations] != [
             a.name for a in init.activations
