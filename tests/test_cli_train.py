@@ -1,0 +1,106 @@
+"""``ecflow train`` end to end, and its bad-input behaviour (one stderr line, exit 2, no file)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from ecflow import networks
+from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    teacher = synthetic_teacher(TeacherConfig(2, (2,), "g"), 0)
+    x = sample_inputs(400, 2, 1)
+    path = folder / "pairs.h5"
+    networks.write_pairs(path, x, teacher.forward(x))
+    return path, teacher
+
+
+def test_train_end_to_end(pairs, tmp_path):
+    path, teacher = pairs
+    out = tmp_path / "student.h5"
+    proc = run("train", "--data", path, "--hidden", "4", "--seed", "0", "--out", out,
+               "--max-seconds", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "converged" in proc.stdout
+    nf = networks.read_network_file(out)
+    assert nf.network.sizes == (2, 4, 1)
+    assert [a.name for a in nf.network.activations] == ["g", "identity"]
+    attrs = nf.attrs
+    for key in ("loss", "rmse", "grad_norm", "status", "stopped_by", "steps", "seconds",
+                "engine", "seed"):
+        assert key in attrs, key
+    assert attrs["status"] == "CONVERGED_LOSS" or attrs["status"] == "CONVERGED_GRAD"
+    assert attrs["engine"] == "native" and attrs["seed"] == 0
+    assert attrs["rmse"] <= 1e-12
+    x_test = sample_inputs(1000, 2, 99)
+    err = nf.network.forward(x_test) - teacher.forward(x_test)
+    assert np.sqrt(np.mean(err**2)) <= 1e-10
+
+
+def test_train_options_reach_the_engine(pairs, tmp_path):
+    path, _ = pairs
+    out = tmp_path / "s.h5"
+    proc = run("train", "--data", path, "--hidden", "3,2", "--seed", "1", "--out", out,
+               "--schedule", "flow-first", "--optimizer", "bfgs", "--max-seconds", "1.5",
+               "--activation", "tanh", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    net = networks.read_network(out)
+    assert net.sizes == (2, 3, 2, 1)
+    assert [a.name for a in net.activations] == ["tanh", "tanh", "identity"]
+    assert networks.read_network_file(out).attrs["seconds"] < 5.0
+
+
+def _raw_pairs(path, x, y):
+    # written with h5py directly: write_pairs would refuse these
+    with h5py.File(path, "w") as f:
+        f.attrs["ecflow_format"] = "pairs"
+        f.attrs["version"] = 1
+        f.create_dataset("queries/x", data=x)
+        f.create_dataset("queries/y", data=y)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["nan", "inf", "length", "hidden0", "optimizer", "engine"],
+)
+def test_bad_input_exits_2_with_one_line_and_no_file(pairs, tmp_path, case):
+    path, _ = pairs
+    x = sample_inputs(50, 2, 0)
+    y = np.ones((50, 1))
+    args = {"--hidden": "4", "--seed": "0"}
+    extra: list[str] = []
+    if case in ("nan", "inf"):
+        x[3, 1] = np.nan if case == "nan" else np.inf
+        path = tmp_path / "bad.h5"
+        _raw_pairs(path, x, y)
+    elif case == "length":
+        path = tmp_path / "bad.h5"
+        _raw_pairs(path, x, y[:-1])
+    elif case == "hidden0":
+        args["--hidden"] = "0"
+    elif case == "optimizer":
+        extra = ["--optimizer", "adam"]
+    elif case == "engine":
+        extra = ["--engine", "tensorflow"]
+    out = tmp_path / "student.h5"
+    flat = [a for kv in args.items() for a in kv]
+    proc = run("train", "--data", path, *flat, "--out", out, *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ecflow: error:"), proc.stderr
+    assert not out.exists()
+    assert list(tmp_path.glob(".student.h5*")) == []
