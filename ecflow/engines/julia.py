@@ -8,8 +8,8 @@ this module is only the bridge:
 
 1. :meth:`JuliaEngine.train` writes the pairs, initial network and config to a temporary job
    file (:mod:`ecflow.engines.jobs`);
-2. the worker, loaded once per process through juliacall (the ``julia/`` project is
-   instantiated on first use), trains and writes a result file;
+2. the worker, loaded once per process through juliacall (the packages of the ``julia/``
+   project are installed on first use), trains and writes a result file;
 3. the result file is read back into a :class:`~ecflow.engines.base.TrainResult`.
 
 Julia is never downloaded: before juliacall is imported, :func:`check_julia` looks for a
@@ -138,8 +138,9 @@ _WORKER = None  # the Julia module ECFlowWorker, loaded once per process
 def _load_worker(exe: str):
     """Start Julia through juliacall (once per process) and include ``julia/worker.jl``.
 
-    Including the worker activates and instantiates the ``julia/`` project (MLPGradientFlow,
-    HDF5, ...), then puts it on Julia's LOAD_PATH beside juliacall's own environment.
+    Including the worker instantiates a copy of the ``julia/`` project (MLPGradientFlow.jl,
+    HDF5.jl, ...) in the Julia depot and stacks it on Julia's LOAD_PATH after juliacall's own
+    environment (``ecflow_instantiate`` in ``worker.jl``).
     """
     global _WORKER
     if _WORKER is not None:
