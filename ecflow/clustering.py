@@ -14,7 +14,12 @@ types) land at arbitrary places. Expand-and-Cluster finds the points shared by m
    ``±w`` linear-type pairs at arbitrary hyperplanes, the paper's cut merged those into a teacher
    cluster and lost it, while maximising big-and-aligned clusters kept every teacher neuron.
    Ties go to the lowest height (the tightest clusters).
-4. Clusters that are too small or unaligned are dropped; the others are *kept*.
+4. A good cluster absorbs its dendrogram sibling while the sibling's students are mostly new
+   to it and the sibling lies within ``β`` of it: these are copies of the same teacher neuron
+   by the remaining students, which the lowest maximising cut leaves outside (with
+   ``γ <= 1/2`` they can even form a second good cluster, which step 3 rewards), whereas two
+   distinct teacher neurons are held by the same students.
+5. Clusters that are too small or unaligned are dropped; the others are *kept*.
 
 Distance ``S_ij`` per symmetry class (:class:`~ecflow.activations.Symmetry`):
 
@@ -141,7 +146,8 @@ class ClusterResult:
     clusters : tuple of Cluster
         All clusters of the chosen cut, by label.
     height : float
-        Chosen cut height (a neuron pair merges below it iff in the same cluster).
+        Chosen cut height; each cluster is a cluster of the cut at this height or the union
+        of two split halves (module docstring, step 4).
     heights : ndarray of shape (n_cuts,), float64
         Candidate cut heights, increasing (0 and every distinct merge height).
     n_good : ndarray of shape (n_cuts,), int
@@ -320,23 +326,31 @@ def cluster_neurons(
         linkage = hierarchy.linkage(squareform(dist, checks=False), method="average")
 
     # Walk the merges in order; the forest after the merges at heights <= h is the cut at h.
-    # Node k < n is neuron k; node n + i is the i-th merge. good[node] is computed once.
+    # Node k < n is neuron k; node n + i is the i-th merge.
     members: dict[int, np.ndarray] = {k: np.array([k]) for k in range(n)}
+    children: dict[int, tuple[int, int]] = {}
+    parent: dict[int, int] = {}
+    merge_height: dict[int, float] = {k: 0.0 for k in range(n)}
+
+    def students_of(node: int) -> set[int]:
+        return set(sid[members[node]].tolist())
+
+    def aligned(node: int) -> bool:
+        return _median_max_angle(angles, members[node])[0] <= config.beta_deg
 
     def is_good(node: int) -> bool:
-        m = members[node]
-        if np.unique(sid[m]).size < min_students:
-            return False
-        return _median_max_angle(angles, m)[0] <= config.beta_deg
+        return len(students_of(node)) >= min_students and aligned(node)
 
     good = {k: is_good(k) for k in range(n)}
     count = sum(good.values())
     heights, n_good = [0.0], [count]
     for i, (a, b, h, _) in enumerate(linkage):
         a, b, node = int(a), int(b), n + i
-        members[node] = np.concatenate([members.pop(a), members.pop(b)])
+        members[node] = np.concatenate([members[a], members[b]])
+        children[node], parent[a], parent[b] = (a, b), node, node
+        merge_height[node] = float(h)
         good[node] = is_good(node)
-        count += good[node] - good.pop(a) - good.pop(b)
+        count += good[node] - good[a] - good[b]
         last_at_height = i + 1 == len(linkage) or linkage[i + 1, 2] > h
         if last_at_height:
             if h > heights[-1]:
@@ -348,19 +362,52 @@ def cluster_neurons(
     n_good_arr = np.array(n_good, dtype=int)
     best = int(np.argmax(n_good_arr))  # first maximum: the lowest height
     height = float(heights_arr[best])
+    cut = [
+        k for k in members
+        if merge_height[k] <= height and (k not in parent or merge_height[parent[k]] > height)
+    ]
 
-    if n == 1:
-        raw = np.array([1])
-    else:
-        raw = hierarchy.fcluster(linkage, t=height, criterion="distance")
-    # Relabel 0, 1, ... in order of first member so that labels do not depend on scipy.
-    _, first = np.unique(raw, return_index=True)
-    order = np.argsort(first)
-    relabel = {int(raw[first[k]]): rank for rank, k in enumerate(order)}
-    labels = np.array([relabel[int(r)] for r in raw])
+    # The lowest cut with the most good clusters catches each teacher neuron as soon as
+    # gamma N students agree on it, so the copies of the remaining students, a bit farther
+    # out, may still hang outside (among them perhaps the best student's); with gamma <= 1/2
+    # those copies can even form a second good cluster, which the arg max rewards. A good
+    # cluster therefore absorbs its dendrogram sibling while the sibling's students are
+    # mostly new to it (two distinct teacher neurons are held by the same students) and the
+    # sibling lies within beta of it (median angle between their members).
+    def descendants(node: int) -> set[int]:
+        out, stack = set(), [node]
+        while stack:
+            k = stack.pop()
+            out.add(k)
+            stack.extend(children.get(k, ()))
+        return out
+
+    nodes = set(cut)
+    changed = True
+    while changed:
+        changed = False
+        for node in sorted(nodes):
+            p = parent.get(node)
+            if node not in nodes or p is None or not good[node]:
+                continue
+            a, b = children[p]
+            sib = b if a == node else a
+            sa, sb = students_of(node), students_of(sib)
+            if len(sa & sb) > 0.5 * min(len(sa), len(sb)):
+                continue
+            cross = angles[np.ix_(members[node], members[sib])]
+            if float(np.median(cross)) > config.beta_deg:
+                continue
+            nodes = (nodes - descendants(p)) | {p}
+            good[p] = True
+            changed = True
+
+    # Label 0, 1, ... in order of first member so that labels do not depend on scipy.
+    groups = sorted((np.sort(members[k]) for k in nodes), key=lambda m: int(m[0]))
+    labels = np.empty(n, dtype=int)
     clusters = []
-    for lab in range(len(relabel)):
-        m = np.flatnonzero(labels == lab)
+    for lab, m in enumerate(groups):
+        labels[m] = lab
         med, mx = _median_max_angle(angles, m)
         studs = tuple(int(s) for s in np.unique(sid[m]))
         clusters.append(
