@@ -196,15 +196,17 @@ def _sweep_log10(values: np.ndarray) -> np.ndarray:
 
 
 def _sweep_colors(values: np.ndarray, threshold: float):
+    """RGBA per value: log10 on a yellow-red scale, dark blue at or below ``threshold``, grey
+    where missing (NaN: nothing reconstructed)."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize, to_rgba
 
-    cmap = colormaps["YlOrRd"]
+    values = np.asarray(values, dtype=np.float64)
+    cmap = colormaps["YlOrRd"].with_extremes(under=_SWEEP_DARK)
     norm = Normalize(*_SWEEP_LOG_RANGE)
-    logs = _sweep_log10(values)
-    colors = np.array([cmap(norm(v)) for v in logs]).reshape(-1, 4)
-    near = np.asarray(values, dtype=np.float64) <= threshold
-    colors[near] = to_rgba(_SWEEP_DARK)
+    colors = np.array([cmap(norm(v)) for v in _sweep_log10(values)]).reshape(-1, 4)
+    colors[values <= threshold] = to_rgba(_SWEEP_DARK)
+    colors[np.isnan(values)] = to_rgba("0.8")
     return colors, cmap, norm
 
 
@@ -219,7 +221,8 @@ def _sweep_colorbar(fig, axes, cmap, norm, label: str) -> None:
     from matplotlib.cm import ScalarMappable
 
     sm = ScalarMappable(norm=norm, cmap=cmap)
-    cb = fig.colorbar(sm, ax=axes, shrink=0.8, pad=0.02)
+    # The 'min' extension is the dark-blue near-zero class.
+    cb = fig.colorbar(sm, ax=axes, shrink=0.8, pad=0.02, extend="min")
     cb.set_label(label)
 
 
@@ -257,7 +260,8 @@ def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-1
                 colors, cmap, norm = _sweep_colors(loss, threshold)
                 ax.scatter([row["student"] for row in cell], [row["teacher"] for row in cell],
                            c=colors, s=18, edgecolors="none")
-            ax.invert_yaxis()
+            n_teachers = max(int(row["teacher"]) for row in rows) + 1
+            ax.set_ylim(n_teachers - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -267,7 +271,7 @@ def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-1
             if i == len(rs) - 1:
                 ax.set_xlabel("student seed")
     if cmap is not None:
-        _sweep_colorbar(fig, axes, cmap, norm, "log$_{10}$ loss (dark: ≤ %g)" % threshold)
+        _sweep_colorbar(fig, axes, cmap, norm, "log$_{10}$ loss (dark blue: ≤ %g)" % threshold)
     fig.suptitle("Students of the teacher's size (ρ = 1): final loss")
     return fig
 
@@ -325,7 +329,8 @@ def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1
 
     Panels are the cells of the grid (columns d_in, rows r); in a panel each row is a teacher
     and each short horizontal bar one ρ, dark blue where the RMSE is at most ``threshold``;
-    a cross marks a reconstruction whose hidden-layer size differs from the teacher's.
+    a cross marks a reconstruction whose hidden-layer size differs from the teacher's, grey one
+    where nothing was reconstructed (no cluster kept).
 
     Parameters
     ----------
@@ -361,7 +366,8 @@ def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1
                     if row["recovered_size"] != row["teacher_size"]:
                         ax.plot(x, row["teacher"], "x", color="k", ms=4)
             ax.set_xlim(-0.6, len(rhos) - 0.4)
-            ax.invert_yaxis()
+            n_teachers = max(int(row["teacher"]) for row in recoveries) + 1
+            ax.set_ylim(n_teachers - 0.5, -0.5)
             ax.set_yticks([])
             ax.set_xticks(range(len(rhos)), [str(x) for x in rhos] if i == len(rs) - 1 else [])
             if i == 0:
@@ -371,8 +377,13 @@ def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1
             if i == len(rs) - 1:
                 ax.set_xlabel("ρ")
     if cmap is not None:
-        _sweep_colorbar(fig, axes, cmap, norm, "log$_{10}$ RMSE after E&C (dark: ≤ %g)" % threshold)
-    fig.suptitle("Expand-and-Cluster: training RMSE of the reconstruction (×: wrong size)")
+        _sweep_colorbar(
+            fig, axes, cmap, norm, "log$_{10}$ RMSE after E&C (dark blue: ≤ %g)" % threshold
+        )
+    fig.suptitle(
+        "Expand-and-Cluster: training RMSE of the reconstruction\n"
+        "(×: size differs from the teacher's; grey: nothing reconstructed)"
+    )
     return fig
 
 

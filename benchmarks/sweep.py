@@ -1,0 +1,230 @@
+"""Sweep benchmarks: throughput with 2 workers against 1, and the summary of a (medium) sweep.
+
+``bench_sweep_throughput`` runs one reduced quick sweep twice, with one and with two local
+workers, students stopped by a step budget so that both runs do the same work, and writes
+``benchmarks/results/sweep-throughput.json``. ``summarize_sweep`` turns a sweep directory
+(finished or not) into ``benchmarks/results/sweep-<name>.json`` with success counts per ρ and
+per (d_in, r) and the median seconds per student, and copies its three figures beside it.
+
+Usage::
+
+    python -m benchmarks.sweep throughput [--d-in 2,4 --r 2,4 --rho 2,4 --students 4 ...]
+    python -m benchmarks.sweep summarize RUN_DIR --name medium
+
+The medium sweep itself is run with the CLI, resumable across sessions::
+
+    ecflow synthetic-sweep --profile medium --out runs/medium --workers 2 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ecflow import sweep
+from ecflow.engines.base import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load() -> dict[str, float] | None:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:  # pragma: no cover - not on Linux
+        return None
+    return {"1min": one, "5min": five, "15min": fifteen}
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count()
+    return {
+        "cpus": cpus,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "blas_threads_per_worker": 1,
+    }
+
+
+def bench_sweep_throughput(
+    *,
+    d_in: tuple[int, ...] = (2, 4),
+    r: tuple[int, ...] = (2, 4),
+    rho: tuple[int, ...] = (1, 2, 4),
+    students: int = 4,
+    n_queries: int = 10_000,
+    max_steps: int = 200,
+    workers: tuple[int, ...] = (1, 2),
+    shared_machine: bool = True,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Units per second of one sweep run with each number of ``workers``.
+
+    The sweep is the quick profile with the given grid and a step budget per phase
+    (``max_steps``) instead of its 10-second time budget, so that every run trains the same
+    students the same way; the time budget is raised to 600 s and never reached.
+
+    Returns
+    -------
+    dict
+        JSON-ready record (also written to ``out``, default
+        ``benchmarks/results/sweep-throughput.json``).
+    """
+    config = sweep.profile_config(
+        "quick", d_in=d_in, r=r, rho=rho, students=students, n_queries=n_queries,
+        max_steps=max_steps, max_seconds=600.0,
+    )
+    config = sweep.override_config(
+        config, finetune=TrainConfig(max_seconds=600.0, max_steps=max_steps)
+    )
+    n_units = len(sweep.student_units(config)) + len(sweep.recovery_units(config))
+    runs = []
+    for k in workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            load = _load()
+            t0 = time.perf_counter()
+            result = sweep.run_sweep(Path(tmp) / "run", config, workers=k)
+            seconds = time.perf_counter() - t0
+            student_seconds = [
+                row["seconds"] for row in sweep.read_table(Path(tmp) / "run" / "results.csv")
+            ]
+        runs.append({
+            "workers": k,
+            "seconds": seconds,
+            "units": n_units,
+            "units_per_second": n_units / seconds,
+            "sum_student_seconds": sum(student_seconds),
+            "successes_per_rho": {str(k2): v for k2, v in result.n_success.items()},
+            "load_average_before": load,
+        })
+    base = runs[0]["seconds"]
+    record = {
+        "benchmark": "sweep-throughput",
+        "what": (
+            "wall-clock seconds of one sweep (reduced quick profile, step budgets) run with "
+            "each number of local worker processes; speedup = seconds(1 worker) / seconds(k)"
+        ),
+        "machine": {**_machine(), "shared_with_other_jobs": shared_machine},
+        "config": config.to_dict(),
+        "runs": runs,
+        "speedup": {str(run["workers"]): base / run["seconds"] for run in runs},
+        "target_speedup_2_workers": 1.8,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = out or RESULTS / "sweep-throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def summarize_sweep(run_dir: Path, name: str, *, out_dir: Path = RESULTS) -> dict[str, Any]:
+    """Summarise a sweep directory (finished or partial) into ``sweep-<name>.json`` + figures.
+
+    Counts only what is on disk; a partial sweep says so (``partial``, units finished of
+    total). Success is :data:`ecflow.sweep.SUCCESS_RMSE` with the teacher's size.
+    """
+    from ecflow import plots
+
+    run_dir = Path(run_dir)
+    config = sweep.read_sweep_config(run_dir)
+    if config is None:
+        raise ValueError(f"{run_dir}: no sweep.json")
+    results = sweep.read_table(run_dir / "results.csv") if (run_dir / "results.csv").exists() else []
+    recoveries = (
+        sweep.read_table(run_dir / "recoveries.csv")
+        if (run_dir / "recoveries.csv").exists()
+        else []
+    )
+    n_students = len(sweep.student_units(config))
+    n_recoveries = len(sweep.recovery_units(config))
+    per_rho = {}
+    for rho in config.rho:
+        rows = [row for row in recoveries if row["rho"] == rho]
+        per_rho[str(rho)] = {
+            "teachers_total": config.n_teachers,
+            "recoveries_finished": len(rows),
+            "successes": sum(1 for row in rows if row["success"]),
+            "exact_size": sum(1 for row in rows if row["recovered_size"] == row["teacher_size"]),
+            "students_finished": sum(1 for row in results if row["rho"] == rho),
+            "students_near_zero_loss": sum(
+                1 for row in results if row["rho"] == rho and row["loss"] <= sweep.NEAR_ZERO_LOSS
+            ),
+        }
+    per_cell = {}
+    for d in config.d_in:
+        for r in config.r:
+            for rho in config.rho:
+                rows = [x for x in recoveries if (x["d_in"], x["r"], x["rho"]) == (d, r, rho)]
+                if rows:
+                    per_cell[f"d_in={d},r={r},rho={rho}"] = {
+                        "recoveries_finished": len(rows),
+                        "successes": sum(1 for x in rows if x["success"]),
+                    }
+    seconds = [row["seconds"] for row in results]
+    record = {
+        "benchmark": f"sweep-{name}",
+        "partial": len(results) < n_students or len(recoveries) < n_recoveries,
+        "students_finished": len(results),
+        "students_total": n_students,
+        "recoveries_finished": len(recoveries),
+        "recoveries_total": n_recoveries,
+        "success_criterion": (
+            f"recovered hidden size == teacher's and training RMSE <= {sweep.SUCCESS_RMSE:g}"
+        ),
+        "per_rho": per_rho,
+        "per_cell": per_cell,
+        "median_seconds_per_student": statistics.median(seconds) if seconds else None,
+        "max_seconds_per_student": max(seconds) if seconds else None,
+        "config": config.to_dict(),
+        "machine": {**_machine(), "shared_with_other_jobs": True},
+        "summarized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"sweep-{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    if results or recoveries:
+        for path in plots.write_sweep_figures(run_dir):
+            shutil.copyfile(path, out_dir / f"sweep-{name}-{path.name}")
+    return record
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput", help="1 vs 2 workers on a reduced quick sweep")
+    t.add_argument("--d-in", type=_ints, default=(2, 4))
+    t.add_argument("--r", type=_ints, default=(2, 4))
+    t.add_argument("--rho", type=_ints, default=(1, 2, 4))
+    t.add_argument("--students", type=int, default=4)
+    t.add_argument("--n-queries", type=int, default=10_000)
+    t.add_argument("--max-steps", type=int, default=200)
+    s = sub.add_parser("summarize", help="summarise a sweep directory into sweep-<name>.json")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "throughput":
+        rec = bench_sweep_throughput(
+            d_in=args.d_in, r=args.r, rho=args.rho, students=args.students,
+            n_queries=args.n_queries, max_steps=args.max_steps,
+        )
+        print(json.dumps({"runs": rec["runs"], "speedup": rec["speedup"]}, indent=1))
+    else:
+        rec = summarize_sweep(args.run_dir, args.name)
+        print(json.dumps({k: rec[k] for k in ("partial", "students_finished", "recoveries_finished", "per_rho")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
