@@ -158,6 +158,12 @@ class SymmetryConfig:
     n_grid : int, default=513
         Points of the 1-D grid over each neuron's range of ``z`` on the box, on which constancy
         and linearity are tested.
+    near_linear_rtol : float, default=1e-3
+        Kept groups whose deviation from linear on the domain is below this times the output
+        rms (small-``w`` neurons left by gradient descent) are tested together: when their
+        summed contribution is affine within ``output_rtol`` they are collectively constant
+        (or linear, their Θ joining the others'). Exact constructions never trigger it; a real
+        neuron of a teacher deviates from linear by O(1).
     max_flip_subsets : int, default=2**20
         Sign-flip subsets tried (fewest flips first) to cancel Θ for even+linear activations;
         beyond this a least-squares rounding is tried.
@@ -171,11 +177,12 @@ class SymmetryConfig:
     half_width: float = INPUT_HALF_WIDTH
     n_verify: int = 4096
     n_grid: int = 513
+    near_linear_rtol: float = 1e-3
     max_flip_subsets: int = 1 << 20
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("param_rtol", "output_rtol", "verify_rtol", "half_width"):
+        for name in ("param_rtol", "output_rtol", "verify_rtol", "half_width", "near_linear_rtol"):
             object.__setattr__(self, name, _positive_float(getattr(self, name), name))
         object.__setattr__(self, "n_verify", _positive_int(self.n_verify, "n_verify", 2))
         object.__setattr__(self, "n_grid", _positive_int(self.n_grid, "n_grid", 3))
@@ -206,7 +213,7 @@ class NeuronClass:
     note : str
         Finer description: ``"duplicate"``, ``"flipped duplicate"``, ``"output weight 0"``,
         ``"zero-type group"``, ``"w = 0"``, ``"off-bound flat"``, ``"off-bound linear"``,
-        ``"linear-type group"``.
+        ``"linear-type group"``, ``"collectively constant"``, ``"collectively linear"``.
     layer : int
         Hidden layer of the neuron (0 for the first).
     """
@@ -598,6 +605,7 @@ def _reduce_layer(
 
     even = sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING)
     kept: list[_Group] = []
+    cids: list[int | None] = []
     cluster_id = 0
     for g in groups:
         out_w, const, lin = terms(g, 1)
@@ -617,9 +625,39 @@ def _reduce_layer(
                                        note, layer_index)
             continue
         kept.append(g)
+        cids.append(cid)
+
+    # Near-linear groups (small w, as gradient descent leaves them) whose contributions are
+    # together affine on the domain: collectively constant or linear (their Θ joins the rest).
+    def nonlinearity(g: _Group) -> float:
+        z = domain.z_values(W[g.rep], b[g.rep])
+        return float(np.linalg.norm(terms(g, 1)[0])) * _linear_fit(act, z, act(z))[2]
+
+    near = [j for j, g in enumerate(kept) if nonlinearity(g) <= config.near_linear_rtol * out_scale]
+    if near:
+        P = domain.points
+        members = [i for j in near for i in kept[j].members]
+        F = act(P @ W[members].T + b[members]) @ A[:, members].T  # (n, n_next)
+        X1 = np.hstack([P, np.ones((P.shape[0], 1))])
+        coef, *_ = np.linalg.lstsq(X1, F, rcond=None)  # (d + 1, n_next)
+        if np.max(np.abs(X1 @ coef - F)) <= tol_out:
+            fit_theta = coef[:d].T
+            theta += fit_theta
+            bias += coef[d]
+            linear = lin_rms(fit_theta) > tol_out
+            kind = NeuronType.CANCELLED if linear else NeuronType.CONSTANT
+            note = "collectively linear" if linear else "collectively constant"
+            for j in near:
+                for k, i in enumerate(kept[j].members):
+                    types[i] = NeuronClass(i, kind, None, cluster_id, int(kept[j].signs[k]),
+                                           float(kept[j].scales[k]), note, layer_index)
+            cluster_id += 1
+            kept = [g for j, g in enumerate(kept) if j not in near]
+            cids = [c for j, c in enumerate(cids) if j not in near]
+    for j, (g, cid) in enumerate(zip(kept, cids)):
         for k, i in enumerate(g.members):
             note = "duplicate" if g.signs[k] > 0 else "flipped duplicate"
-            types[i] = NeuronClass(i, NeuronType.NEURON, len(kept) - 1, cid, int(g.signs[k]),
+            types[i] = NeuronClass(i, NeuronType.NEURON, j, cid, int(g.signs[k]),
                                    float(g.scales[k]), note, layer_index)
 
     # 3. orientations: for even+linear classes, flip kept groups so that Θ vanishes, choosing
