@@ -508,6 +508,7 @@ def test_map_to_teacher_reports_unmatched_teacher_neurons():
         ({"n_verify": 1}, "n_verify"),
         ({"n_grid": 2}, "n_grid"),
         ({"max_flip_subsets": 0}, "max_flip_subsets"),
+        ({"near_linear_rtol": 0.0}, "near_linear_rtol"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -552,3 +553,28 @@ def test_symmetry_class_dispatch_matches_activation_table():
             assert np.allclose(act(-z), 2 * act.c0 - act(z), atol=1e-14)
         if act.symmetry in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
             assert np.allclose(act(-z), act(z) - 2 * act.c1 * z, atol=1e-14)
+
+
+def test_small_w_neurons_that_cancel_together_are_collectively_constant():
+    # Three tanh neurons along one small direction whose linear and quadratic Taylor terms
+    # cancel: each bends by ~1e-8 (not constant alone), their sum is constant to ~1e-12.
+    teacher = teacher_net("tanh", 2, 2, seed=0)
+    eps, u = 1e-4, np.array([1.0, -0.5])
+    bs = np.array([0.2, -0.7, 1.1])
+    t = np.tanh(bs)
+    d1, d2 = 1 - t**2, -2 * t * (1 - t**2)
+    coef = np.linalg.svd(np.vstack([d1, d2]))[2][-1]  # null vector: Σ a σ'(b) = Σ a σ''(b) = 0
+    Ws = np.vstack([teacher.layers[0].weight, np.outer(np.ones(3), eps * u)])
+    b = np.concatenate([teacher.layers[0].bias, bs])
+    A = np.hstack([teacher.layers[1].weight, coef[None, :]])
+    c = teacher.layers[1].bias - coef @ t
+    student = MLP.from_arrays([Ws, A], [b, c], ["tanh", "identity"])
+    res = reduce_network(student, teacher=teacher)
+    assert res.status.exact, res.reason
+    assert res.types == ("neuron", "neuron", "constant", "constant", "constant")
+    assert {n.note for n in res.neurons[2:]} == {"collectively constant"}
+    assert res.network.hidden_sizes == (2,)
+    assert rmse(res.network, teacher, 2) <= 1e-11
+    # Without the collective test they stay: loose neurons are kept, not silently dropped.
+    kept = reduce_network(student, config=SymmetryConfig(near_linear_rtol=1e-12))
+    assert kept.network.hidden_sizes == (5,)
