@@ -417,3 +417,114 @@ def write_sweep_figures(out: str | os.PathLike) -> list[Path]:
             fig.savefig(tmp, dpi=120)
         written.append(path)
     return written
+
+
+# =================================================================================================
+# Symmetry figures (issue 6): hyperplane plots of 2-D input networks in the style of the paper's
+# Fig. 4A and A.6 — the output as a contour, each hidden neuron's hyperplane w·x + b = 0 dashed,
+# and its weight vector w as an arrow coloured by the sign of its output weight.
+# =================================================================================================
+
+_POSITIVE, _NEGATIVE, _NEAR_ZERO = "#d73027", "#4575b4", "white"  # the paper's red, blue, white
+
+
+def _arrow_colour(a: float, scale: float) -> str:
+    if abs(a) <= 1e-6 * scale:
+        return _NEAR_ZERO
+    return _POSITIVE if a > 0 else _NEGATIVE
+
+
+def draw_hyperplanes(ax, network: Any, *, half_width: float | None = None,
+                     labels: Sequence[str] | None = None, title: str | None = None,
+                     n_grid: int = 161, margin: float = 1.5) -> None:
+    """Draw a one-hidden-layer network of 2-D input on ``ax`` (paper Figs. 4A and A.6).
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    network : MLP
+        ``d_in = 2``; the first output is shown.
+    half_width : float, optional
+        The input box ``[-h, h]²`` (outlined); default √3.
+    labels : sequence of str, optional
+        One text per hidden neuron, written at the arrow's tip (e.g. its index).
+    title : str, optional
+    n_grid : int, default=161
+        Contour resolution per axis.
+    margin : float, default=1.5
+        Plotted extent as a multiple of ``half_width`` (off-bound hyperplanes stay visible).
+    """
+    from ecflow.teachers import INPUT_HALF_WIDTH
+
+    if network.d_in != 2 or len(network.layers) != 2:
+        raise ValueError(f"hyperplane plots need a 2-D input, one-hidden-layer network, "
+                         f"got sizes {network.sizes}")
+    h = INPUT_HALF_WIDTH if half_width is None else float(half_width)
+    lim = margin * h
+    g = np.linspace(-lim, lim, n_grid)
+    gx, gy = np.meshgrid(g, g)
+    out = network.forward(np.column_stack([gx.ravel(), gy.ravel()]))[:, 0].reshape(gx.shape)
+    ax.contourf(gx, gy, out, levels=20, cmap="Greys", alpha=0.6)
+    ax.plot([-h, h, h, -h, -h], [-h, -h, h, h, -h], color="k", lw=0.8)
+    W, b = network.layers[0].weight, network.layers[0].bias
+    a = network.layers[1].weight[0]
+    strength = np.abs(a) * np.linalg.norm(np.column_stack([W, b]), axis=1)
+    scale = float(strength.max()) if strength.size else 1.0
+    for i, (w, bi) in enumerate(zip(W, b)):
+        nw = float(np.linalg.norm(w))
+        if nw == 0.0:
+            continue  # constant neuron: no hyperplane
+        u = w / nw
+        p0 = -bi / nw * u  # the hyperplane's point nearest the origin
+        t = np.array([-u[1], u[0]])
+        line = p0[None, :] + np.linspace(-3 * lim, 3 * lim, 2)[:, None] * t[None, :]
+        ax.plot(line[:, 0], line[:, 1], "--", color="k", lw=0.8)
+        colour = _arrow_colour(float(a[i] * np.hypot(nw, bi)), scale)
+        ax.annotate("", xy=p0 + 0.5 * u, xytext=p0,
+                    arrowprops=dict(arrowstyle="-|>", color="k", lw=0.6, fc=colour,
+                                    mutation_scale=14))
+        if labels is not None:
+            ax.text(*(p0 + 0.62 * u), labels[i], fontsize=7, ha="center", va="center")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def hyperplane_panels(networks: Sequence[Any], titles: Sequence[str], *, ncols: int = 3,
+                      labels: Sequence[Sequence[str] | None] | None = None,
+                      half_width: float | None = None):
+    """Several networks side by side, one hyperplane plot each (e.g. the steps of Fig. A.6).
+
+    Parameters
+    ----------
+    networks : sequence of MLP
+        2-D input, one hidden layer each.
+    titles : sequence of str
+        One per network.
+    ncols : int, default=3
+    labels : sequence of (sequence of str or None), optional
+        Per network, the per-neuron texts of :func:`draw_hyperplanes`.
+    half_width : float, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    if len(networks) != len(titles):
+        raise ValueError(f"need one title per network, got {len(networks)} networks and "
+                         f"{len(titles)} titles")
+    n = len(networks)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.2 * ncols, 3.2 * nrows), layout="constrained")
+    for k, (net, title) in enumerate(zip(networks, titles)):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        draw_hyperplanes(ax, net, title=title, half_width=half_width,
+                         labels=None if labels is None else labels[k])
+    return fig
