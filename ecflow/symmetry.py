@@ -73,7 +73,9 @@ __all__ = [
     "NeuronMatch",
     "TeacherMapping",
     "ReductionResult",
+    "ReductionStep",
     "reduce_network",
+    "reduction_steps",
     "map_to_teacher",
     "cosine_distance_matrix",
 ]
@@ -1009,3 +1011,190 @@ def _to_teacher_frame(a: np.ndarray, sign: int, scale: float, sym: Symmetry) -> 
     a = a * scale if sym.scale_invariant else a
     return a * sign if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT) else a
 
+
+
+# --- the mapping step by step (Fig. A.6) -----------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ReductionStep:
+    """One step of the student → minimal network mapping, as in the panels of Fig. A.6.
+
+    The student's function is ``network(x) + x Θ^T`` at every step: each step removes or
+    merges neurons and moves what they contributed beyond the new neurons into Θ and the
+    output bias.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    network : MLP
+        One hidden layer: the neurons left after this step.
+    theta : ndarray of shape (d_out, d_in), float64
+        Linear term accumulated so far (Θ); it vanishes at the end of an exact reduction.
+    sources : tuple of tuple of int
+        For each hidden neuron of ``network``, the student neurons it stands for.
+    changed : tuple of int
+        Hidden neurons of ``network`` created or modified by this step.
+    """
+
+    name: str
+    description: str
+    network: MLP
+    theta: np.ndarray
+    sources: tuple[tuple[int, ...], ...]
+    changed: tuple[int, ...]
+
+
+@dataclass(eq=False)
+class _Unit:
+    v: np.ndarray  # [w, b]
+    a: np.ndarray  # (d_out,)
+    sources: tuple[int, ...]
+
+
+def reduction_steps(
+    result: ReductionResult, x: np.ndarray | None = None
+) -> tuple[ReductionStep, ...]:
+    """Replay a one-hidden-layer reduction step by step (paper Fig. A.6).
+
+    Steps: the student; merge duplicates of the same orientation (output weights summed,
+    positive scales moved into them); remove zero types; remove constant and off-bound
+    neurons; merge opposite (linear) duplicates and drop linear-type groups; flip the signs
+    chosen to cancel Θ. What each step removes is affine on the domain (that is what the
+    neuron types mean), so its contribution is moved into ``Θ x + β`` by an affine
+    least-squares fit on the domain points, exact to rounding.
+
+    Parameters
+    ----------
+    result : ReductionResult
+        From :func:`reduce_network` on a one-hidden-layer student.
+    x : ndarray of shape (n_samples, d_in), float64, optional
+        Domain points (default: 4096 uniform samples of the box ``[-√3, √3]^d_in``).
+
+    Returns
+    -------
+    tuple of ReductionStep
+    """
+    student = result.student
+    if len(student.layers) != 2:
+        raise ValueError(f"reduction_steps needs a one-hidden-layer student, got {student.sizes}")
+    act = student.layers[0].activation
+    odd = act.symmetry in (Symmetry.ODD, Symmetry.ODD_CONSTANT)
+    d = student.d_in
+    X = sample_inputs(4096, d, 0) if x is None else check_array(x, "x", ndim=2)
+    if X.shape[1] != d:
+        raise ValueError(f"x must have d_in = {d} columns, got shape {X.shape}")
+    X1 = np.hstack([X, np.ones((X.shape[0], 1))])
+    Ws, bs = student.layers[0].weight, student.layers[0].bias
+    As = student.layers[1].weight
+    V = np.hstack([Ws, bs[:, None]])
+    types = [n for n in result.neurons if n.layer == 0]
+    kept_rows = np.hstack([result.network.layers[0].weight, result.network.layers[0].bias[:, None]])
+    kept_out = result.network.layers[1].weight
+    flipped = set(result.layers[0].flipped)
+
+    units = [_Unit(V[i].copy(), As[:, i].copy(), (i,)) for i in range(V.shape[0])]
+    state = {"bias": student.layers[1].bias.copy(), "theta": np.zeros((student.d_out, d))}
+    steps: list[ReductionStep] = []
+
+    def contribution(us: list[_Unit]) -> np.ndarray:
+        if not us:
+            return np.zeros((X.shape[0], student.d_out))
+        V_ = np.stack([u.v for u in us])
+        A_ = np.stack([u.a for u in us], axis=1)
+        return act(X1 @ V_.T) @ A_.T
+
+    def replace(old: list[_Unit], new: list[_Unit]) -> None:
+        coef, *_ = np.linalg.lstsq(X1, contribution(old) - contribution(new), rcond=None)
+        state["theta"] = state["theta"] + coef[:d].T
+        state["bias"] = state["bias"] + coef[d]
+
+    def record(name: str, description: str, changed: list[_Unit]) -> None:
+        if units:
+            W_ = np.stack([u.v[:d] for u in units])
+            b_ = np.array([u.v[d] for u in units])
+            A_ = np.stack([u.a for u in units], axis=1)
+        else:  # layers cannot be empty: one neuron with zero output weight
+            W_, b_, A_ = np.zeros((1, d)), np.zeros(1), np.zeros((student.d_out, 1))
+        net = MLP.from_arrays([W_, A_], [b_, state["bias"].copy()], [act, "identity"])
+        ids = {id(u) for u in changed}
+        steps.append(ReductionStep(
+            name, description, net, state["theta"].copy(),
+            tuple(u.sources for u in units),
+            tuple(k for k, u in enumerate(units) if id(u) in ids),
+        ))
+
+    record("student", "the zero-loss student", [])
+
+    # 1. duplicates of one orientation: one neuron, output weights summed (scales moved in).
+    by_key: dict[tuple, list[int]] = {}
+    for n in types:
+        if n.cluster is not None and not n.note.startswith("collectively"):
+            by_key.setdefault((n.cluster, n.sign), []).append(n.index)
+    merged = []
+    for (_, _), members in by_key.items():
+        if len(members) < 2:
+            continue
+        first = members[0]
+        lam0 = types[first].scale
+        a = sum(As[:, i] * types[i].scale for i in members) / lam0
+        old = [u for u in units if u.sources[0] in members]
+        new = _Unit(V[first].copy(), a, tuple(members))
+        replace(old, [new])
+        pos = units.index(old[0])
+        units[:] = [u for u in units if u not in old]
+        units.insert(pos, new)
+        merged.append(new)
+    record("merge duplicates", "duplicates of the same orientation merged: output weights "
+           "summed (relu: positive scales moved into the output weight)", merged)
+
+    def remove(pred, name: str, description: str) -> None:
+        old = [u for u in units if all(pred(types[i]) for i in u.sources)]
+        replace(old, [])
+        units[:] = [u for u in units if u not in old]
+        record(name, description, [])
+
+    remove(lambda n: n.type is NeuronType.ZERO, "remove zero types",
+           "neurons and groups with zero output weight removed")
+    remove(lambda n: n.type is NeuronType.CONSTANT or (
+        n.type is NeuronType.CANCELLED and n.cluster is None) or n.note.startswith("collectively"),
+        "remove constants and off-bounds",
+        "constant neurons folded into the bias; off-bound linear neurons into Θx")
+
+    # 4. opposite duplicates: one neuron in the pre-flip orientation plus a linear term.
+    changed = []
+    for g in range(result.layers[0].n_after):
+        old = [u for u in units if types[u.sources[0]].type is NeuronType.NEURON
+               and types[u.sources[0]].group == g]
+        if not old:
+            continue
+        o = -1 if g in flipped else 1
+        members = [i for u in old for i in u.sources]
+        s_pre = [types[i].sign * o for i in members]
+        a = sum(As[:, i] * types[i].scale * (s if odd else 1) for i, s in zip(members, s_pre))
+        new = _Unit(o * kept_rows[g], a, tuple(sorted(members)))
+        if len(old) > 1:
+            replace(old, [new])
+            changed.append(new)
+        pos = units.index(old[0])
+        units[:] = [u for u in units if u not in old]
+        units.insert(pos, new if len(old) > 1 else old[0])
+    lin_groups = [u for u in units if all(types[i].type is NeuronType.CANCELLED for i in u.sources)]
+    replace(lin_groups, [])
+    units[:] = [u for u in units if u not in lin_groups]
+    record("merge opposite duplicates", "neurons sharing a hyperplane with opposite vectors "
+           "merged into one neuron plus a linear term; linear-type groups into Θx", changed)
+
+    # 5. the flips that cancel Θ.
+    changed = []
+    for k, u in enumerate(units):
+        g = types[u.sources[0]].group
+        if g in flipped:
+            new = _Unit(kept_rows[g].copy(), kept_out[:, g].copy(), u.sources)
+            replace([u], [new])
+            units[k] = new
+            changed.append(new)
+    record("flip signs", "vectors opposite to the kept orientation flipped, adding a linear "
+           "term; Θ now vanishes for an exact reduction", changed)
+    return tuple(steps)

@@ -25,6 +25,7 @@ from ecflow.symmetry import (
     cosine_distance_matrix,
     map_to_teacher,
     reduce_network,
+    reduction_steps,
 )
 from ecflow.teachers import INPUT_HALF_WIDTH, TeacherConfig, sample_inputs, synthetic_teacher
 
@@ -578,3 +579,37 @@ def test_small_w_neurons_that_cancel_together_are_collectively_constant():
     # Without the collective test they stay: loose neurons are kept, not silently dropped.
     kept = reduce_network(student, config=SymmetryConfig(near_linear_rtol=1e-12))
     assert kept.network.hidden_sizes == (5,)
+
+
+@pytest.mark.parametrize("act", ["relu", "softplus", "sigmoid"])
+def test_reduction_steps_keep_the_function_at_every_step(act):
+    teacher = teacher_net(act, 2, 4, seed=3)
+    bld = Builder(teacher, np.random.default_rng(5))
+    bld.add_teacher_neuron(0, 1, [True])
+    bld.add_teacher_neuron(1, 3, [False, False, True])
+    bld.add_teacher_neuron(2, 1, [False])
+    bld.add_teacher_neuron(3, 2, [False, False])
+    bld.add_zero_group(2)
+    bld.add_zero_neuron()
+    bld.add_constant()
+    if act == "relu":
+        bld.add_offbound()
+    student, labels, _ = bld.build()
+    res = reduce_network(student)
+    assert list(res.types) == labels
+    steps = reduction_steps(res)
+    assert [s.name for s in steps] == [
+        "student", "merge duplicates", "remove zero types", "remove constants and off-bounds",
+        "merge opposite duplicates", "flip signs",
+    ]
+    x = sample_inputs(2000, 2, 11)
+    for s in steps:
+        f = s.network(x) + x @ s.theta.T
+        assert np.sqrt(np.mean((f - student(x)) ** 2)) <= 1e-12, s.name
+        assert sorted(i for src in s.sources for i in src) == sorted(set(
+            i for src in s.sources for i in src))
+    sizes = [s.network.hidden_sizes[0] for s in steps]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 4
+    assert np.abs(steps[-1].theta).max() <= 1e-12
+    assert np.abs(steps[-1].network(x) - res.network(x)).max() <= 1e-12
+    assert steps[1].changed  # the split neurons were merged
