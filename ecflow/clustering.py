@@ -33,9 +33,12 @@ Distance ``S_ij`` per symmetry class (:class:`~ecflow.activations.Symmetry`):
                            because relu students pair ``±w`` with a linear correction.
 =========================  =====================================================================
 
-Angles (the alignment test and the certificates) are between ``[w, b]`` vectors, sign-invariant
-for every class but ``NONE``, and computed as ``2 arcsin(‖û - v̂‖ / 2)``, which keeps full
-relative precision for tiny angles. A zero vector has no direction: its angle to anything is 90°.
+Angles (the alignment test and the certificates) are between input weight vectors ``w``, as in
+the paper: constant-type neurons (``w ≈ 0``, any ``b``) are close in distance but point
+anywhere, whereas on ``[w, b]`` they would all line up along the bias axis and pass. They are
+sign-invariant for every class but ``NONE``, computed as ``2 arcsin(‖û - v̂‖ / 2)``, which keeps
+full relative precision for tiny angles. A zero vector has no direction: its angle to anything is
+90°.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ class Cluster:
     students : tuple of int
         Distinct students holding a member, sorted.
     median_angle_deg, max_angle_deg : float
-        Median and maximum angle between two members (0 for a single member).
+        Median and maximum angle between the input weights of two members (0 for a single
+        member).
     big : bool
         Holds neurons of at least ``gamma * n_students`` distinct students.
     aligned : bool
@@ -155,7 +159,7 @@ class ClusterResult:
     linkage : ndarray of shape (n_neurons - 1, 4), float64
         scipy linkage matrix (for the dendrogram); empty ``(0, 4)`` for a single neuron.
     angles_deg : ndarray of shape (n_neurons, n_neurons), float64
-        Pairwise angles between neurons.
+        Pairwise angles between the neurons' input weight vectors ``w``.
     symmetry : Symmetry
     n_students : int
     """
@@ -243,6 +247,12 @@ def neuron_distances(vectors: np.ndarray, symmetry: Symmetry) -> np.ndarray:
 def neuron_angles_deg(vectors: np.ndarray, symmetry: Symmetry) -> np.ndarray:
     """Pairwise angles in degrees, sign-invariant unless ``symmetry`` is ``NONE``.
 
+    Parameters
+    ----------
+    vectors : ndarray of shape (n_neurons, p), float64
+        Input weights ``w`` (``p = d_in``) in the clustering, or any vectors.
+    symmetry : Symmetry
+
     Returns
     -------
     ndarray of shape (n_neurons, n_neurons), float64
@@ -314,7 +324,7 @@ def cluster_neurons(
         raise ValueError(f"n_students must be positive, got {n_students!r}")
     n_students = int(n_students)
     n = v.shape[0]
-    angles = neuron_angles_deg(v, symmetry)
+    angles = neuron_angles_deg(v[:, :-1], symmetry)
     min_students = config.gamma * n_students
     # A float product like 0.6 * 5 = 2.9999999999999996 must still demand 3 students.
     min_students = math.ceil(min_students - 1e-9)
@@ -344,14 +354,22 @@ def cluster_neurons(
     good = {k: is_good(k) for k in range(n)}
     count = sum(good.values())
     heights, n_good = [0.0], [count]
+    # Merges within round-off of zero join identical neurons (exact duplicates, rescaled
+    # relu copies): they all belong to the cut at 0, else the arg max would pick a cut among
+    # heights of 1e-16 that splits identical copies at random.
+    scale = float(np.median(np.linalg.norm(v, axis=1))) if n > 1 else 1.0
+    if symmetry is Symmetry.EVEN_LINEAR_SCALING or scale == 0.0:
+        scale = 1.0
+    round_off = 1e-12 * scale
     for i, (a, b, h, _) in enumerate(linkage):
+        h = 0.0 if h <= round_off else float(h)
         a, b, node = int(a), int(b), n + i
         members[node] = np.concatenate([members[a], members[b]])
         children[node], parent[a], parent[b] = (a, b), node, node
         merge_height[node] = float(h)
         good[node] = is_good(node)
         count += good[node] - good[a] - good[b]
-        last_at_height = i + 1 == len(linkage) or linkage[i + 1, 2] > h
+        last_at_height = i + 1 == len(linkage) or max(linkage[i + 1, 2], round_off) > h
         if last_at_height:
             if h > heights[-1]:
                 heights.append(float(h))

@@ -23,7 +23,9 @@ class                      identity                                        outpu
 =========================  ==============================================  =======================
 
 For the even+linear classes a flip leaves the linear term ``-2 c1 a_j z_j``, which a plain MLP
-of the same width cannot hold (the paper keeps a separate affine map ``Θx + β``). Because the
+of the same width cannot hold (the paper keeps a separate affine map ``Θx + β``). The collapse
+orients each neuron so that the flipped members' summed output weight is the smaller of the two
+choices (zero when the cluster holds the linear-type pair that compensates a flip). Because the
 teacher has no such term, the right orientation of each neuron is the one whose network fits
 the queries: :func:`choose_orientations` tries the orientations (exhaustively up to
 ``2**max_exhaustive`` combinations, greedily beyond) and refits the output layer by linear
@@ -164,6 +166,14 @@ def collapse_clusters(
         if sym.sign_invariant:
             signs = np.where(v @ ref >= 0.0, 1.0, -1.0)
         oriented = v * signs[:, None]
+        if sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
+            # Members flipped against the orientation leave a linear term proportional to
+            # their summed output weights; orient the neuron the way that leaves the smaller
+            # one (none at all when a linear-type pair sits in the cluster with a duplicate).
+            gain = a * np.linalg.norm(v, axis=1)[None, :] if sym.scale_invariant else a
+            against = gain[:, signs < 0].sum(axis=1)
+            if np.linalg.norm(gain.sum(axis=1) - against) < np.linalg.norm(against):
+                signs, oriented = -signs, -oriented
         if sym is Symmetry.EVEN_LINEAR_SCALING:
             norms = np.linalg.norm(oriented, axis=1)
             unit = oriented / np.where(norms > 0, norms, 1.0)[:, None]
