@@ -2,7 +2,7 @@
 
 A job file holds pairs, an initial student and the training settings; ``train-job`` trains it
 with either engine and writes a result file (a network file with the result fields as root
-attributes). Layouts: ``docs/formats-jobs.md``.
+attributes). Layouts: ``docs/formats.md``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ network, with the :class:`~ecflow.engines.base.TrainResult` fields as root attri
 Both engines speak it: the native engine through :func:`run_job` (``ecflow train-job``), the
 julia engine because its worker (``julia/worker.jl``) reads job files and writes result files,
 so a job can be moved to another machine and trained there with either engine. The layouts are
-documented in ``docs/formats-jobs.md``; all HDF5 I/O stays in :mod:`ecflow.networks`.
+documented in ``docs/formats.md``; all HDF5 I/O stays in :mod:`ecflow.networks`.
 """
 
 from __future__ import annotations
