@@ -1,0 +1,153 @@
+"""The recovery pipeline: config validation, reconstruction from given students, report."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from test_reconstruction import exact_students, make_teacher
+
+from ecflow import networks, teachers
+from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
+from ecflow.networks import MLP
+from ecflow.recover import RecoverConfig, RecoverStatus, reconstruct_from_students, recover
+
+QUICK = TrainConfig(max_seconds=5.0, max_steps=300)
+
+
+def as_result(net, loss):
+    return TrainResult(
+        network=net, loss=loss, rmse=math.sqrt(loss), grad_norm=0.0,
+        status=TrainStatus.CONVERGED_LOSS, stopped_by="test", steps=0, seconds=0.0,
+        history=np.zeros((0, 2)), engine="test",
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(n_students=0), "n_students"),
+        (dict(gamma=0.0), "gamma"),
+        (dict(gamma=1.01), "gamma"),
+        (dict(beta_deg=0.0), "beta_deg"),
+        (dict(beta_deg=91.0), "beta_deg"),
+        (dict(n_queries=0), "n_queries"),
+        (dict(n_fresh=-1), "n_fresh"),
+        (dict(rho=0.0), "rho"),
+        (dict(rho=-2), "rho"),
+        (dict(rho=float("inf")), "rho"),
+        (dict(hidden=0), "hidden"),
+        (dict(hidden=(4, 2)), "hidden"),
+        (dict(rho=2, hidden=8), "rho or hidden"),
+        (dict(activation="nope"), "activation"),
+        (dict(seed=-1), "seed"),
+        (dict(rmse_tol=0.0), "rmse_tol"),
+    ],
+)
+def test_config_rejects_impossible_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RecoverConfig(**kwargs)
+
+
+def test_config_types_and_defaults():
+    c = RecoverConfig(hidden=16)
+    assert c.hidden == (16,)
+    assert (c.n_students, c.gamma, c.beta_deg, c.n_queries, c.n_fresh) == (10, 0.5, 30.0, 30000,
+                                                                           10000)
+    with pytest.raises(TypeError, match="prune"):
+        RecoverConfig(prune="yes")
+    with pytest.raises(TypeError, match="train"):
+        RecoverConfig(train={"max_seconds": 3})
+    with pytest.raises(TypeError, match="n_students"):
+        RecoverConfig(n_students=2.5)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "softplus", "relu"])
+def test_reconstruct_from_exact_students(act, tmp_path):
+    rng = np.random.default_rng(1)
+    teacher = make_teacher(act, d_in=3, r=3, seed=11)
+    nets = exact_students(act, teacher, rng)
+    students = [as_result(n, loss) for n, loss in zip(nets, [1e-32, 1e-30, 1e-30, 1e-30])]
+    x = teachers.sample_inputs(500, 3, 0)
+    xf = teachers.sample_inputs(300, 3, 1)
+    rec = reconstruct_from_students(
+        x, teacher.forward(x), students, config=RecoverConfig(finetune=QUICK),
+        x_fresh=xf, y_fresh=teacher.forward(xf), teacher=teacher,
+    )
+    assert rec.status is RecoverStatus.RECOVERED, rec.reason
+    assert rec.hidden_sizes == (3,)
+    assert rec.rmse_fresh < 1e-12 and rec.rmse_train < 1e-12
+    assert rec.max_cosine_distance < 1e-20
+    assert len(rec.teacher_distances) == 3
+    assert len(rec.neurons) == 3
+    for c in rec.neurons:
+        assert c.n_students == 4 and c.source_student == 0
+        assert c.median_angle_deg < 1e-5
+    assert rec.student_losses == (1e-32, 1e-30, 1e-30, 1e-30)
+
+    report = json.loads(json.dumps(rec.to_report()))
+    assert report["status"] == "RECOVERED"
+    assert report["hidden_sizes"] == [3]
+    assert len(report["neurons"]) == 3
+    path = networks.write_network(tmp_path / "rec.h5", rec.network, attrs=rec.to_attrs())
+    back = networks.read_network_file(path)
+    assert back.attrs["status"] == "RECOVERED"
+    assert json.loads(back.attrs["neurons"])[0]["n_students"] == 4
+    np.testing.assert_array_equal(back.attrs["student_losses"], rec.student_losses)
+
+
+def test_no_aligned_cluster_gives_no_network():
+    rng = np.random.default_rng(0)
+    nets = [
+        MLP.from_arrays([rng.normal(size=(3, 2)), rng.normal(size=(1, 3))],
+                        [rng.normal(size=3), np.zeros(1)], ["tanh", "identity"])
+        for _ in range(3)
+    ]
+    x = rng.uniform(-1, 1, size=(50, 2))
+    y = np.sin(x[:, :1])
+    rec = reconstruct_from_students(
+        x, y, [as_result(n, 0.1) for n in nets], config=RecoverConfig(gamma=1.0, beta_deg=1.0)
+    )
+    assert rec.status is RecoverStatus.NO_CLUSTERS
+    assert rec.network is None and rec.hidden_sizes == () and rec.rmse_train is None
+    assert "gamma" in rec.reason
+    json.dumps(rec.to_report())
+    assert "rmse_train" not in rec.to_attrs()
+
+
+def test_recover_teacher_path_end_to_end_small():
+    teacher = teachers.synthetic_teacher(teachers.TeacherConfig(2, (1,), "tanh"), 3)
+    config = RecoverConfig(n_students=2, n_queries=400, n_fresh=200, rho=2, train=QUICK,
+                           finetune=QUICK)
+    phases = []
+    rec = recover(teacher=teacher, config=config, progress=lambda p, d, n: phases.append(p))
+    assert {"students", "clustering", "fine-tune", "pruning"} <= set(phases)
+    assert rec.student_width == 2 and len(rec.student_losses) == 2
+    assert rec.hidden_sizes == (1,)
+    assert rec.rmse_fresh < 1e-10
+    assert rec.max_cosine_distance < 1e-8
+    assert set(rec.phase_seconds) >= {"students", "clustering", "fine-tune", "metrics"}
+
+
+def test_recover_rejects_inconsistent_inputs():
+    teacher = make_teacher("g", d_in=2, r=2)
+    x = np.zeros((10, 2))
+    y = np.zeros((10, 1))
+    with pytest.raises(ValueError, match="not both"):
+        recover(teacher=teacher, x=x, y=y, config=RecoverConfig(rho=2))
+    with pytest.raises(ValueError, match="give a teacher"):
+        recover(config=RecoverConfig(hidden=4))
+    with pytest.raises(ValueError, match="rho needs a teacher"):
+        recover(x=x, y=y, config=RecoverConfig(rho=2))
+    with pytest.raises(ValueError, match="give hidden"):
+        recover(x=x, y=y, config=RecoverConfig())
+    with pytest.raises(ValueError, match="give rho"):
+        recover(teacher=teacher, config=RecoverConfig())
+    deep = MLP.from_arrays([np.ones((2, 2)), np.ones((2, 2)), np.ones((1, 2))],
+                           [np.zeros(2), np.zeros(2), np.zeros(1)], ["g", "g", "identity"])
+    with pytest.raises(ValueError, match="one hidden layer"):
+        recover(teacher=deep, config=RecoverConfig(rho=2))
+    with pytest.raises(TypeError, match="RecoverConfig"):
+        recover(teacher=teacher, config={"rho": 2})
+    with pytest.raises(ValueError, match="d_in"):
+        recover(teacher=teacher, x=np.zeros((5, 3)), config=RecoverConfig(rho=2))
