@@ -413,8 +413,8 @@ def write_sweep_figures(out: str | os.PathLike) -> list[Path]:
         ("fig5b.png", sweep_fig5b(recoveries)),
     ):
         path = out / name
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         written.append(path)
     return written
 

@@ -50,9 +50,12 @@ from typing import Any
 import numpy as np
 
 from ecflow import networks, teachers
+from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
+from ecflow.expansion import train_student
 from ecflow.networks import MLP
+from ecflow.recover import RecoverConfig, Recovery, reconstruct_from_students
 
 __all__ = [
     "NEAR_ZERO_LOSS",
@@ -210,8 +213,6 @@ class SweepConfig:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if not (isinstance(self.beta_deg, (int, float)) and 0.0 < self.beta_deg <= 90.0):
             raise ValueError(f"beta_deg must be in (0, 90] degrees, got {self.beta_deg!r}")
-        from ecflow.activations import get_activation
-
         get_activation(self.activation)
         if self.engine not in ENGINES:
             raise ValueError(
@@ -443,8 +444,6 @@ def _student_task(
     train: TrainConfig,
     engine: str,
 ) -> TrainResult:
-    from ecflow.expansion import train_student
-
     return train_student(
         x, y, hidden=hidden, activation=activation, seed=seed, config=train, engine=engine
     )
@@ -454,23 +453,19 @@ def _recovery_task(
     x: np.ndarray,
     y: np.ndarray,
     students: Sequence[TrainResult],
-    recover_config: Any,
+    recover_config: RecoverConfig,
     engine: str,
     x_fresh: np.ndarray,
     y_fresh: np.ndarray,
     teacher: MLP,
-) -> Any:
-    from ecflow.recover import reconstruct_from_students
-
+) -> Recovery:
     return reconstruct_from_students(
         x, y, students, config=recover_config, engine=engine,
         x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher,
     )
 
 
-def _recover_config(config: SweepConfig, unit: RecoveryUnit) -> Any:
-    from ecflow.recover import RecoverConfig
-
+def _recover_config(config: SweepConfig, unit: RecoveryUnit) -> RecoverConfig:
     return RecoverConfig(
         n_students=config.n_students(unit.r),
         gamma=config.gamma,
@@ -537,16 +532,11 @@ def _student_from_record(record: Mapping[str, Any], network: MLP) -> TrainResult
     )
 
 
-def _enum_name(v: Any) -> str:
-    return v.name if isinstance(v, enum.Enum) else str(v)
-
-
-def _recovery_record(unit: RecoveryUnit, rec: Any, has_network: bool) -> dict[str, Any]:
-    sizes = tuple(int(s) for s in (rec.hidden_sizes or ()))
-    recovered = sizes[0] if len(sizes) == 1 else (sum(sizes) if sizes else 0)
-    rmse_train = _finite_or_none(rec.rmse_train) if rec.rmse_train is not None else None
+def _recovery_record(unit: RecoveryUnit, rec: Recovery) -> dict[str, Any]:
+    sizes = tuple(int(s) for s in rec.hidden_sizes)
+    rmse_train = None if rec.rmse_train is None else _finite_or_none(rec.rmse_train)
     success = (
-        has_network
+        rec.network is not None
         and sizes == (unit.r,)
         and rmse_train is not None
         and rmse_train <= SUCCESS_RMSE
@@ -557,20 +547,17 @@ def _recovery_record(unit: RecoveryUnit, rec: Any, has_network: bool) -> dict[st
         "teacher": unit.teacher,
         "rho": unit.rho,
         "teacher_size": unit.r,
-        "recovered_size": recovered,
-        "hidden_sizes": list(sizes),
+        # One hidden layer here; 0 when nothing was reconstructed.
+        "recovered_size": sizes[0] if sizes else 0,
         "rmse_train": rmse_train,
-        "rmse_fresh": _finite_or_none(rec.rmse_fresh) if rec.rmse_fresh is not None else None,
+        "rmse_fresh": None if rec.rmse_fresh is None else _finite_or_none(rec.rmse_fresh),
         "max_cosine_distance": (
-            _finite_or_none(rec.max_cosine_distance)
-            if rec.max_cosine_distance is not None
-            else None
+            None if rec.max_cosine_distance is None else _finite_or_none(rec.max_cosine_distance)
         ),
         "success": bool(success),
-        "status": _enum_name(rec.status),
-        "reason": str(rec.reason),
-        "student_losses": [_finite_or_none(v) for v in (rec.student_losses or ())],
+        "status": rec.status.name,
         "seconds": float(rec.seconds),
+        "report": rec.to_report(),
     }
 
 
@@ -836,6 +823,10 @@ class _Run:
         return self.paths["recoveries"] / f"{u.name}.{ext}"
 
     def load_finished(self) -> None:
+        # A run killed while writing leaves hidden temporary files (networks.atomic_path).
+        for folder in (self.out, self.paths["teachers"], self.paths["students"], self.paths["recoveries"]):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         for u in self.students:
             p = self.student_path(u, "json")
             if p.is_file() and self.student_path(u, "h5").is_file():
@@ -909,22 +900,17 @@ class _Run:
         self.students_run += 1
         self.tick(u.name)
 
-    def finish_recovery(self, g: RecoveryUnit, rec: Any) -> None:
-        net = getattr(rec, "network", None)
+    def finish_recovery(self, g: RecoveryUnit, rec: Recovery) -> None:
+        record = _recovery_record(g, rec)
         h5 = self.recovery_path(g, "h5")
-        if net is not None:
-            record = _recovery_record(g, rec, True)
-            networks.write_network(
-                h5, net,
-                attrs={
-                    k: v for k, v in record.items()
-                    if not isinstance(v, list) and v is not None
-                },
+        if rec.network is not None:
+            attrs = dict(rec.to_attrs())
+            attrs.update(
+                {k: record[k] for k in ("d_in", "r", "teacher", "rho", "success", "teacher_size")}
             )
-        else:
-            record = _recovery_record(g, rec, False)
-            if h5.exists():
-                h5.unlink()
+            networks.write_network(h5, rec.network, attrs=attrs)
+        elif h5.exists():
+            h5.unlink()  # left by an earlier attempt of this unit, killed before its record
         _write_json(self.recovery_path(g, "json"), record)
         self.recovery_records[g] = record
         self.recoveries_run += 1

@@ -96,6 +96,8 @@ def synthetic_sweep(
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
         console=Console(stderr=True),
+        # Units last seconds to minutes: estimate the speed over the last 15 minutes, not 30 s.
+        speed_estimate_period=900.0,
     )
     task = bar.add_task("", total=None)
     started = []
