@@ -464,16 +464,19 @@ def draw_hyperplanes(ax, network: Any, *, half_width: float | None = None,
     g = np.linspace(-lim, lim, n_grid)
     gx, gy = np.meshgrid(g, g)
     out = network.forward(np.column_stack([gx.ravel(), gy.ravel()]))[:, 0].reshape(gx.shape)
-    ax.contourf(gx, gy, out, levels=20, cmap="Greys", alpha=0.6)
+    if np.ptp(out) > 1e-9 * max(1.0, float(np.abs(out).max())):
+        ax.contourf(gx, gy, out, levels=20, cmap="Greys", alpha=0.6)
+    # else: a constant output (e.g. zero-type neurons alone); contours would draw rounding noise
     ax.plot([-h, h, h, -h, -h], [-h, -h, h, h, -h], color="k", lw=0.8)
     W, b = network.layers[0].weight, network.layers[0].bias
     a = network.layers[1].weight[0]
     strength = np.abs(a) * np.linalg.norm(np.column_stack([W, b]), axis=1)
     scale = float(strength.max()) if strength.size else 1.0
+    w_max = float(np.linalg.norm(W, axis=1).max())
     for i, (w, bi) in enumerate(zip(W, b)):
         nw = float(np.linalg.norm(w))
-        if nw == 0.0:
-            continue  # constant neuron: no hyperplane
+        if nw <= 1e-9 * w_max:
+            continue  # constant neuron (w = 0 up to rounding): no hyperplane
         u = w / nw
         p0 = -bi / nw * u  # the hyperplane's point nearest the origin
         t = np.array([-u[1], u[0]])
