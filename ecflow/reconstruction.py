@@ -133,7 +133,8 @@ def collapse_clusters(
     for s, net in enumerate(students):
         _check_one_hidden(net, f"student {s}")
     act: Activation = students[0].layers[0].activation
-    if any(net.layers[0].activation is not act for net in students):
+    # Compared by name: students trained in worker processes hold unpickled copies.
+    if any(net.layers[0].activation.name != act.name for net in students):
         raise ValueError("all students must share one hidden activation")
     sym = act.symmetry
     if sym is not clustering.symmetry:

@@ -428,7 +428,8 @@ def reconstruct_from_students(
                 f"{x.shape[1]} -> {y.shape[1]}"
             )
     act = nets[0].layers[0].activation
-    if any(n.layers[0].activation is not act for n in nets):
+    # Compared by name: students trained in worker processes hold unpickled copies.
+    if any(n.layers[0].activation.name != act.name for n in nets):
         raise ValueError("all students must share one hidden activation")
     if teacher is not None and (teacher.d_in != x.shape[1] or len(teacher.layers) != 2):
         raise ValueError(

@@ -124,6 +124,8 @@ def recover_command(
         raise ValueError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
     if data is not None and queries is not None:
         raise ValueError("--queries needs --teacher (with --data the pairs are the queries)")
+    if rho is not None and hidden is not None:
+        raise ValueError("give --rho or --hidden, not both")
     if rho is None and hidden is None:
         raise ValueError("give --rho (with --teacher) or --hidden (the student width)")
     if engine not in ENGINES:
