@@ -753,7 +753,8 @@ def _search_flips(
     t0 = (theta0 @ L).ravel() / math.sqrt(n_next)
     D = np.stack([(dl @ L).ravel() for dl in deltas]) / math.sqrt(n_next)  # (K, p)
     K = D.shape[0]
-    if 2**K <= max_subsets:
+    # The exhaustive search holds all 2^K subset sums; cap its memory at 2^23 floats (64 MiB).
+    if 2**K <= max_subsets and 2**K * D.shape[1] <= 1 << 23:
         sums = t0[None, :]
         cost = np.zeros(1)
         size = np.zeros(1, dtype=int)

@@ -613,3 +613,26 @@ def test_reduction_steps_keep_the_function_at_every_step(act):
     assert np.abs(steps[-1].theta).max() <= 1e-12
     assert np.abs(steps[-1].network(x) - res.network(x)).max() <= 1e-12
     assert steps[1].changed  # the split neurons were merged
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def test_hyperplane_panels_draw_every_network():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ecflow.plots import draw_hyperplanes, hyperplane_panels
+
+    teacher = teacher_net("relu", 2, 3, seed=0)
+    res = reduce_network(teacher)
+    fig = hyperplane_panels([teacher, res.network], ["teacher", "reduced"],
+                            labels=[["0", "1", "2"], None])
+    assert len(fig.axes) == 2
+    assert [ax.get_title() for ax in fig.axes] == ["teacher", "reduced"]
+    # One dashed hyperplane per neuron with w != 0.
+    assert sum(line.get_linestyle() == "--" for line in fig.axes[0].get_lines()) == 3
+    with pytest.raises(ValueError, match="one title per network"):
+        hyperplane_panels([teacher], ["a", "b"])
+    with pytest.raises(ValueError, match="2-D input"):
+        draw_hyperplanes(fig.axes[0], teacher_net("relu", 3, 2, seed=0))
