@@ -371,3 +371,24 @@ def test_get_engine_native():
     assert isinstance(get_engine("native"), NativeEngine)
     with pytest.raises(ValueError, match="unknown engine"):
         get_engine("torch")
+
+
+@pytest.mark.parametrize("out_act", ["identity", "tanh", "softplus"])
+def test_shallow_hessian_kernel_matches_the_general_sweep(out_act):
+    from ecflow.engines.native.derivatives import (
+        Architecture,
+        _hessian_chunk,
+        _hessian_chunk_shallow,
+    )
+
+    rng = np.random.default_rng(4)
+    net = glorot_normal((3, 5, 2), ["g", out_act], 0)
+    net = net.unflatten(net.flatten() + 0.3 * rng.normal(size=net.n_params))
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+    arch = Architecture.of(net)
+    params = arch.unpack(net.flatten())
+    general = np.zeros((net.n_params, net.n_params))
+    shallow = np.zeros_like(general)
+    _hessian_chunk(arch, params, x, y, general)
+    _hessian_chunk_shallow(arch, params, x, y, shallow)
+    np.testing.assert_allclose(shallow + shallow.T, general + general.T, atol=1e-11)

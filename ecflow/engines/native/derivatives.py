@@ -51,6 +51,9 @@ _BYTES = 8
 # Working-set target of one chunk of samples (Jacobian rows or Hessian tangents): large enough
 # that BLAS calls are efficient, small enough to stay in a modest share of memory.
 _CHUNK_BYTES = 48 * 2**20
+_CACHE_ROWS = 2048
+"""Samples per chunk of the loss and gradient sweeps: elementwise activation kernels run 1.5-2x
+faster on arrays that stay in cache than on full 30k-sample arrays."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,30 +132,36 @@ def _predict(arch: Architecture, theta: np.ndarray, x: np.ndarray) -> np.ndarray
 
 def _sum_sq_residuals(arch: Architecture, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """``|r|²`` (the loss times ``n_samples · d_out``)."""
-    r = _predict(arch, theta, x)
-    r -= y
-    return float(np.vdot(r, r))
+    total = 0.0
+    for start in range(0, x.shape[0], _CACHE_ROWS):
+        r = _predict(arch, theta, x[start : start + _CACHE_ROWS])
+        r -= y[start : start + _CACHE_ROWS]
+        total += float(np.vdot(r, r))
+    return total
 
 
 def _loss_grad(arch: Architecture, theta: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """``(L, ∇L)`` by one forward and one reverse sweep."""
+    """``(L, ∇L)`` by one forward and one reverse sweep (in cache-sized chunks of samples)."""
     params = arch.unpack(theta)
-    hs, dfs, _ = _forward(arch, params, x)
-    r = hs[-1] - y
-    scale = 2.0 / r.size
-    value = float(np.vdot(r, r)) / r.size
-    grad = np.empty(arch.n_params)
-    delta = r * dfs[-1]
-    delta *= scale
-    for l in range(arch.n_layers - 1, -1, -1):
-        W = params[l][0]
-        o, n_w = arch.offsets[l], W.size
-        grad[o : o + n_w] = (delta.T @ hs[l]).ravel()
-        grad[o + n_w : arch.offsets[l + 1]] = delta.sum(axis=0)
-        if l > 0:
-            delta = delta @ W
-            delta *= dfs[l - 1]
-    return value, grad
+    n_res = y.size
+    scale = 2.0 / n_res
+    sse = 0.0
+    grad = np.zeros(arch.n_params)
+    for start in range(0, x.shape[0], _CACHE_ROWS):
+        hs, dfs, _ = _forward(arch, params, x[start : start + _CACHE_ROWS])
+        r = hs[-1] - y[start : start + _CACHE_ROWS]
+        sse += float(np.vdot(r, r))
+        delta = r * dfs[-1]
+        delta *= scale
+        for l in range(arch.n_layers - 1, -1, -1):
+            W = params[l][0]
+            o, n_w = arch.offsets[l], W.size
+            grad[o : o + n_w] += (delta.T @ hs[l]).ravel()
+            grad[o + n_w : arch.offsets[l + 1]] += delta.sum(axis=0)
+            if l > 0:
+                delta = delta @ W
+                delta *= dfs[l - 1]
+    return sse / n_res, grad
 
 
 def _jacobian_into(arch: Architecture, params, hs, dfs, out: np.ndarray) -> None:
@@ -232,11 +241,66 @@ def _hessian(
         chunk = _rows_per_chunk(arch, 3.0 * width * P * _BYTES)
     H = np.zeros((P, P))
     params = arch.unpack(theta)
+    kernel = _hessian_chunk_shallow if arch.n_layers == 2 else _hessian_chunk
     for start in range(0, n, chunk):
-        _hessian_chunk(arch, params, x[start : start + chunk], y[start : start + chunk], H)
+        kernel(arch, params, x[start : start + chunk], y[start : start + chunk], H)
     H += H.T
     H *= 1.0 / (n * arch.d_out)  # (H + Hᵀ) carries the factor 2 of ∇²L
     return H
+
+
+def _hessian_chunk_shallow(arch: Architecture, params, x, y, H: np.ndarray) -> None:
+    """:func:`_hessian_chunk` for one hidden layer, from the closed form of ``Σ r ∇²ŷ``.
+
+    With ``x̃ = [x, 1]``, hidden neuron ``i`` with input weights ``w̃_i = [W_i, b_i]``, output
+    ``ŷ_k = ψ(u_k)``, ``u = h Aᵀ + c``, ``e = r ψ'(u)`` and ``q = r ψ''(u)``, the second-order
+    term ``F = Σ_{s,k} r_{s,k} ŷ_{s,k}`` has the blocks
+
+    * ``∂²F/∂A_ki ∂w̃_i``  = Σ_s e_sk σ'(z_si) x̃_s                      (same neuron only)
+    * ``∂²F/∂w̃_i ∂w̃_i``   = Σ_s (e A)_si σ''(z_si) x̃_s x̃_sᵀ             (block diagonal)
+    * ``Σ_k J_ukᵀ diag(q_k) J_uk``  with ``J_uk = ∂u_k/∂θ``                (zero for identity ψ)
+
+    so only ``JᵀJ`` costs ``O(n_samples · n_params²)``; the rest is ``O(n_samples · n_hidden ·
+    d_in²)``, far below the general forward-over-reverse sweep.
+    """
+    (W, _), (A, _) = params
+    d_in, n_hidden, d_out = arch.sizes
+    o1 = arch.offsets[1]
+    hs, dfs, d2fs = _forward(arch, params, x)
+    m = x.shape[0]
+    r = hs[-1] - y
+    xt = np.empty((m, d_in + 1))
+    xt[:, :d_in] = x
+    xt[:, d_in] = 1.0
+    # flat index of w̃_ij (j = d_in is the bias) and of [A_k, c_k]
+    i = np.arange(n_hidden)[:, None]
+    widx = np.hstack([i * d_in + np.arange(d_in)[None, :], n_hidden * d_in + i])
+
+    J = np.empty((m, d_out, arch.n_params))
+    _jacobian_into(arch, params, hs, dfs, J)
+    J = J.reshape(m * d_out, -1)
+    H += J.T @ J
+
+    e = r * dfs[-1]
+    q = r * d2fs[-1]
+    sig1, sig2 = dfs[0], d2fs[0]
+    for k in range(d_out):
+        # factor 2: this block is added on one side only, and the caller forms H + Hᵀ
+        rows = o1 + k * n_hidden + np.arange(n_hidden)
+        H[rows[:, None], widx] += 2.0 * ((e[:, k : k + 1] * sig1).T @ xt)
+        if np.any(q[:, k]):
+            Ju = np.zeros((m, arch.n_params))
+            Ju[:, rows] = hs[1]
+            Ju[:, o1 + d_out * n_hidden + k] = 1.0
+            g = sig1 * A[k]
+            Ju[:, : n_hidden * d_in] = (g[:, :, None] * x[:, None, :]).reshape(m, -1)
+            Ju[:, n_hidden * d_in : o1] = g
+            H += Ju.T @ (q[:, k : k + 1] * Ju)
+    beta = (e @ A) * sig2
+    blocks = ((beta[:, :, None] * xt[:, None, :]).reshape(m, -1).T @ xt).reshape(
+        n_hidden, d_in + 1, d_in + 1
+    )
+    H[widx[:, :, None], widx[:, None, :]] += blocks
 
 
 def _hessian_chunk(arch: Architecture, params, x, y, H: np.ndarray) -> None:

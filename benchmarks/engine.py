@@ -1,0 +1,399 @@
+"""Native engine benchmarks: derivative speed against JAX, convergence, and LM scaling.
+
+Three parts, each writing its section of ``benchmarks/results/engine.json`` (sections not run
+are kept from the previous file):
+
+``derivatives``
+    Gradient and exact Hessian of the MSE of a one-hidden-layer ``g`` network, native against
+    JAX autodiff (``jax.grad`` and ``jax.hessian``, x64, jitted, compile time excluded), one
+    thread each, for (d_in, n_hidden) = (4, 16), (8, 32), (32, 64) at N = 30k. The JAX Hessian
+    is summed over sample chunks (``lax.map``) so that its P-direction tangents fit in memory.
+``convergence``
+    Students of synthetic ``g`` teachers (d_in 4, r 4, N 30k) at ρ = 1, 2, 4, trained with
+    both schedules from the same Glorot initialisations: how many reach RMSE ≤ 1e-12, median
+    and max seconds, the losses of the others. The issue's full run (20 students, 300 s each)
+    takes hours; the defaults are 5 students and 60 s, and the JSON records what was run.
+``scaling``
+    Seconds per LM iteration (chunked Jacobian QR + SVD + one trial) and peak memory of that
+    iteration (tracemalloc, NumPy allocations) at ≈ 100, 600 and 2300 parameters, N 30k.
+
+Usage::
+
+    python -m benchmarks.engine [--parts derivatives,convergence,scaling]
+                                [--students 5] [--budget 60] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "engine.json"
+DERIV_CASES = ((4, 16), (8, 32), (32, 64))
+N_SAMPLES = 30_000
+RMSE_OK = 1e-12
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        load = dict(zip(("1min", "5min", "15min"), os.getloadavg()))
+    except OSError:  # pragma: no cover - not on Linux
+        load = None
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        "blas_threads": 1,
+        "load_average_at_start": load,
+    }
+
+
+def _best_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
+    """Smallest wall time of ``repeats`` calls (the least disturbed by other processes)."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# --- derivatives ---------------------------------------------------------------------------------
+
+
+def _jax():
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def _derivatives(*, repeats: int = 3) -> dict[str, Any]:
+    """Native gradient/Hessian against JAX for :data:`DERIV_CASES` (one thread each)."""
+    from ecflow.engines.native.derivatives import Architecture, _hessian, _loss_grad
+    from ecflow.networks import glorot_normal
+
+    jax = _jax()
+    jnp = jax.numpy
+    rows = []
+    for d_in, n_hidden in DERIV_CASES:
+        rng = np.random.default_rng(0)
+        net = glorot_normal((d_in, n_hidden, 1), ["g", "identity"], 0)
+        theta = net.flatten() + 0.1 * rng.normal(size=net.n_params)
+        x = rng.uniform(-np.sqrt(3), np.sqrt(3), size=(N_SAMPLES, d_in))
+        y = rng.normal(size=(N_SAMPLES, 1))
+        arch = Architecture.of(net)
+        P = arch.n_params
+        n_w = n_hidden * d_in
+
+        def unpack(th):
+            W = th[:n_w].reshape(n_hidden, d_in)
+            b = th[n_w : n_w + n_hidden]
+            a = th[n_w + n_hidden : n_w + 2 * n_hidden].reshape(1, n_hidden)
+            c = th[n_w + 2 * n_hidden :]
+            return W, b, a, c
+
+        def chunk_sse(th, xc, yc):
+            W, b, a, c = unpack(th)
+            z = xc @ W.T + b
+            h = jax.nn.softplus(z) + jax.nn.sigmoid(4.0 * z)
+            r = h @ a.T + c - yc
+            return jnp.sum(r * r)
+
+        def jloss(th):
+            return chunk_sse(th, x, y) / y.size
+
+        # Sum Hessians over sample chunks: jax.hessian of the full batch would hold
+        # P x N x n_hidden tangents (33 GB at the largest case).
+        chunk = int(max(100, min(N_SAMPLES, 2e7 // (P * n_hidden))))
+        n_chunks = -(-N_SAMPLES // chunk)
+        pad = n_chunks * chunk - N_SAMPLES
+        xs = np.concatenate([x, np.zeros((pad, d_in))]).reshape(n_chunks, chunk, d_in)
+        ys = np.concatenate([y, np.zeros((pad, 1))]).reshape(n_chunks, chunk, 1)
+        mask = np.concatenate([np.ones(N_SAMPLES), np.zeros(pad)]).reshape(n_chunks, chunk, 1)
+
+        def masked_sse(th, xc, yc, mc):
+            W, b, a, c = unpack(th)
+            z = xc @ W.T + b
+            h = jax.nn.softplus(z) + jax.nn.sigmoid(4.0 * z)
+            r = (h @ a.T + c - yc) * mc
+            return jnp.sum(r * r)
+
+        def jhess(th):
+            hs = jax.lax.map(lambda args: jax.hessian(masked_sse)(th, *args), (xs, ys, mask))
+            return hs.sum(axis=0) / y.size
+
+        jgrad = jax.jit(jax.grad(jloss))
+        jhess = jax.jit(jhess)
+        th_j = jnp.asarray(theta)
+        t0 = time.perf_counter()
+        g_j = np.asarray(jgrad(th_j).block_until_ready())
+        compile_grad = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        H_j = np.asarray(jhess(th_j).block_until_ready())
+        compile_hess = time.perf_counter() - t0
+
+        _, g_n = _loss_grad(arch, theta, x, y)
+        H_n = _hessian(arch, theta, x, y)
+        agree_g = float(np.max(np.abs(g_n - g_j)) / max(np.max(np.abs(g_j)), 1e-300))
+        agree_h = float(np.max(np.abs(H_n - H_j)) / max(np.max(np.abs(H_j)), 1e-300))
+
+        t_ng = _best_time(lambda: _loss_grad(arch, theta, x, y), repeats, 1.0)
+        t_jg = _best_time(lambda: jgrad(th_j).block_until_ready(), repeats, 1.0)
+        t_nh = _best_time(lambda: _hessian(arch, theta, x, y), repeats)
+        t_jh = _best_time(lambda: jhess(th_j).block_until_ready(), repeats)
+        row = {
+            "d_in": d_in,
+            "n_hidden": n_hidden,
+            "n_samples": N_SAMPLES,
+            "n_params": P,
+            "native_gradient_s": t_ng,
+            "jax_gradient_s": t_jg,
+            "gradient_speedup": t_jg / t_ng,
+            "native_hessian_s": t_nh,
+            "jax_hessian_s": t_jh,
+            "hessian_speedup": t_jh / t_nh,
+            "jax_compile_s": {"gradient": compile_grad, "hessian": compile_hess},
+            "jax_hessian_chunk": chunk,
+            "max_rel_difference": {"gradient": agree_g, "hessian": agree_h},
+        }
+        print(
+            f"derivatives d_in {d_in} hidden {n_hidden} P {P}: grad {t_ng:.4f}s vs jax "
+            f"{t_jg:.4f}s ({row['gradient_speedup']:.2f}x), hessian {t_nh:.3f}s vs jax "
+            f"{t_jh:.3f}s ({row['hessian_speedup']:.1f}x)",
+            flush=True,
+        )
+        rows.append(row)
+    return {
+        "jax": jax.__version__,
+        "activation": "g",
+        "threads": 1,
+        "timing": f"best of >= {repeats} calls, compile time excluded",
+        "targets": {"gradient_speedup": 1.0, "hessian_speedup": 10.0},
+        "cases": rows,
+    }
+
+
+# --- convergence ---------------------------------------------------------------------------------
+
+
+def _train_student(args: tuple) -> dict[str, Any]:
+    """One student (run in a worker process)."""
+    teacher_seed, student_seed, rho, schedule, budget = args
+    from ecflow.engines import TrainConfig, get_engine
+    from ecflow.networks import glorot_normal
+    from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
+
+    d_in, r = 4, 4
+    teacher = synthetic_teacher(TeacherConfig(d_in, (r,), "g"), teacher_seed)
+    x = sample_inputs(N_SAMPLES, d_in, 10_000 + teacher_seed)
+    y = teacher.forward(x)
+    init = glorot_normal((d_in, rho * r, 1), ["g", "identity"], student_seed)
+    res = get_engine("native").train(
+        x, y, init, TrainConfig(schedule=schedule, max_seconds=float(budget))
+    )
+    x_test = sample_inputs(10_000, d_in, 20_000 + teacher_seed)
+    test_rmse = float(np.sqrt(np.mean((res.network.forward(x_test) - teacher.forward(x_test)) ** 2)))
+    return {
+        "rho": rho,
+        "schedule": schedule,
+        "teacher_seed": teacher_seed,
+        "student_seed": student_seed,
+        "loss": res.loss,
+        "rmse": res.rmse,
+        "test_rmse": test_rmse,
+        "status": res.status.name,
+        "stopped_by": res.stopped_by,
+        "steps": res.steps,
+        "seconds": res.seconds,
+    }
+
+
+def _convergence(
+    *,
+    students: int = 5,
+    budget: float = 60.0,
+    rhos: tuple[int, ...] = (1, 2, 4),
+    schedules: tuple[str, ...] = ("lm-first", "flow-first"),
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Train ``students`` students per (ρ, schedule), student i on teacher seed i."""
+    from ecflow.parallel import make_executor
+
+    jobs = [
+        (i, 1000 + i, rho, schedule, budget)
+        for rho in rhos
+        for schedule in schedules
+        for i in range(students)
+    ]
+    t0 = time.perf_counter()
+    runs = []
+    with make_executor(workers) as ex:
+        for res in ex.map(_train_student, jobs):
+            print(
+                f"convergence rho {res['rho']} {res['schedule']} teacher {res['teacher_seed']}: "
+                f"rmse {res['rmse']:.2e} ({res['stopped_by']}, {res['seconds']:.0f} s)",
+                flush=True,
+            )
+            runs.append(res)
+    cells = []
+    for rho in rhos:
+        for schedule in schedules:
+            rs = [r for r in runs if r["rho"] == rho and r["schedule"] == schedule]
+            ok = [r for r in rs if r["rmse"] <= RMSE_OK]
+            secs = [r["seconds"] for r in rs]
+            cells.append(
+                {
+                    "rho": rho,
+                    "schedule": schedule,
+                    "students": len(rs),
+                    "reached_rmse_1e-12": len(ok),
+                    "median_seconds": statistics.median(secs),
+                    "max_seconds": max(secs),
+                    "median_seconds_of_successes": statistics.median(
+                        [r["seconds"] for r in ok]
+                    ) if ok else None,
+                    "losses_of_failures": sorted(r["loss"] for r in rs if r["rmse"] > RMSE_OK),
+                }
+            )
+    return {
+        "setup": {
+            "teacher": "synthetic g, d_in 4, r 4, d_out 1 (paper A.4); teacher i for student i",
+            "n_samples": N_SAMPLES,
+            "students_per_cell": students,
+            "budget_seconds_per_student": budget,
+            "workers": workers,
+            "success": f"training RMSE <= {RMSE_OK:g}",
+            "note": "reduced run; the issue's full run is --students 20 --budget 300",
+        },
+        "wall_seconds": time.perf_counter() - t0,
+        "cells": cells,
+        "runs": runs,
+    }
+
+
+# --- scaling -------------------------------------------------------------------------------------
+
+
+def _scaling(*, cases=((4, 16), (8, 64), (32, 64)), iterations: int = 2) -> dict[str, Any]:
+    """Seconds per LM iteration and its peak NumPy memory at ≈ 100, 600 and 2300 parameters."""
+    from ecflow.engines.native.derivatives import Architecture, _jacobian_qr
+    from ecflow.engines.native.levenberg_marquardt import _svd
+    from ecflow.engines.native.problem import Problem, dense_bytes
+    from ecflow.networks import glorot_normal
+
+    rows = []
+    for d_in, n_hidden in cases:
+        rng = np.random.default_rng(0)
+        net = glorot_normal((d_in, n_hidden, 1), ["g", "identity"], 0)
+        x = rng.uniform(-np.sqrt(3), np.sqrt(3), size=(N_SAMPLES, d_in))
+        y = rng.normal(size=(N_SAMPLES, 1))
+        arch = Architecture.of(net)
+        problem = Problem(arch, x, y)
+        theta = net.flatten()
+        P = arch.n_params
+
+        def iteration():
+            R = _jacobian_qr(arch, theta, x, y, problem.qr_chunk)
+            U, s, Vt = _svd(R[:P, :P])
+            delta = -(Vt.T @ (s / (s * s + 1e-3 * s[0] ** 2) * (U.T @ R[:P, P])))
+            problem.sum_sq(theta + delta)
+
+        t = _best_time(iteration, iterations)
+        tracemalloc.start()
+        iteration()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        row = {
+            "d_in": d_in,
+            "n_hidden": n_hidden,
+            "n_params": P,
+            "n_samples": N_SAMPLES,
+            "seconds_per_lm_iteration": t,
+            "peak_memory_mb": peak / 2**20,
+            "estimated_dense_memory_mb": dense_bytes(arch, N_SAMPLES) / 2**20,
+            "qr_chunk_samples": problem.qr_chunk,
+            "dense_jacobian_mb_avoided": N_SAMPLES * (P + 1) * 8 / 2**20,
+        }
+        print(f"scaling P {P}: {t:.3f} s per LM iteration, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        rows.append(row)
+    return {"iteration": "chunked QR of [J | r] + SVD + one trial forward pass", "cases": rows}
+
+
+# --- driver --------------------------------------------------------------------------------------
+
+PARTS = {
+    "derivatives": _derivatives,
+    "convergence": _convergence,
+    "scaling": _scaling,
+}
+
+
+def bench_engine(
+    *,
+    parts: tuple[str, ...] = ("derivatives", "scaling", "convergence"),
+    students: int = 5,
+    budget: float = 60.0,
+    workers: int = 2,
+    out: Path = OUT,
+) -> dict[str, Any]:
+    """Run the selected parts and merge them into ``out`` (``benchmarks/results/engine.json``)."""
+    data: dict[str, Any] = {}
+    if out.exists():
+        try:
+            data = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; expected one of: {', '.join(PARTS)}")
+        t0 = time.perf_counter()
+        if part == "convergence":
+            section = _convergence(students=students, budget=budget, workers=workers)
+        else:
+            section = PARTS[part]()
+        section["machine"] = _machine()
+        section["run_seconds"] = time.perf_counter() - t0
+        section["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        data[part] = section
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, out)
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="derivatives,scaling,convergence")
+    parser.add_argument("--students", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    bench_engine(parts=parts, students=args.students, budget=args.budget, workers=args.workers)
+    print(f"wrote {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
