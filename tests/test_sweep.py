@@ -203,6 +203,19 @@ def test_prepare_directory_guards_existing_folders(tmp_path):
         sweep.prepare_directory(bad, cfg, resume=True)
 
 
+def test_a_second_run_on_a_locked_folder_is_refused(tmp_path):
+    import fcntl
+
+    cfg = sweep.profile_config("quick", d_in=(2,), r=(2,), rho=(1,), students=1)
+    out = tmp_path / "run"
+    sweep.prepare_directory(out, cfg, resume=False)
+    with open(out / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="another sweep is running in this folder"):
+            sweep.run_sweep(out, cfg, resume=True, workers=1)
+    assert not list((out / "students").iterdir())
+
+
 def test_tables_round_trip_floats_exactly(tmp_path):
     records = [
         dict(d_in=2, r=2, teacher=0, rho=2, student=s, seed=7 + s, hidden=[4],
