@@ -98,16 +98,31 @@ def test_map_prints_teacher_table(files, tmp_path):
         (["reduce", "--student", "{d}/student.h5"], "--out"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(files, tmp_path, args, match):
+def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, args, match):
+    # In-process through the console entry point (the same code path as the ecflow script);
+    # one subprocess run below checks the real script.
+    from ecflow.cli import main
+
     d, _, _ = files
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     write_network(tmp_path / "wide.h5", synthetic_teacher(TeacherConfig(3, (2,), "tanh",
                                                                          n_normalise=500), 0))
     src = tmp_path / "student.h5"
     src.write_bytes((d / "student.h5").read_bytes())
-    proc = run(*[a.format(d=tmp_path) for a in args])
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["symmetry", *[a.format(d=tmp_path) for a in args]])
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ecflow: error:")
     assert match in lines[0]
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_bad_input_from_the_script(tmp_path):
+    proc = run("reduce", "--student", tmp_path / "missing.h5", "--out", tmp_path / "x.h5")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ecflow: error: {tmp_path / 'missing.h5'}: file not found"
+    ]
     assert not (tmp_path / "x.h5").exists()
