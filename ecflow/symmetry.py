@@ -742,7 +742,7 @@ def _search_flips(
         Square root of the domain covariance (the rms of Θ(x - μ) is ``||Θ L||_F / √n_next``).
     max_subsets : int
         All ``2^K`` subsets are tried when that is at most this; otherwise subsets by
-        increasing size up to this many, then a least-squares rounding.
+        increasing size up to this many, then a rounded least-squares relaxation.
 
     Returns
     -------
@@ -786,11 +786,26 @@ def _search_flips(
 
 
 def _round_flips(t0: np.ndarray, D: np.ndarray, tol: float) -> np.ndarray | None:
-    """Least-squares relaxation ``min ||t0 + D^T s||``, ``s`` rounded to {0, 1}."""
-    s, *_ = np.linalg.lstsq(D.T, -t0, rcond=None)
-    pick = np.nonzero(np.round(s) == 1.0)[0]
-    if np.linalg.norm(t0 + D[pick].sum(axis=0)) <= tol:
-        return pick
+    """Relaxation ``min ||t0 + D^T s||`` over ``s ∈ [0, 1]^K``, rounded, then single flips.
+
+    For many groups (too many subsets to try): the bounded least-squares solution is rounded
+    to {0, 1} and improved by flipping one group at a time while the residual decreases.
+    """
+    from scipy.optimize import lsq_linear
+
+    K = D.shape[0]
+    s = np.round(lsq_linear(D.T, -t0, bounds=(0.0, 1.0)).x)
+    r = t0 + D.T @ s
+    for _ in range(4 * K):
+        # Residual after flipping group g: r + (1 - 2 s_g) D_g.
+        trial = np.linalg.norm(r[None, :] + (1.0 - 2.0 * s)[:, None] * D, axis=1)
+        g = int(np.argmin(trial))
+        if trial[g] >= np.linalg.norm(r):
+            break
+        r = r + (1.0 - 2.0 * s[g]) * D[g]
+        s[g] = 1.0 - s[g]
+    if np.linalg.norm(r) <= tol:
+        return np.nonzero(s == 1.0)[0]
     return None
 
 
