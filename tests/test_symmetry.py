@@ -636,3 +636,16 @@ def test_hyperplane_panels_draw_every_network():
         hyperplane_panels([teacher], ["a", "b"])
     with pytest.raises(ValueError, match="2-D input"):
         draw_hyperplanes(fig.axes[0], teacher_net("relu", 3, 2, seed=0))
+
+
+def test_flip_search_fallback_for_many_groups():
+    # With the exhaustive search ruled out, the rounded least-squares relaxation finds the flip.
+    teacher = teacher_net("softplus", 3, 2, seed=4)
+    bld = Builder(teacher, np.random.default_rng(8))
+    bld.add_teacher_neuron(0, 1, [True])
+    bld.add_teacher_neuron(1, 1, [False])
+    student, labels, tags = bld.build(permute=False)
+    res = reduce_network(student, config=SymmetryConfig(max_flip_subsets=1))
+    assert res.status.exact, res.reason
+    assert res.layers[0].flipped == (0,)
+    assert rmse(res.network, teacher, 3) <= 1e-12
