@@ -180,9 +180,8 @@ def _jacobian_into(arch: Architecture, params, hs, dfs, out: np.ndarray) -> None
                 g *= dfs[l - 1]
 
 
-def _rows_per_chunk(arch: Architecture, per_row_bytes: float, budget_bytes: float | None = None) -> int:
-    budget = _CHUNK_BYTES if budget_bytes is None else max(budget_bytes, 1.0)
-    return max(1, int(budget // max(per_row_bytes, 1.0)))
+def _rows_per_chunk(per_row_bytes: float) -> int:
+    return max(1, int(_CHUNK_BYTES // max(per_row_bytes, 1.0)))
 
 
 def _triangular_factor(A: np.ndarray) -> np.ndarray:
@@ -238,7 +237,7 @@ def _hessian(
     n = x.shape[0]
     if chunk is None:
         width = sum(arch.sizes[1:]) + arch.sizes[-2]
-        chunk = _rows_per_chunk(arch, 3.0 * width * P * _BYTES)
+        chunk = _rows_per_chunk(3.0 * width * P * _BYTES)
     H = np.zeros((P, P))
     params = arch.unpack(theta)
     kernel = _hessian_chunk_shallow if arch.n_layers == 2 else _hessian_chunk

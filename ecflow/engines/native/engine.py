@@ -3,8 +3,10 @@
 Schedules (:class:`~ecflow.engines.base.Schedule`):
 
 ``lm-first``
-    LM from the initial point (it either converges or stalls within seconds for the students of
-    the paper). Only if it stalls above ``loss_tol``: the gradient flow from the best point for
+    LM from the initial point, first on an evenly spread subset of the samples (when the data
+    has more than twice ``max(4000, 40 · n_params)`` samples; it stops at a subset loss of
+    1e-24, a stall, or 80 % of the budget) and then on all of them. Only if LM stalls above
+    ``loss_tol``: the gradient flow from the best point for
     at most ``flow_seconds``, then the second-phase optimizer (``config.optimizer``) for at most
     ``polish_seconds``; this flow + polish round repeats while time is left and each round
     lowers the best loss.
