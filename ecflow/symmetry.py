@@ -167,8 +167,9 @@ class SymmetryConfig:
         (or linear, their Θ joining the others'). Exact constructions never trigger it; a real
         neuron of a teacher deviates from linear by O(1).
     max_flip_subsets : int, default=2**20
-        Sign-flip subsets tried (fewest flips first) to cancel Θ for even+linear activations;
-        beyond this a least-squares rounding is tried.
+        Sign-flip subsets tried to cancel Θ for even+linear activations: all of them when
+        ``2^K`` (K kept groups) is at most this, else a rounded least-squares relaxation and
+        then subsets by increasing size up to this many.
     seed : int, default=0
         Seed of the verification sample.
     """
@@ -741,8 +742,8 @@ def _search_flips(
     L : ndarray of shape (d, d)
         Square root of the domain covariance (the rms of Θ(x - μ) is ``||Θ L||_F / √n_next``).
     max_subsets : int
-        All ``2^K`` subsets are tried when that is at most this; otherwise subsets by
-        increasing size up to this many, then a rounded least-squares relaxation.
+        All ``2^K`` subsets are tried when that is at most this; otherwise a rounded
+        least-squares relaxation, then subsets by increasing size up to this many.
 
     Returns
     -------
@@ -767,11 +768,16 @@ def _search_flips(
             return None
         best = int(ok[np.lexsort((size[ok], np.round(cost[ok], 9)))[0]])
         return np.array([g for g in range(K) if best >> g & 1], dtype=int)
+    # Too many groups: the rounded relaxation (exact when the Δ_g are independent), then the
+    # fewest flips first, up to max_subsets tries.
+    relaxed = _round_flips(t0, D, tol)
+    if relaxed is not None:
+        return relaxed
     tried = 0
     for k in range(1, K + 1):
         combos = itertools.combinations(range(K), k)
-        while True:
-            chunk = list(itertools.islice(combos, 8192))
+        while tried < max_subsets:
+            chunk = list(itertools.islice(combos, min(8192, max_subsets - tried)))
             if not chunk:
                 break
             idx = np.array(chunk)
@@ -780,8 +786,6 @@ def _search_flips(
             if res[j] <= tol:
                 return idx[j]
             tried += len(chunk)
-            if tried >= max_subsets:
-                return _round_flips(t0, D, tol)
     return None
 
 
