@@ -39,6 +39,11 @@ Fig. A.6), which adds ``2 c1 A_g w_g`` to Θ: the reduction searches the fewest 
 Θ vanish on the domain, and reports ``LINEAR_REMAINDER`` when none does, rather than dropping
 Θ silently.
 
+Gradient descent also leaves neurons with small ``w`` that are each slightly curved on the
+domain but whose sum is affine there; such near-linear groups are tested together and, when
+their sum is affine, typed ``constant`` or ``cancelled`` as a whole ("collectively").
+:func:`reduction_steps` replays a reduction step by step, as in the panels of Fig. A.6.
+
 Tolerances are scale-aware: directions are compared relative to ``||[w, b]||`` (``param_rtol``)
 and contributions relative to the rms of the layer's output over the domain (``output_rtol``).
 The domain is the box ``[-h, h]^d_in`` (``h = √3`` by default, where ``z_i`` ranges exactly
