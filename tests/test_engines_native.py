@@ -392,3 +392,15 @@ def test_shallow_hessian_kernel_matches_the_general_sweep(out_act):
     _hessian_chunk(arch, params, x, y, general)
     _hessian_chunk_shallow(arch, params, x, y, shallow)
     np.testing.assert_allclose(shallow + shallow.T, general + general.T, atol=1e-11)
+
+
+def test_lm_first_on_a_sample_subset_then_all_samples():
+    # 8000 samples >= 2 x 4000: the first LM phase runs on a subset
+    teacher, x, y, init = _teacher_problem(n=8000, seed=2)
+    calls = []
+    res = NativeEngine().train(
+        x, y, init, TrainConfig(max_seconds=30), progress=lambda t, l: calls.append(t)
+    )
+    assert res.status.converged and res.rmse <= 1e-12, res
+    assert res.loss == pytest.approx(loss(res.network, x, y), rel=1e-6, abs=1e-32)
+    assert calls and calls == sorted(calls)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ecflow.engines.base import Optimizer, Schedule, TrainConfig, TrainResult, TrainStatus
 from ecflow.engines.native.derivatives import Architecture
@@ -42,6 +43,8 @@ _ROUND_IMPROVEMENT = 1e-3
 """A flow + polish round of ``lm-first`` is repeated only if the previous one lowered the best
 loss by at least this relative amount."""
 _MIN_PHASE_SECONDS = 0.05
+_MULTITHREAD_PARAMS = 1000
+"""Below this many parameters training pins BLAS to one thread."""
 _SUBSET_SAMPLES_PER_PARAM = 40
 _SUBSET_MIN_SAMPLES = 4000
 """The first LM phase of ``lm-first`` runs on an evenly spread subset of
@@ -105,7 +108,8 @@ class NativeEngine:
             Initial network (not modified).
         config : TrainConfig
         progress : callable, optional
-            ``progress(elapsed_seconds, best_loss)``, called about every 0.25 s.
+            ``progress(elapsed_seconds, best_loss)``, called about every 0.25 s (during the
+            ``lm-first`` phase on a subset of the samples, with the subset's loss).
 
         Returns
         -------
@@ -113,6 +117,14 @@ class NativeEngine:
             The best network seen, with its loss, gradient norm, status and history.
         """
         x, y = _check_inputs(x, y, init, config, progress)
+        if init.n_params < _MULTITHREAD_PARAMS:
+            # QRs of ~100-column blocks run slower on several BLAS threads than on one, and
+            # collapse when the cores are shared with other trainings.
+            with threadpool_limits(limits=1, user_api="blas"):
+                return self._train(x, y, init, config, progress)
+        return self._train(x, y, init, config, progress)
+
+    def _train(self, x, y, init, config, progress) -> TrainResult:
         arch = Architecture.of(init)
         problem = Problem(arch, x, y)
         theta0 = init.flatten()
@@ -231,9 +243,11 @@ class _Run:
             return theta0
         idx = np.linspace(0, n - 1, n_sub).round().astype(np.int64)
         sub = Problem(p.arch, p.x[idx], p.y[idx])
+        # progress shows the subset's loss meanwhile (an estimate of the full loss)
         tracker = Tracker(
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
             loss_tol=max(self.config.loss_tol, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
+            progress=self.tracker.progress, start=self.tracker.start,
         )
         # keep a fifth of the budget for the full data in case the subset never settles
         deadline = tracker.start + _SUBSET_SHARE * (self.total_deadline - tracker.start)

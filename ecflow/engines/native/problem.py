@@ -109,6 +109,8 @@ class Tracker:
     loss_tol, grad_tol : float
     progress : callable or None
         ``progress(elapsed_seconds, best_loss)``, called at most every ``report_every`` seconds.
+    start : float, optional
+        ``time.perf_counter()`` at which elapsed time starts (default: now).
     """
 
     report_every = 0.25
@@ -122,8 +124,9 @@ class Tracker:
         loss_tol: float,
         grad_tol: float,
         progress: Callable[[float, float], object] | None = None,
+        start: float | None = None,
     ):
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
         self.loss_tol = loss_tol
         self.grad_tol = grad_tol
         self.progress = progress
