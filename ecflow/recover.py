@@ -343,7 +343,7 @@ class Recovery:
             if isinstance(value, (dict, list)) and not _flat_numbers(value):
                 out[key] = json.dumps(value)
             elif isinstance(value, list):
-                out[key] = np.asarray(value, dtype=np.float64)
+                out[key] = np.asarray(value)
             else:
                 out[key] = value
         return out
