@@ -74,6 +74,7 @@ __all__ = [
     "profile_config",
     "override_config",
     "read_sweep_config",
+    "check_directory",
     "prepare_directory",
     "student_units",
     "recovery_units",
@@ -733,8 +734,10 @@ def read_sweep_config(out: str | os.PathLike) -> SweepConfig | None:
         raise ValueError(f"{p}: invalid sweep configuration ({exc})") from None
 
 
-def prepare_directory(out: str | os.PathLike, config: SweepConfig | None, resume: bool) -> SweepConfig:
-    """Check ``out`` against ``config`` and ``resume``, create it, and return the config to run.
+def check_directory(
+    out: str | os.PathLike, config: SweepConfig | None, resume: bool
+) -> SweepConfig:
+    """Check ``out`` against ``config`` and ``resume`` without writing; return the config to run.
 
     Parameters
     ----------
@@ -772,17 +775,29 @@ def prepare_directory(out: str | os.PathLike, config: SweepConfig | None, resume
     config = stored if config is None else config
     if config is None:
         raise ValueError(f"{out} holds no sweep to resume; give a profile or grid options")
+    return config
+
+
+def _create_directory(out: Path, config: SweepConfig) -> None:
     paths = _paths(out)
     try:
         for key in ("teachers", "students", "recoveries"):
             paths[key].mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{out}: cannot create the sweep directory ({exc.strerror})") from None
-    if stored is None:
+    if not paths["config"].is_file():
         _write_json(
             paths["config"],
             {"ecflow_format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config.to_dict()},
         )
+
+
+def prepare_directory(
+    out: str | os.PathLike, config: SweepConfig | None, resume: bool
+) -> SweepConfig:
+    """:func:`check_directory`, then create the folders and ``sweep.json``; returns the config."""
+    config = check_directory(out, config, resume)
+    _create_directory(Path(out), config)
     return config
 
 
@@ -830,9 +845,11 @@ class _Run:
     def load_finished(self) -> None:
         # A run killed while writing leaves hidden temporary files (networks.atomic_path).
         folders = (self.out, self.paths["teachers"], self.paths["students"], self.paths["recoveries"])
-        for folder in folders:
+        for folder in (f for f in folders if f.is_dir()):
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
+        self.student_records.clear()
+        self.recovery_records.clear()
         for u in self.students:
             p = self.student_path(u, "json")
             if p.is_file() and self.student_path(u, "h5").is_file():
@@ -862,6 +879,37 @@ class _Run:
                 )
             self.teacher_cache[key] = data
         return data
+
+    def start(self) -> None:
+        """Report the units found finished (the first progress call)."""
+        if self.progress is not None:
+            self.progress(self.done, len(self.students) + len(self.recoveries), "")
+
+    def summary(self, status: SweepStatus, seconds: float) -> SweepResult:
+        """Write the tables and sum up this call."""
+        self.write_tables()
+        config = self.config
+        n_success = {rho: 0 for rho in config.rho}
+        for g, rec in self.recovery_records.items():
+            n_success[g.rho] += bool(rec["success"])
+        per_rho = ", ".join(f"ρ={rho}: {n}/{config.n_teachers}" for rho, n in n_success.items())
+        total = len(self.students) + len(self.recoveries)
+        ran = self.students_run + self.recoveries_run
+        reason = (
+            f"{self.students_run} students and {self.recoveries_run} recoveries computed, "
+            f"{total - ran} of {total} units already finished; recovered {per_rho}"
+        )
+        return SweepResult(
+            out=self.out,
+            status=status,
+            reason=reason,
+            n_students=len(self.students),
+            n_recoveries=len(self.recoveries),
+            students_run=self.students_run,
+            recoveries_run=self.recoveries_run,
+            n_success=n_success,
+            seconds=seconds,
+        )
 
     def tick(self, name: str) -> None:
         self.done += 1
@@ -1032,9 +1080,22 @@ def run_sweep(
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    config = prepare_directory(out, config, resume)
+    config = check_directory(out, config, resume)
+    run = _Run(out, config, progress)
+    run.load_finished()
+    if run.done < len(run.students) + len(run.recoveries):
+        # The executor (and a Dask connection) is set up before anything is written, so that
+        # an unreachable scheduler leaves no directory behind.
+        with make_executor(workers=workers, scheduler=scheduler) as ex:
+            _create_directory(out, config)
+            with _directory_lock(out):
+                run.load_finished()  # under the lock: what another run finished meanwhile
+                run.start()
+                run.execute(ex, _executor_slots(ex, workers))
+                return run.summary(SweepStatus.COMPLETE, time.perf_counter() - t0)
     with _directory_lock(out):
-        return _run_locked(out, config, workers, scheduler, progress, t0)
+        run.start()
+        return run.summary(SweepStatus.ALREADY_COMPLETE, time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
@@ -1051,44 +1112,3 @@ def _directory_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _run_locked(
-    out: Path,
-    config: SweepConfig,
-    workers: int | None,
-    scheduler: str | None,
-    progress: ProgressFn | None,
-    t0: float,
-) -> SweepResult:
-    run = _Run(out, config, progress)
-    run.load_finished()
-    total = len(run.students) + len(run.recoveries)
-    if progress is not None:
-        progress(run.done, total, "")
-    if run.done < total:
-        with make_executor(workers=workers, scheduler=scheduler) as ex:
-            run.execute(ex, _executor_slots(ex, workers))
-        status = SweepStatus.COMPLETE
-    else:
-        status = SweepStatus.ALREADY_COMPLETE
-    run.write_tables()
-    n_success = {
-        rho: sum(1 for g, rec in run.recovery_records.items() if g.rho == rho and rec["success"])
-        for rho in config.rho
-    }
-    per_rho = ", ".join(f"ρ={rho}: {n}/{config.n_teachers}" for rho, n in n_success.items())
-    reason = (
-        f"{run.students_run} students and {run.recoveries_run} recoveries computed, "
-        f"{total - run.students_run - run.recoveries_run} of {total} units already finished; "
-        f"recovered {per_rho}"
-    )
-    return SweepResult(
-        out=out,
-        status=status,
-        reason=reason,
-        n_students=len(run.students),
-        n_recoveries=len(run.recoveries),
-        students_run=run.students_run,
-        recoveries_run=run.recoveries_run,
-        n_success=n_success,
-        seconds=time.perf_counter() - t0,
-    )

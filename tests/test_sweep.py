@@ -356,8 +356,6 @@ def test_dask_local_cluster_gives_the_same_rows(reference, tmp_path):
     [
         (["--profile", "huge"], "unknown profile 'huge'"),
         (["--d-in", ""], "--d-in must be comma-separated positive integers"),
-        (["--rho", "0"], "--rho must be comma-separated positive integers"),
-        (["--teachers", "0"], "teachers must be a positive integer"),
         (["--workers", "0"], "workers must be a positive integer"),
     ],
 )
