@@ -220,7 +220,8 @@ class NeuronClass:
         Positive factor (1 except for positively homogeneous activations).
     note : str
         Finer description: ``"duplicate"``, ``"flipped duplicate"``, ``"output weight 0"``,
-        ``"zero-type group"``, ``"w = 0"``, ``"off-bound flat"``, ``"off-bound linear"``,
+        ``"zero-type group"``, ``"constant-type group"``, ``"w = 0"``, ``"off-bound flat"``,
+        ``"off-bound linear"``,
         ``"linear-type group"``, ``"collectively constant"``, ``"collectively linear"``.
     layer : int
         Hidden layer of the neuron (0 for the first).
@@ -544,52 +545,38 @@ def _reduce_layer(
     active: list[int] = []
     rms_f = np.zeros(m)
 
-    # 1. singletons: zero, constant, off-bound linear.
+    # Output weights ~ 0: zero types on their own.
     for i in range(m):
-        z = domain.z_values(W[i], b[i])
-        fz = act(z)
+        fz = act(domain.z_values(W[i], b[i]))
         rms_f[i] = float(np.sqrt(np.mean(fz * fz)))
         if anorm[i] * max(1.0, rms_f[i]) <= tol_out:
             types[i] = NeuronClass(i, NeuronType.ZERO, None, None, 1, 1.0, "output weight 0",
                                    layer_index)
-            continue
-        lo, hi = float(fz.min()), float(fz.max())
-        w_zero = np.linalg.norm(W[i]) <= config.param_rtol * vnorm[i]
-        if w_zero or anorm[i] * 0.5 * (hi - lo) <= tol_out:
-            value = float(act(np.array([b[i]]))[0]) if w_zero else 0.5 * (hi + lo)
-            bias += A[:, i] * value
-            note = "w = 0" if w_zero else "off-bound flat"
-            types[i] = NeuronClass(i, NeuronType.CONSTANT, None, None, 1, 1.0, note, layer_index)
-            continue
-        p, q, dev = _linear_fit(act, z, fz)
-        if anorm[i] * dev <= tol_out:
-            theta += p * np.outer(A[:, i], W[i])
-            bias += A[:, i] * (p * b[i] + q)
-            types[i] = NeuronClass(i, NeuronType.CANCELLED, None, None, 1, 1.0,
-                                   "off-bound linear", layer_index)
-            continue
-        active.append(i)
 
-    # 2. duplicate groups among the remaining neurons.
     scaled = sym.scale_invariant
-    U = V[active] / vnorm[active, None] if scaled else V[active]
-    unorm = np.linalg.norm(U, axis=1)
-    raw_groups = _union_find_groups(U, config.param_rtol * unorm, sym.sign_invariant) if active else []
-    groups: list[_Group] = []
-    for g in raw_groups:
-        idx = [active[k] for k in g]
-        weight = anorm[idx] * vnorm[idx]  # contribution size, invariant to the scale symmetry
-        rep = idx[int(np.argmax(weight))]
-        if sym.sign_invariant:
-            signs = np.where(V[idx] @ V[rep] < 0.0, -1, 1)
-            # Keep the orientation that carries most of the group's output (fewest flipped).
-            if weight[signs < 0].sum() > weight[signs > 0].sum():
-                rep = idx[int(np.argmax(np.where(signs < 0, weight, -1.0)))]
-                signs = -signs
-        else:
-            signs = np.ones(len(idx), dtype=int)
-        scales = vnorm[idx] / vnorm[rep] if scaled else np.ones(len(idx))
-        groups.append(_Group(idx, rep, signs, scales))
+
+    def make_groups(indices: list[int]) -> list[_Group]:
+        """Duplicates among ``indices``: equal [w, b] up to the class's sign and scale."""
+        if not indices:
+            return []
+        U = V[indices] / vnorm[indices, None] if scaled else V[indices]
+        tol = config.param_rtol * np.linalg.norm(U, axis=1)
+        out = []
+        for g in _union_find_groups(U, tol, sym.sign_invariant):
+            idx = [indices[k] for k in g]
+            weight = anorm[idx] * vnorm[idx]  # contribution size, invariant to the scale symmetry
+            rep = idx[int(np.argmax(weight))]
+            if sym.sign_invariant:
+                signs = np.where(V[idx] @ V[rep] < 0.0, -1, 1)
+                # Keep the orientation that carries most of the group's output (fewest flipped).
+                if weight[signs < 0].sum() > weight[signs > 0].sum():
+                    rep = idx[int(np.argmax(np.where(signs < 0, weight, -1.0)))]
+                    signs = -signs
+            else:
+                signs = np.ones(len(idx), dtype=int)
+            scales = vnorm[idx] / vnorm[rep] if scaled else np.ones(len(idx))
+            out.append(_Group(idx, rep, signs, scales))
+        return out
 
     def terms(g: _Group, orient: int):
         """Output weight, constant and linear term ``(Θ | β)`` of group g kept as orient·v_rep."""
@@ -611,29 +598,71 @@ def _reduce_layer(
                 lin = -2.0 * act.c1 * np.outer(a_flip, v)
         return out_w, const, lin
 
+    cluster_id = 0
+
+    def remove_if_cancelling(g: _Group, cid: int | None) -> bool:
+        """Type a group whose output weights sum to zero (appendix A.2); False if they don't.
+
+        What is left is constant (odd+constant flips; w = 0) or linear (even+linear flips):
+        a linear-type group when Θ ≠ 0, a constant-type group when only a constant is left,
+        else a zero-type group.
+        """
+        out_w, const, lin = terms(g, 1)
+        if np.linalg.norm(out_w) * max(1.0, rms_f[g.rep]) > tol_out:
+            return False
+        bias[:] += const + lin[:, d]
+        theta[:] += lin[:, :d]
+        if lin_rms(lin[:, :d]) > tol_out:
+            kind, note = NeuronType.CANCELLED, "linear-type group"
+        elif np.linalg.norm(const + lin[:, d]) > tol_out:
+            kind, note = NeuronType.CONSTANT, "constant-type group"
+        else:
+            kind, note = NeuronType.ZERO, "zero-type group"
+        for k, i in enumerate(g.members):
+            types[i] = NeuronClass(i, kind, None, cid, int(g.signs[k]), float(g.scales[k]),
+                                   note, layer_index)
+        return True
+
+    # 1. groups whose output weights sum to zero, wherever their hyperplanes lie.
+    for g in make_groups([i for i in range(m) if types[i] is None]):
+        if len(g.members) > 1 and remove_if_cancelling(g, cluster_id):
+            cluster_id += 1
+
+    # 2. singletons constant or linear on the domain (w = 0, off-bound).
+    for i in range(m):
+        if types[i] is not None:
+            continue
+        z = domain.z_values(W[i], b[i])
+        fz = act(z)
+        lo, hi = float(fz.min()), float(fz.max())
+        w_zero = np.linalg.norm(W[i]) <= config.param_rtol * vnorm[i]
+        if w_zero or anorm[i] * 0.5 * (hi - lo) <= tol_out:
+            value = float(act(np.array([b[i]]))[0]) if w_zero else 0.5 * (hi + lo)
+            bias += A[:, i] * value
+            note = "w = 0" if w_zero else "off-bound flat"
+            types[i] = NeuronClass(i, NeuronType.CONSTANT, None, None, 1, 1.0, note, layer_index)
+            continue
+        p, q, dev = _linear_fit(act, z, fz)
+        if anorm[i] * dev <= tol_out:
+            theta += p * np.outer(A[:, i], W[i])
+            bias += A[:, i] * (p * b[i] + q)
+            types[i] = NeuronClass(i, NeuronType.CANCELLED, None, None, 1, 1.0,
+                                   "off-bound linear", layer_index)
+            continue
+        active.append(i)
+
+    # 3. duplicate groups among the remaining neurons.
     even = sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING)
     kept: list[_Group] = []
     cids: list[int | None] = []
-    cluster_id = 0
-    for g in groups:
-        out_w, const, lin = terms(g, 1)
+    for g in make_groups(active):
         multi = len(g.members) > 1
         cid = cluster_id if multi else None
         if multi:
             cluster_id += 1
-        rms_g = rms_f[g.rep]
-        if np.linalg.norm(out_w) * max(1.0, rms_g) <= tol_out:
-            bias += const + lin[:, d]
-            theta += lin[:, :d]
-            linear = even and lin_rms(lin[:, :d]) > tol_out
-            kind = NeuronType.CANCELLED if linear else NeuronType.ZERO
-            note = "linear-type group" if linear else "zero-type group"
-            for k, i in enumerate(g.members):
-                types[i] = NeuronClass(i, kind, None, cid, int(g.signs[k]), float(g.scales[k]),
-                                       note, layer_index)
-            continue
-        kept.append(g)
-        cids.append(cid)
+        if not remove_if_cancelling(g, cid):
+            kept.append(g)
+            cids.append(cid)
 
     # Near-linear groups (small w, as gradient descent leaves them) whose contributions are
     # together affine on the domain: collectively constant or linear (their Θ joins the rest).
@@ -668,7 +697,7 @@ def _reduce_layer(
             types[i] = NeuronClass(i, NeuronType.NEURON, j, cid, int(g.signs[k]),
                                    float(g.scales[k]), note, layer_index)
 
-    # 3. orientations: for even+linear classes, flip kept groups so that Θ vanishes, choosing
+    # 4. orientations: for even+linear classes, flip kept groups so that Θ vanishes, choosing
     # among the valid flip sets the one that goes least against the members' orientations.
     orient = np.ones(len(kept), dtype=int)
     base = [terms(g, 1) for g in kept]

@@ -649,3 +649,27 @@ def test_flip_search_fallback_for_many_groups():
     assert res.status.exact, res.reason
     assert res.layers[0].flipped == (0,)
     assert rmse(res.network, teacher, 3) <= 1e-12
+
+
+def test_groups_summing_to_zero_are_typed_by_what_they_leave():
+    teacher = teacher_net("relu", 2, 2, seed=0)
+    W, b = teacher.layers[0].weight, teacher.layers[0].bias
+    a, c = teacher.layers[1].weight, teacher.layers[1].bias
+    # A zero-type group off-bound (flat side): still a zero-type group, not two constants.
+    off = np.array([1.0, 1.0])
+    Ws = np.vstack([W, off, 2 * off])
+    bs = np.concatenate([b, [-5.0, -10.0]])
+    As = np.hstack([a, [[0.6, -0.3]]])
+    res = reduce_network(MLP.from_arrays([Ws, As], [bs, c], ["relu", "identity"]))
+    assert res.types == ("neuron", "neuron", "zero", "zero")
+    assert res.neurons[2].note == "zero-type group"
+    # Sigmoid: a(σ(z) + σ(-z))... with weights a and a on ±v sums to zero and leaves 2 c0 a.
+    v, a0 = np.array([[0.7, -1.2]]), 0.9
+    sig = MLP.from_arrays(
+        [np.vstack([v, -v]), np.array([[a0, a0]])], [np.array([0.3, -0.3]), np.zeros(1)],
+        ["sigmoid", "identity"],
+    )
+    res = reduce_network(sig)
+    assert res.types == ("constant", "constant")
+    assert res.neurons[0].note == "constant-type group"
+    assert res.network.layers[1].bias[0] == pytest.approx(a0)  # 2 c0 a with c0 = 1/2
