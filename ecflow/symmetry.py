@@ -221,8 +221,8 @@ class NeuronClass:
     note : str
         Finer description: ``"duplicate"``, ``"flipped duplicate"``, ``"output weight 0"``,
         ``"zero-type group"``, ``"constant-type group"``, ``"w = 0"``, ``"off-bound flat"``,
-        ``"off-bound linear"``,
-        ``"linear-type group"``, ``"collectively constant"``, ``"collectively linear"``.
+        ``"off-bound linear"``, ``"linear-type group"``, ``"collectively constant"``,
+        ``"collectively linear"``.
     layer : int
         Hidden layer of the neuron (0 for the first).
     """
