@@ -128,11 +128,14 @@ def bench_sweep_throughput(
     return record
 
 
-def summarize_sweep(run_dir: Path, name: str, *, out_dir: Path = RESULTS) -> dict[str, Any]:
+def summarize_sweep(
+    run_dir: Path, name: str, *, out_dir: Path = RESULTS, run: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Summarise a sweep directory (finished or partial) into ``sweep-<name>.json`` + figures.
 
     Counts only what is on disk; a partial sweep says so (``partial``, units finished of
-    total). Success is :data:`ecflow.sweep.SUCCESS_RMSE` with the teacher's size.
+    total). Success is :data:`ecflow.sweep.SUCCESS_RMSE` with the teacher's size. ``run``
+    records how the sweep was run (command, measured wall-clock seconds), as given.
     """
     from ecflow import plots
 
@@ -187,6 +190,7 @@ def summarize_sweep(run_dir: Path, name: str, *, out_dir: Path = RESULTS) -> dic
         "median_seconds_per_student": statistics.median(seconds) if seconds else None,
         "max_seconds_per_student": max(seconds) if seconds else None,
         "config": config.to_dict(),
+        "run": run or {},
         "machine": {**_machine(), "shared_with_other_jobs": True},
         "summarized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("summarize", help="summarise a sweep directory into sweep-<name>.json")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--name", required=True)
+    s.add_argument("--command", default=None, help="how the sweep was run (recorded as given)")
+    s.add_argument("--wall-seconds", type=float, default=None, help="measured wall-clock time")
     args = parser.parse_args(argv)
     if args.cmd == "throughput":
         rec = bench_sweep_throughput(
@@ -223,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(json.dumps({"runs": rec["runs"], "speedup": rec["speedup"]}, indent=1))
     else:
-        rec = summarize_sweep(args.run_dir, args.name)
+        run = {k: v for k, v in (("command", args.command), ("wall_seconds", args.wall_seconds))
+               if v is not None}
+        rec = summarize_sweep(args.run_dir, args.name, run=run)
         print(json.dumps({k: rec[k] for k in ("partial", "students_finished", "recoveries_finished", "per_rho")}, indent=1))
 
 
