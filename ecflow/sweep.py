@@ -421,6 +421,15 @@ def student_units(config: SweepConfig) -> list[StudentUnit]:
 
 def _teacher_data(config: SweepConfig, key: TeacherKey) -> dict[str, Any]:
     """The teacher, its training queries and fresh inputs, all from derived seeds."""
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread, as in the workers, so that the teacher's outputs never depend on how
+    # many threads the main process happens to have.
+    with threadpool_limits(limits=1):
+        return _draw_teacher_data(config, key)
+
+
+def _draw_teacher_data(config: SweepConfig, key: TeacherKey) -> dict[str, Any]:
     tconf = teachers.TeacherConfig(d_in=key.d_in, hidden=(key.r,), activation=config.activation)
     net = teachers.synthetic_teacher(tconf, unit_seed(config, _TEACHER, key.d_in, key.r, key.teacher))
     x = teachers.sample_inputs(
