@@ -26,7 +26,7 @@ def teacher_file(tmp_path_factory):
 def test_recover_a_small_teacher_end_to_end(teacher_file, tmp_path):
     out, report, plots = tmp_path / "rec.h5", tmp_path / "rec.json", tmp_path / "plots"
     p = run("recover", "--teacher", teacher_file, "--out", out, "--rho", 4, "--students", 4,
-            "--n-queries", 2000, "--n-fresh", 2000, "--max-seconds", 8, "--workers", 2,
+            "--n-queries", 2000, "--n-fresh", 2000, "--max-seconds", 12, "--workers", 2,
             "--report", report, "--plots", plots, "--seed", 1, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rep = json.loads(report.read_text())
