@@ -7,7 +7,8 @@ are kept from the previous file):
     Gradient and exact Hessian of the MSE of a one-hidden-layer ``g`` network, native against
     JAX autodiff (``jax.grad`` and ``jax.hessian``, x64, jitted, compile time excluded), one
     thread each, for (d_in, n_hidden) = (4, 16), (8, 32), (32, 64) at N = 30k. The JAX Hessian
-    is summed over sample chunks (``lax.map``) so that its P-direction tangents fit in memory.
+    is accumulated over sample chunks (``lax.scan``) so that its P-direction tangents fit in
+    memory.
 ``convergence``
     Students of synthetic ``g`` teachers (d_in 4, r 4, N 30k) at ρ = 1, 2, 4, trained with
     both schedules from the same Glorot initialisations: how many reach RMSE ≤ 1e-12, median
@@ -123,7 +124,7 @@ def _derivatives(*, repeats: int = 3) -> dict[str, Any]:
         def jloss(th):
             return chunk_sse(th, x, y) / y.size
 
-        # Sum Hessians over sample chunks: jax.hessian of the full batch would hold
+        # Accumulate Hessians over sample chunks: jax.hessian of the full batch would hold
         # P x N x n_hidden tangents (33 GB at the largest case).
         chunk = int(max(100, min(N_SAMPLES, 2e7 // (P * n_hidden))))
         n_chunks = -(-N_SAMPLES // chunk)
@@ -140,8 +141,11 @@ def _derivatives(*, repeats: int = 3) -> dict[str, Any]:
             return jnp.sum(r * r)
 
         def jhess(th):
-            hs = jax.lax.map(lambda args: jax.hessian(masked_sse)(th, *args), (xs, ys, mask))
-            return hs.sum(axis=0) / y.size
+            def add_chunk(H, args):
+                return H + jax.hessian(masked_sse)(th, *args), None
+
+            H, _ = jax.lax.scan(add_chunk, jnp.zeros((P, P)), (xs, ys, mask))
+            return H / y.size
 
         jgrad = jax.jit(jax.grad(jloss))
         jhess = jax.jit(jhess)

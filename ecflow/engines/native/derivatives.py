@@ -51,6 +51,7 @@ _BYTES = 8
 # Working-set target of one chunk of samples (Jacobian rows or Hessian tangents): large enough
 # that BLAS calls are efficient, small enough to stay in a modest share of memory.
 _CHUNK_BYTES = 48 * 2**20
+_HESSIAN_ROWS_SHALLOW = 2048
 _CACHE_ROWS = 2048
 """Samples per chunk of the loss and gradient sweeps: elementwise activation kernels run 1.5-2x
 faster on arrays that stay in cache than on full 30k-sample arrays."""
@@ -180,8 +181,22 @@ def _jacobian_into(arch: Architecture, params, hs, dfs, out: np.ndarray) -> None
                 g *= dfs[l - 1]
 
 
-def _rows_per_chunk(per_row_bytes: float) -> int:
-    return max(1, int(_CHUNK_BYTES // max(per_row_bytes, 1.0)))
+def _hessian_row_bytes(arch: Architecture) -> int:
+    """Working memory per sample of the Hessian kernels: the Jacobian rows for one hidden layer,
+    the P-direction tangents of every layer otherwise."""
+    P = arch.n_params
+    if arch.n_layers == 2:
+        d_in, n_hidden, d_out = arch.sizes
+        return _BYTES * (3 * d_out * P + 4 * n_hidden * (d_in + 2))
+    width = sum(arch.sizes[1:]) + arch.sizes[-2]
+    return _BYTES * 3 * width * P
+
+
+def _hessian_rows(arch: Architecture) -> int:
+    """Samples per chunk of the Hessian: about ``_CHUNK_BYTES`` of working memory, and for one
+    hidden layer at most a cache-friendly ``_HESSIAN_ROWS_SHALLOW``."""
+    rows = max(1, int(_CHUNK_BYTES // _hessian_row_bytes(arch)))
+    return min(rows, _HESSIAN_ROWS_SHALLOW) if arch.n_layers == 2 else rows
 
 
 def _triangular_factor(A: np.ndarray) -> np.ndarray:
@@ -235,12 +250,12 @@ def _hessian(
     """Exact ``∇²L`` ((P, P)): ``2 (JᵀJ + Σ r ∇²ŷ) / (n_samples · d_out)``, chunked over samples."""
     P = arch.n_params
     n = x.shape[0]
+    shallow = arch.n_layers == 2
     if chunk is None:
-        width = sum(arch.sizes[1:]) + arch.sizes[-2]
-        chunk = _rows_per_chunk(3.0 * width * P * _BYTES)
+        chunk = _hessian_rows(arch)
     H = np.zeros((P, P))
     params = arch.unpack(theta)
-    kernel = _hessian_chunk_shallow if arch.n_layers == 2 else _hessian_chunk
+    kernel = _hessian_chunk_shallow if shallow else _hessian_chunk
     for start in range(0, n, chunk):
         kernel(arch, params, x[start : start + chunk], y[start : start + chunk], H)
     H += H.T

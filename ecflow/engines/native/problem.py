@@ -16,6 +16,8 @@ import numpy as np
 from ecflow.engines.native.derivatives import (
     Architecture,
     _hessian,
+    _hessian_row_bytes,
+    _hessian_rows,
     _loss_grad,
     _sum_sq_residuals,
 )
@@ -26,8 +28,6 @@ _BYTES = 8
 _QR_CHUNK_BYTES = 48 * 2**20
 """Target size of one chunk of Jacobian rows in the chunked QR."""
 _QR_CHUNK_ROWS = 4096
-_HESS_CHUNK_BYTES = 64 * 2**20
-"""Target size of the tangent arrays of one chunk of samples in the Hessian."""
 
 
 def dense_bytes(arch: Architecture, n_samples: int) -> float:
@@ -38,9 +38,8 @@ def dense_bytes(arch: Architecture, n_samples: int) -> float:
         n_samples * arch.d_out,
         max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1))),
     )
-    width = sum(arch.sizes[1:]) + arch.sizes[-2]
-    hess_rows = min(n_samples, max(1, _HESS_CHUNK_BYTES // (3 * width * P1 * _BYTES)))
-    return _BYTES * (4.0 * P1 * P1 + 2.0 * chunk_rows * P1 + 3.0 * hess_rows * width * P1)
+    hess = min(n_samples, _hessian_rows(arch)) * _hessian_row_bytes(arch)
+    return _BYTES * (4.0 * P1 * P1 + 2.0 * chunk_rows * P1) + hess
 
 
 class Problem:
@@ -56,8 +55,6 @@ class Problem:
         # re-factorisation makes progress through the data.
         rows = max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1)))
         self.qr_chunk = max(1, rows // arch.d_out)
-        width = sum(arch.sizes[1:]) + arch.sizes[-2]
-        self.hess_chunk = max(1, _HESS_CHUNK_BYTES // (3 * width * P1 * _BYTES))
 
     def sum_sq(self, theta: np.ndarray) -> float:
         """``|r|²``; ``inf`` when the forward pass overflows."""
@@ -71,7 +68,7 @@ class Problem:
 
     def hessian(self, theta: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
-            return _hessian(self.arch, theta, self.x, self.y, self.hess_chunk)
+            return _hessian(self.arch, theta, self.x, self.y)
 
 
 @dataclass(frozen=True)
