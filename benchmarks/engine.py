@@ -356,6 +356,15 @@ PARTS = {
 }
 
 
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
 def bench_engine(
     *,
     parts: tuple[str, ...] = ("derivatives", "scaling", "convergence"),
@@ -366,11 +375,6 @@ def bench_engine(
 ) -> dict[str, Any]:
     """Run the selected parts and merge them into ``out`` (``benchmarks/results/engine.json``)."""
     data: dict[str, Any] = {}
-    if out.exists():
-        try:
-            data = json.loads(out.read_text())
-        except json.JSONDecodeError:
-            data = {}
     for part in parts:
         if part not in PARTS:
             raise ValueError(f"unknown part {part!r}; expected one of: {', '.join(PARTS)}")
@@ -383,6 +387,10 @@ def bench_engine(
         section["run_seconds"] = time.perf_counter() - t0
         section["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data[part] = section
+        # re-read just before writing: another run may have added its sections meanwhile
+        merged = _read(out)
+        merged.update(data)
+        data = merged
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -396,10 +404,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--students", type=int, default=5)
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    bench_engine(parts=parts, students=args.students, budget=args.budget, workers=args.workers)
-    print(f"wrote {OUT}", file=sys.stderr)
+    bench_engine(
+        parts=parts, students=args.students, budget=args.budget, workers=args.workers, out=args.out
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
