@@ -143,6 +143,7 @@ def summarize_sweep(
     config = sweep.read_sweep_config(run_dir)
     if config is None:
         raise ValueError(f"{run_dir}: no sweep.json")
+    sweep.write_tables(run_dir)  # the records are the truth; a stopped run's tables lag behind
     results = sweep.read_table(run_dir / "results.csv") if (run_dir / "results.csv").exists() else []
     recoveries = (
         sweep.read_table(run_dir / "recoveries.csv")

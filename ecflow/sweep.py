@@ -81,6 +81,7 @@ __all__ = [
     "unit_seed",
     "run_sweep",
     "read_table",
+    "write_tables",
     "results_rows",
     "recoveries_rows",
     "RESULTS_COLUMNS",
@@ -95,6 +96,9 @@ NEAR_ZERO_LOSS = 1e-14
 SUCCESS_RMSE = 1e-14
 """A recovery succeeds when it has the teacher's size and at most this RMSE on the training
 queries (the paper's criterion for figure 5B, section 5)."""
+
+TABLE_INTERVAL_S = 60.0
+"""Seconds between rewrites of the tables while students finish (always after a recovery)."""
 
 SWEEP_FORMAT = "sweep"
 SWEEP_VERSION = 1
@@ -843,6 +847,7 @@ class _Run:
         self.done = 0
         self.students_run = 0
         self.recoveries_run = 0
+        self.tables_written = time.monotonic()
 
     # -- files --
     def student_path(self, u: StudentUnit, ext: str) -> Path:
@@ -963,6 +968,10 @@ class _Run:
         self.student_records[u] = record
         self.students_run += 1
         self.tick(u.name)
+        # Tables follow the records at most a minute behind (rewriting them after every unit
+        # would cost quadratic time over a sweep of thousands of students).
+        if time.monotonic() - self.tables_written > TABLE_INTERVAL_S:
+            self.write_tables()
 
     def finish_recovery(self, g: RecoveryUnit, rec: Recovery) -> None:
         record = _recovery_record(g, rec)
@@ -983,6 +992,7 @@ class _Run:
         self.write_tables()
 
     def write_tables(self) -> None:
+        self.tables_written = time.monotonic()
         _write_csv(
             self.paths["results"], RESULTS_COLUMNS,
             results_rows(self.student_records.values()),
@@ -1105,6 +1115,32 @@ def run_sweep(
     with _directory_lock(out):
         run.start()
         return run.summary(SweepStatus.ALREADY_COMPLETE, time.perf_counter() - t0)
+
+
+def write_tables(out: str | os.PathLike) -> tuple[int, int]:
+    """Rewrite ``results.csv`` and ``recoveries.csv`` from the unit records in ``out``.
+
+    Computes nothing: for a sweep that was stopped, to see its finished units.
+
+    Returns
+    -------
+    (n_students, n_recoveries) : tuple of int
+        Finished units found.
+
+    Raises
+    ------
+    ValueError
+        ``out`` holds no sweep, or a sweep is running in it.
+    """
+    out = Path(out)
+    config = read_sweep_config(out)
+    if config is None:
+        raise ValueError(f"{out} holds no sweep.json")
+    with _directory_lock(out):
+        run = _Run(out, config, None)
+        run.load_finished()
+        run.write_tables()
+    return len(run.student_records), len(run.recovery_records)
 
 
 @contextlib.contextmanager
