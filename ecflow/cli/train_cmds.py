@@ -47,7 +47,7 @@ def _result_attrs(result: TrainResult, seed: int) -> dict[str, Any]:
 def train(
     data: Path = typer.Option(..., "--data", help="Pairs file (HDF5) to train on."),
     hidden: str = typer.Option(..., "--hidden", help="Student hidden sizes, e.g. 16 or 16,8."),
-    seed: int = typer.Option(..., "--seed", help="Seed of the Glorot-normal initialisation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Glorot-normal initialisation."),
     out: Path = typer.Option(..., "--out", help="Output network file (the trained student)."),
     activation: str = typer.Option("g", "--activation", help="Hidden activation."),
     engine: str = typer.Option("native", "--engine", help="native|julia."),
