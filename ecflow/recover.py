@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecflow._checks import check_int, check_number
 from ecflow import metrics, teachers
 from ecflow.activations import get_activation
 from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neuron_vectors
@@ -64,23 +65,6 @@ def _default_finetune() -> TrainConfig:
     # Near the optimum Levenberg-Marquardt converges in a few dozen steps; a minute bounds the
     # rare fine-tune of a spurious reconstruction that stalls.
     return TrainConfig(max_seconds=60.0)
-
-
-def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _integer(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -138,13 +122,13 @@ class RecoverConfig:
     rmse_tol: float = 1e-10
 
     def __post_init__(self):
-        _integer(self.n_students, "n_students", 1)
-        _integer(self.n_queries, "n_queries", 1)
-        _integer(self.n_fresh, "n_fresh", 0)
-        _integer(self.seed, "seed", 0)
+        check_int(self.n_students, "n_students", 1)
+        check_int(self.n_queries, "n_queries", 1)
+        check_int(self.n_fresh, "n_fresh", 0)
+        check_int(self.seed, "seed", 0)
         ClusterConfig(gamma=self.gamma, beta_deg=self.beta_deg)  # validates both, names them
         if self.rho is not None:
-            rho = _number(self.rho, "rho")
+            rho = check_number(self.rho, "rho")
             if rho <= 0:
                 raise ValueError(f"rho must be positive, got {self.rho!r}")
             object.__setattr__(self, "rho", rho)
@@ -155,7 +139,7 @@ class RecoverConfig:
                 raise ValueError(
                     f"hidden must be one positive width (one hidden layer), got {self.hidden!r}"
                 )
-            width = _integer(hidden[0], "hidden", 1)
+            width = check_int(hidden[0], "hidden", 1)
             object.__setattr__(self, "hidden", (width,))
         if self.rho is not None and self.hidden is not None:
             raise ValueError("give rho or hidden, not both")
@@ -168,7 +152,7 @@ class RecoverConfig:
                 raise TypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
         if not isinstance(self.pruning, PruneConfig):
             raise TypeError(f"pruning must be a PruneConfig, got {self.pruning!r}")
-        if _number(self.rmse_tol, "rmse_tol") <= 0:
+        if check_number(self.rmse_tol, "rmse_tol") <= 0:
             raise ValueError(f"rmse_tol must be positive, got {self.rmse_tol!r}")
 
     @property

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from ecflow._checks import check_int
 from ecflow import networks, teachers
 from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
@@ -108,14 +109,6 @@ SWEEP_VERSION = 1
 _TEACHER, _QUERIES, _FRESH, _STUDENT, _RECOVERY = range(5)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
-
-
 def _int_axis(values: Any, name: str) -> tuple[int, ...]:
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         values = (values,)
@@ -125,7 +118,7 @@ def _int_axis(values: Any, name: str) -> tuple[int, ...]:
         raise TypeError(f"{name} must be a sequence of positive integers, got {values!r}") from None
     if not items:
         raise ValueError(f"{name} is empty: the sweep grid needs at least one value of {name}")
-    out = tuple(_positive_int(v, f"each {name}") for v in items)
+    out = tuple(check_int(v, f"each {name}") for v in items)
     if len(set(out)) != len(out):
         raise ValueError(f"{name} has repeated values: {list(out)}")
     return tuple(sorted(out))
@@ -214,11 +207,11 @@ class SweepConfig:
         object.__setattr__(self, "d_in", _int_axis(self.d_in, "d_in"))
         object.__setattr__(self, "r", _int_axis(self.r, "r"))
         object.__setattr__(self, "rho", _int_axis(self.rho, "rho"))
-        _positive_int(self.teachers, "teachers")
+        check_int(self.teachers, "teachers")
         if self.students is not None:
-            _positive_int(self.students, "students")
-        _positive_int(self.n_queries, "n_queries")
-        _positive_int(self.n_fresh, "n_fresh")
+            check_int(self.students, "students")
+        check_int(self.n_queries, "n_queries")
+        check_int(self.n_fresh, "n_fresh")
         if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma <= 1.0):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if not (isinstance(self.beta_deg, (int, float)) and 0.0 < self.beta_deg <= 90.0):

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ecflow._checks import check_int, check_number
 from ecflow.activations import Activation, Symmetry
 from ecflow.networks import MLP, Layer, check_array
 from ecflow.teachers import INPUT_HALF_WIDTH, sample_inputs
@@ -123,23 +124,6 @@ class ReductionStatus(enum.Enum):
         return self.value
 
 
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class SymmetryConfig:
     """Tolerances and domain of the exact symmetry reduction.
@@ -191,13 +175,13 @@ class SymmetryConfig:
 
     def __post_init__(self):
         for name in ("param_rtol", "output_rtol", "verify_rtol", "half_width", "near_linear_rtol"):
-            object.__setattr__(self, name, _positive_float(getattr(self, name), name))
-        object.__setattr__(self, "n_verify", _positive_int(self.n_verify, "n_verify", 2))
-        object.__setattr__(self, "n_grid", _positive_int(self.n_grid, "n_grid", 3))
+            object.__setattr__(self, name, check_number(getattr(self, name), name, positive=True))
+        object.__setattr__(self, "n_verify", check_int(self.n_verify, "n_verify", 2))
+        object.__setattr__(self, "n_grid", check_int(self.n_grid, "n_grid", 3))
         object.__setattr__(
-            self, "max_flip_subsets", _positive_int(self.max_flip_subsets, "max_flip_subsets")
+            self, "max_flip_subsets", check_int(self.max_flip_subsets, "max_flip_subsets")
         )
-        object.__setattr__(self, "seed", _positive_int(self.seed, "seed", 0))
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", 0))
 
 
 @dataclass(frozen=True)

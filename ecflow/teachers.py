@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecflow._checks import check_int
 from ecflow.activations import Activation, get_activation
 from ecflow.networks import MLP, Layer
 
@@ -40,14 +41,6 @@ INPUT_HALF_WIDTH = float(np.sqrt(3.0))
 
 _BIAS_VALUES = np.array([-2.0, -1.0, 0.0, 1.0, 2.0]) / 3.0 * np.sqrt(3.0)
 _SCALE = 3.0
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -75,14 +68,14 @@ class TeacherConfig:
     n_normalise: int = 200_000
 
     def __post_init__(self):
-        _positive_int(self.d_in, "d_in")
-        _positive_int(self.d_out, "d_out")
-        _positive_int(self.n_normalise, "n_normalise")
+        check_int(self.d_in, "d_in")
+        check_int(self.d_out, "d_out")
+        check_int(self.n_normalise, "n_normalise")
         hidden = tuple(self.hidden)
         if not hidden:
             raise ValueError("hidden must name at least one hidden layer size")
         for h in hidden:
-            _positive_int(h, "hidden layer size")
+            check_int(h, "hidden layer size")
         object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         get_activation(self.activation)
         if self.n_normalise < 2:
@@ -96,8 +89,8 @@ def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> n
     -------
     x : ndarray of shape (n, d_in), float64
     """
-    n = _positive_int(n, "n")
-    d_in = _positive_int(d_in, "d_in")
+    n = check_int(n, "n")
+    d_in = check_int(d_in, "d_in")
     rng = np.random.default_rng(rng)
     return rng.uniform(-INPUT_HALF_WIDTH, INPUT_HALF_WIDTH, size=(n, d_in))
 

@@ -68,9 +68,9 @@ def test_inputs_distribution():
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(d_in=0, hidden=(2,)), "d_in must be positive"),
+        (dict(d_in=0, hidden=(2,)), "d_in must be a positive integer"),
         (dict(d_in=2, hidden=()), "at least one hidden"),
-        (dict(d_in=2, hidden=(0,)), "hidden layer size must be positive"),
+        (dict(d_in=2, hidden=(0,)), "hidden layer size must be a positive integer"),
         (dict(d_in=2, hidden=(2,), activation="nope"), "unknown activation"),
         (dict(d_in=2.5, hidden=(2,)), "d_in must be an integer"),
     ],

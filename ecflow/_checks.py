@@ -1,0 +1,48 @@
+"""Scalar argument checks shared by the configs (one message style for every module)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_int", "check_number"]
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int, rejecting bools, non-integers and values below ``minimum``.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not an integer (``True`` and ``2.0`` are rejected too).
+    ValueError
+        ``value < minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """Return ``value`` as a finite float (strictly positive with ``positive=True``).
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a real number.
+    ValueError
+        ``value`` is NaN or infinite, or not positive when required.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and value <= 0.0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
