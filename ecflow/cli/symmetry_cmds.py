@@ -21,14 +21,6 @@ symmetry_app = typer.Typer(
 app.add_typer(symmetry_app, name="symmetry")
 
 
-def _check_destination(path: Path) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{path}: cannot write, folder {folder} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{path}: cannot write, it is a directory")
-
-
 def _config(param_rtol: float, output_rtol: float, verify_rtol: float, n_verify: int, seed: int):
     return symmetry.SymmetryConfig(
         param_rtol=param_rtol,
@@ -72,9 +64,9 @@ def reduce(
     config = _config(param_rtol, output_rtol, verify_rtol, n_verify, seed)
     net = networks.read_network(student)
     x = _domain(queries)
-    _check_destination(out)
+    networks.check_destination(out)
     if report is not None:
-        _check_destination(report)
+        networks.check_destination(report)
     result = symmetry.reduce_network(net, x, config=config)
     attrs = {
         "source": Path(student).name,
@@ -116,7 +108,7 @@ def map_(
     t_net = networks.read_network(teacher)
     x = _domain(queries)
     if report is not None:
-        _check_destination(report)
+        networks.check_destination(report)
     result = symmetry.reduce_network(s_net, x, teacher=t_net, config=config)
     mapping = result.mapping
     table = Table(title=f"{Path(student).name} → {Path(teacher).name}")

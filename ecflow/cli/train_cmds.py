@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import typer
@@ -12,35 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
-from ecflow.engines import TrainConfig, TrainResult, get_engine
-from ecflow.engines.jobs import thin_history
-
-
-def _check_destination(out: Path) -> None:
-    # Fail before a long training rather than at the final write.
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{out}: cannot write, folder {folder} does not exist")
-    if out.is_dir():
-        raise ValueError(f"{out}: cannot write, it is a directory")
-
-
-def _result_attrs(result: TrainResult, seed: int) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "loss": float(result.loss),
-        "rmse": float(result.rmse),
-        "grad_norm": float(result.grad_norm),
-        "seconds": float(result.seconds),
-        "steps": np.int64(result.steps),
-        "status": result.status.name,
-        "stopped_by": result.stopped_by,
-        "engine": result.engine,
-        "seed": np.int64(seed),
-        "history": thin_history(result.history),
-    }
-    if result.notes:
-        attrs["notes"] = [str(n) for n in result.notes]
-    return attrs
+from ecflow.engines import TrainConfig, get_engine, jobs
 
 
 @app.command()
@@ -68,7 +40,7 @@ def train(
     sizes = teachers.parse_hidden(hidden)
     config = TrainConfig(schedule=schedule, optimizer=optimizer, max_seconds=max_seconds)
     trainer = get_engine(engine)
-    _check_destination(out)
+    networks.check_destination(out)
     pairs = networks.read_pairs(data)
     d_in, d_out = pairs.x.shape[1], pairs.y.shape[1]
     init = networks.glorot_normal(
@@ -92,7 +64,7 @@ def train(
 
         result = trainer.train(pairs.x, pairs.y, init, config, progress=progress)
         bar.update(task, completed=budget)
-    networks.write_network(out, result.network, attrs=_result_attrs(result, seed))
+    jobs.write_result_file(out, result, attrs={"seed": np.int64(seed)})
     typer.echo(
         f"wrote {out}: {result.network.describe()}; loss {result.loss:.3e} "
         f"(rmse {result.rmse:.3e}), {result.status.message}; stopped by {result.stopped_by}, "
