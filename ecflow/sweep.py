@@ -57,7 +57,7 @@ from ecflow._checks import check_int
 from ecflow import networks, teachers
 from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
-from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
+from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult, TrainStatus
 from ecflow.expansion import train_student
 from ecflow.networks import MLP
 from ecflow.parallel import make_executor
@@ -90,9 +90,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-NEAR_ZERO_LOSS = 1e-14
-"""A student whose final MSE is at most this reached 'near-zero loss' (figure 4B/C)."""
 
 SUCCESS_RMSE = 1e-14
 """A recovery succeeds when it has the teacher's size and at most this RMSE on the training

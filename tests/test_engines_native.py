@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import special
@@ -404,3 +406,16 @@ def test_lm_first_on_a_sample_subset_then_all_samples():
     assert res.status.converged and res.rmse <= 1e-12, res
     assert res.loss == pytest.approx(loss(res.network, x, y), rel=1e-6, abs=1e-32)
     assert calls and calls == sorted(calls)
+
+
+def test_reason_tells_a_near_zero_stall_from_a_local_minimum():
+    _, x, y, init = _teacher_problem(d_in=2, r=3, rho=1, n=300, seed=3)
+    config = TrainConfig(optimizer="bfgs", max_seconds=3.0, flow_seconds=0.5, polish_seconds=0.5)
+    res = NativeEngine().train(x, y, init, config)
+    assert res.status is TrainStatus.STALLED and res.loss > 1e-6
+    assert res.reason == TrainStatus.STALLED.message
+    near = dataclasses.replace(res, loss=1e-24, rmse=1e-12)
+    assert "near zero loss" in near.reason and "local minimum" in near.reason
+    assert "likely a local minimum" not in near.reason
+    done = dataclasses.replace(res, loss=1e-32, status=TrainStatus.CONVERGED_LOSS)
+    assert done.reason == TrainStatus.CONVERGED_LOSS.message

@@ -63,6 +63,6 @@ def train_job(
     """Train the student of a job file and write the result file."""
     result = run_job(job, out, engine)
     typer.echo(
-        f"wrote {out}: {result.status.message} (loss {result.loss:.3g}, rmse {result.rmse:.3g}, "
+        f"wrote {out}: {result.reason} (loss {result.loss:.3g}, rmse {result.rmse:.3g}, "
         f"{result.steps} steps, {result.seconds:.1f} s, engine {result.engine})"
     )

@@ -67,7 +67,7 @@ def train(
     jobs.write_result_file(out, result, attrs={"seed": np.int64(seed)})
     typer.echo(
         f"wrote {out}: {result.network.describe()}; loss {result.loss:.3e} "
-        f"(rmse {result.rmse:.3e}), {result.status.message}; stopped by {result.stopped_by}, "
+        f"(rmse {result.rmse:.3e}), {result.reason}; stopped by {result.stopped_by}, "
         f"{result.steps} steps, {result.seconds:.1f} s"
     )
     for note in result.notes:

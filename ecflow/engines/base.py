@@ -54,6 +54,10 @@ class OdeMethod(enum.Enum):
     LSODA = "LSODA"
 
 
+NEAR_ZERO_LOSS = 1e-14
+"""MSE at or below which a student counts as having reached (near) zero loss (paper Fig. 4B)."""
+
+
 class TrainStatus(enum.Enum):
     """Why training stopped. ``message`` tells the user what to do about it."""
 
@@ -195,6 +199,22 @@ class TrainResult:
     @property
     def converged(self) -> bool:
         return self.status.converged
+
+    @property
+    def reason(self) -> str:
+        """One sentence for the user: the status's message, made specific to the loss reached.
+
+        A stall below :data:`NEAR_ZERO_LOSS` is not "likely a local minimum": the paper counts
+        such a student as converged (Fig. 4B), and what stops LM there is the conditioning of
+        the problem, so the advice differs.
+        """
+        if self.status is TrainStatus.STALLED and self.loss <= NEAR_ZERO_LOSS:
+            return (
+                f"stopped improving at MSE {self.loss:.1e}, already near zero loss "
+                f"(<= {NEAR_ZERO_LOSS:g}, the paper's threshold): not a bad local minimum; "
+                "a longer polish_seconds may lower it further"
+            )
+        return self.status.message
 
 
 @runtime_checkable
