@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ecflow.engines.base import NEAR_ZERO_LOSS
+
 
 # =================================================================================================
 # Recovery figures (issue 5): dendrogram with the chosen cut, clusters, student losses.
@@ -226,7 +228,7 @@ def _sweep_colorbar(fig, axes, cmap, norm, label: str) -> None:
     cb.set_label(label)
 
 
-def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = NEAR_ZERO_LOSS):
     """Figure 4B: the final loss of every ρ = 1 student, one row of dots per teacher.
 
     Panels are the cells of the grid (columns d_in, rows r); in a panel each row is a teacher
@@ -276,7 +278,7 @@ def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-1
     return fig
 
 
-def sweep_fig4c(results: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+def sweep_fig4c(results: Sequence[Mapping[str, Any]], *, threshold: float = NEAR_ZERO_LOSS):
     """Figure 4C: fraction of students reaching near-zero loss against ρ, one line per r/d_in.
 
     Parameters
