@@ -30,14 +30,17 @@ _QR_CHUNK_BYTES = 48 * 2**20
 _QR_CHUNK_ROWS = 4096
 
 
+def _qr_chunk_rows(P1: int) -> int:
+    """Jacobian rows per chunk of the QR: about ``_QR_CHUNK_ROWS`` keep the stacked chunk in
+    cache; at least ``2 (P+1)`` so that each factor update makes progress through the data."""
+    return max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1)))
+
+
 def dense_bytes(arch: Architecture, n_samples: int) -> float:
     """Estimated peak memory of the dense methods: ``R``, ``U``, ``Vᵀ``, ``H`` (P² each), one
     chunk of Jacobian rows and one chunk of Hessian tangents (at least ``2 (P+1)`` rows)."""
     P1 = arch.n_params + 1
-    chunk_rows = min(
-        n_samples * arch.d_out,
-        max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1))),
-    )
+    chunk_rows = min(n_samples * arch.d_out, _qr_chunk_rows(P1))
     hess = min(n_samples, _hessian_rows(arch)) * _hessian_row_bytes(arch)
     return _BYTES * (4.0 * P1 * P1 + 2.0 * chunk_rows * P1) + hess
 
@@ -50,11 +53,7 @@ class Problem:
         self.x = np.ascontiguousarray(x)
         self.y = np.ascontiguousarray(y)
         self.n_residuals = y.size
-        P1 = arch.n_params + 1
-        # About 4096 rows keep the stacked chunk in cache; at least 2 (P+1) rows so that each
-        # re-factorisation makes progress through the data.
-        rows = max(2 * P1, min(_QR_CHUNK_ROWS, _QR_CHUNK_BYTES // (2 * _BYTES * P1)))
-        self.qr_chunk = max(1, rows // arch.d_out)
+        self.qr_chunk = max(1, _qr_chunk_rows(arch.n_params + 1) // arch.d_out)
 
     def sum_sq(self, theta: np.ndarray) -> float:
         """``|r|²``; ``inf`` when the forward pass overflows."""
