@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ecflow.errors import InputError, InputTypeError
+
 __all__ = ["check_int", "check_number"]
 
 
@@ -21,10 +23,10 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
         ``value < minimum``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        raise InputTypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {what}, got {value}")
+        raise InputError(f"{name} must be {what}, got {value}")
     return int(value)
 
 
@@ -39,10 +41,10 @@ def check_number(value: Any, name: str, *, positive: bool = False) -> float:
         ``value`` is NaN or infinite, or not positive when required.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise InputTypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise InputError(f"{name} must be finite, got {value!r}")
     if positive and value <= 0.0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
+        raise InputError(f"{name} must be a positive finite number, got {value}")
     return value

@@ -52,6 +52,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import cdist, squareform
 
 from ecflow.activations import Symmetry
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_array
 
 __all__ = [
@@ -87,9 +88,9 @@ class ClusterConfig:
     def __post_init__(self):
         g, b = self.gamma, self.beta_deg
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not (0.0 < g <= 1.0):
-            raise ValueError(f"gamma must be in (0, 1], got {g!r}")
+            raise InputError(f"gamma must be in (0, 1], got {g!r}")
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 < b <= 90.0):
-            raise ValueError(f"beta_deg must be in (0, 90] degrees, got {b!r}")
+            raise InputError(f"beta_deg must be in (0, 90] degrees, got {b!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,14 +199,14 @@ def neuron_vectors(students: Sequence[MLP]) -> tuple[np.ndarray, np.ndarray, np.
         Index of the neuron inside its student's hidden layer.
     """
     if len(students) == 0:
-        raise ValueError("need at least one student")
+        raise InputError("need at least one student")
     d_in = students[0].d_in
     rows, sid, nid = [], [], []
     for s, net in enumerate(students):
         if len(net.layers) < 2:
-            raise ValueError(f"student {s} has no hidden layer")
+            raise InputError(f"student {s} has no hidden layer")
         if net.d_in != d_in:
-            raise ValueError(f"student {s} has d_in = {net.d_in}, student 0 has {d_in}")
+            raise InputError(f"student {s} has d_in = {net.d_in}, student 0 has {d_in}")
         layer = net.layers[0]
         rows.append(np.hstack([layer.weight, layer.bias[:, None]]))
         sid.append(np.full(layer.n_out, s))
@@ -233,7 +234,7 @@ def neuron_distances(vectors: np.ndarray, symmetry: Symmetry) -> np.ndarray:
     """
     v = check_array(vectors, "vectors", ndim=2)
     symmetry = Symmetry(symmetry)
-    if symmetry is Symmetry.EVEN_LINEAR_SCALING:
+    if symmetry.scale_invariant:
         v = _unit(v)
     # cdist subtracts before squaring, so distances of 1e-8 between neurons of norm 3 keep
     # their digits (the |u|² + |v|² - 2 u·v form would lose them).
@@ -310,18 +311,18 @@ def cluster_neurons(
     v = check_array(vectors, "vectors", ndim=2)
     sid = np.asarray(student)
     if sid.shape != (v.shape[0],) or sid.dtype.kind not in "iu":
-        raise ValueError(
+        raise InputError(
             f"student must be an integer array of shape ({v.shape[0]},), got "
             f"{sid.dtype} {sid.shape}"
         )
     if v.shape[0] == 0:
-        raise ValueError("need at least one neuron to cluster")
+        raise InputError("need at least one neuron to cluster")
     if not isinstance(symmetry, Symmetry):
-        raise TypeError(f"symmetry must be a Symmetry, got {type(symmetry).__name__}")
+        raise InputTypeError(f"symmetry must be a Symmetry, got {type(symmetry).__name__}")
     if n_students is None:
         n_students = int(np.unique(sid).size)
     if isinstance(n_students, bool) or int(n_students) < 1:
-        raise ValueError(f"n_students must be positive, got {n_students!r}")
+        raise InputError(f"n_students must be positive, got {n_students!r}")
     n_students = int(n_students)
     n = v.shape[0]
     angles = neuron_angles_deg(v[:, :-1], symmetry)
@@ -358,7 +359,7 @@ def cluster_neurons(
     # relu copies): they all belong to the cut at 0, else the arg max would pick a cut among
     # heights of 1e-16 that splits identical copies at random.
     scale = float(np.median(np.linalg.norm(v, axis=1))) if n > 1 else 1.0
-    if symmetry is Symmetry.EVEN_LINEAR_SCALING or scale == 0.0:
+    if symmetry.scale_invariant or scale == 0.0:
         scale = 1.0
     round_off = 1e-12 * scale
     for i, (a, b, h, _) in enumerate(linkage):

@@ -13,16 +13,31 @@ of a student is its initialisation, so the seeds make a run reproducible.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Callable, Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ecflow.activations import get_activation
 from ecflow.engines import get_engine
-from ecflow.engines.base import TrainConfig, TrainResult
+from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import check_xy, glorot_normal
+from ecflow.parallel import make_stop_flag
 
-__all__ = ["student_seeds", "student_width", "train_student", "train_students"]
+__all__ = [
+    "student_seeds",
+    "student_width",
+    "train_student",
+    "train_students",
+    "expand",
+    "Expansion",
+]
+
+_MIN_STUDENT_SECONDS = 1.0
+"""A student that would start with less time than this before the deadline is skipped."""
 
 
 def student_seeds(seed: int, n_students: int) -> list[int]:
@@ -32,9 +47,9 @@ def student_seeds(seed: int, n_students: int) -> list[int]:
     query inputs, which use ``seed`` itself.
     """
     if isinstance(n_students, bool) or not isinstance(n_students, (int, np.integer)):
-        raise TypeError(f"n_students must be an integer, got {n_students!r}")
+        raise InputTypeError(f"n_students must be an integer, got {n_students!r}")
     if n_students < 1:
-        raise ValueError(f"n_students must be positive, got {n_students}")
+        raise InputError(f"n_students must be positive, got {n_students}")
     state = np.random.SeedSequence([int(seed), 2]).generate_state(int(n_students))
     return [int(s) for s in state]
 
@@ -42,14 +57,14 @@ def student_seeds(seed: int, n_students: int) -> list[int]:
 def student_width(teacher_width: int, rho: float) -> int:
     """Hidden width ``m = ceil(rho * r)`` of a student overparameterised by ``rho``."""
     if not rho > 0:
-        raise ValueError(f"rho must be positive, got {rho!r}")
+        raise InputError(f"rho must be positive, got {rho!r}")
     return max(1, int(np.ceil(rho * teacher_width - 1e-9)))
 
 
 def _check_hidden(hidden) -> tuple[int, ...]:
     hidden = tuple(hidden)
     if not hidden or any(isinstance(h, bool) or int(h) != h or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty tuple of positive integers, got {hidden!r}")
+        raise InputError(f"hidden must be a non-empty tuple of positive integers, got {hidden!r}")
     return tuple(int(h) for h in hidden)
 
 
@@ -62,7 +77,10 @@ def train_student(
     seed: int,
     config: TrainConfig,
     engine: str = "native",
-) -> TrainResult:
+    stop: Callable[[], bool] | None = None,
+    deadline: float | None = None,
+    progress: Callable[[float, float], object] | None = None,
+) -> TrainResult | None:
     """Initialise one student from ``seed`` and train it on ``(x, y)``.
 
     Parameters
@@ -77,17 +95,198 @@ def train_student(
         Seed of the Glorot-normal initialisation.
     config : TrainConfig
     engine : str, default="native"
+    stop : callable, optional
+        Cooperative stop flag (:mod:`ecflow.parallel`), polled by the engine.
+    deadline : float, optional
+        Wall-clock time (``time.time()``, comparable across processes) by which training must
+        end: the student's budget is cut to what is left when it starts.
+    progress : callable, optional
+        ``progress(elapsed_seconds, loss)``, passed to the engine.
 
     Returns
     -------
-    TrainResult
+    TrainResult or None
+        None when the stop flag was already set or the deadline had passed at the start (a
+        queued student that is no longer needed).
     """
     x, y = check_xy(x, y)
     hidden = _check_hidden(hidden)
     get_activation(activation)
+    if stop is not None and stop():
+        return None
+    if deadline is not None:
+        left = deadline - time.time()
+        if left <= _MIN_STUDENT_SECONDS:
+            return None
+        if left < config.total_seconds:
+            config = dataclasses.replace(config, max_seconds=left)
     sizes = (x.shape[1], *hidden, y.shape[1])
     init = glorot_normal(sizes, [activation] * len(hidden) + ["identity"], seed)
-    return get_engine(engine).train(x, y, init, config)
+    return get_engine(engine).train(x, y, init, config, stop=stop, progress=progress)
+
+
+@dataclass(frozen=True, eq=False)
+class Expansion:
+    """Outcome of :func:`expand`: the students and what happened to each.
+
+    Attributes
+    ----------
+    results : tuple of (TrainResult or None)
+        One per seed, in the order of the seeds; None for a student that never ran (cancelled
+        in the queue, or started after the stop flag or the deadline).
+    reused : tuple of bool
+        Per seed: the result was given (``reuse``), not trained.
+    stop_reason : str or None
+        Why the remaining students were stopped (the ``enough`` rule's sentence, or the
+        deadline), None when every student ran to its own end.
+    seconds : float
+    """
+
+    results: tuple[TrainResult | None, ...]
+    reused: tuple[bool, ...]
+    stop_reason: str | None
+    seconds: float
+
+    @property
+    def finished(self) -> list[int]:
+        """Indices of students that ended by themselves (not stopped, not skipped)."""
+        return [
+            i for i, r in enumerate(self.results)
+            if r is not None and r.status is not TrainStatus.STOPPED
+        ]
+
+    @property
+    def n_trained(self) -> int:
+        """Students trained by this call (finished or stopped)."""
+        return sum(r is not None and not u for r, u in zip(self.results, self.reused))
+
+    @property
+    def n_reused(self) -> int:
+        return sum(self.reused)
+
+    @property
+    def n_stopped(self) -> int:
+        """Students stopped while training by the stop flag."""
+        return sum(r is not None and r.status is TrainStatus.STOPPED for r in self.results)
+
+    @property
+    def n_skipped(self) -> int:
+        """Students that never trained (cancelled in the queue or skipped at their start)."""
+        return sum(r is None for r in self.results)
+
+
+def expand(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    hidden: tuple[int, ...],
+    activation: str,
+    seeds: Sequence[int],
+    config: TrainConfig,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    reuse: Mapping[int, TrainResult] | None = None,
+    enough: Callable[[Sequence[TrainResult | None]], str | None] | None = None,
+    on_result: Callable[[int, TrainResult], None] | None = None,
+    deadline: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Expansion:
+    """Train one student per seed, stopping early once more students cannot matter.
+
+    Parameters
+    ----------
+    x, y, hidden, activation, config, engine
+        As :func:`train_student`.
+    seeds : sequence of int
+        One initialisation seed per student.
+    executor : concurrent.futures.Executor, optional
+        Runs :func:`train_student` calls; in-process when None.
+    reuse : mapping of int to TrainResult, optional
+        Results already at hand, by index into ``seeds`` (e.g. read back from a work folder):
+        those students are not trained again.
+    enough : callable, optional
+        ``enough(results)`` with the results so far (None where not finished) returns a
+        sentence when the remaining students can no longer change the outcome, else None.
+        Then queued students are cancelled and running ones are stopped through a cooperative
+        stop flag (:func:`ecflow.parallel.make_stop_flag`).
+    on_result : callable, optional
+        ``on_result(index, result)`` as soon as a student ends by itself (not when stopped),
+        in this process: the place to save it.
+    deadline : float, optional
+        Wall-clock time (``time.time()``) by which every student must end.
+    progress : callable, optional
+        ``progress(done, total)`` after each finished student.
+
+    Returns
+    -------
+    Expansion
+    """
+    t0 = time.monotonic()
+    x, y = check_xy(x, y)
+    hidden = _check_hidden(hidden)
+    get_activation(activation)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise InputError("seeds must name at least one student")
+    total = len(seeds)
+    results: list[TrainResult | None] = [None] * total
+    reused = [False] * total
+    for i, res in (reuse or {}).items():
+        if not 0 <= i < total:
+            raise InputError(f"reuse names student {i}, outside the {total} seeds")
+        results[i], reused[i] = res, True
+    done = sum(reused)
+    if progress is not None and done:
+        progress(done, total)
+    todo = [i for i in range(total) if not reused[i]]
+    reason = enough(results) if enough is not None else None
+    if reason is not None or not todo:
+        return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
+
+    flag = make_stop_flag(executor)
+    kwargs = dict(
+        hidden=hidden, activation=activation, config=config, engine=engine,
+        stop=flag, deadline=deadline,
+    )
+
+    def finish(i: int, res: TrainResult | None) -> str | None:
+        nonlocal done
+        results[i] = res
+        if res is not None and res.status is not TrainStatus.STOPPED and on_result is not None:
+            on_result(i, res)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return enough(results) if enough is not None and reason is None else None
+
+    try:
+        if executor is None:
+            for i in todo:
+                res = train_student(x, y, seed=seeds[i], **kwargs)
+                why = finish(i, res)
+                if why is not None:
+                    reason = why
+                    flag.set()
+            return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
+        futures = {executor.submit(train_student, x, y, seed=seeds[i], **kwargs): i for i in todo}
+        try:
+            for fut in cf.as_completed(futures):
+                if fut.cancelled():
+                    continue
+                why = finish(futures[fut], fut.result())
+                if why is not None:
+                    reason = why
+                    flag.set()
+                    for other in futures:
+                        other.cancel()
+        except BaseException:
+            flag.set()
+            for fut in futures:
+                fut.cancel()
+            raise
+    finally:
+        flag.close()
+    return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
 
 
 def train_students(
@@ -102,48 +301,15 @@ def train_students(
     executor: cf.Executor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[TrainResult]:
-    """Train one student per seed, in parallel when an executor is given.
-
-    Parameters
-    ----------
-    x, y, hidden, activation, config, engine
-        As :func:`train_student`.
-    seeds : sequence of int
-        One initialisation seed per student.
-    executor : concurrent.futures.Executor, optional
-        Runs :func:`train_student` calls (``executor.submit``); in-process when None.
-    progress : callable, optional
-        ``progress(done, total)`` after each finished student.
+    """Train one student per seed to its own end (:func:`expand` without early stop).
 
     Returns
     -------
     list of TrainResult
         In the order of ``seeds``.
     """
-    x, y = check_xy(x, y)
-    hidden = _check_hidden(hidden)
-    get_activation(activation)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must name at least one student")
-    kwargs = dict(hidden=hidden, activation=activation, config=config, engine=engine)
-    total = len(seeds)
-    if executor is None:
-        results = []
-        for i, s in enumerate(seeds):
-            results.append(train_student(x, y, seed=s, **kwargs))
-            if progress is not None:
-                progress(i + 1, total)
-        return results
-    futures = {executor.submit(train_student, x, y, seed=s, **kwargs): i for i, s in enumerate(seeds)}
-    out: list[TrainResult | None] = [None] * total
-    try:
-        for done, fut in enumerate(cf.as_completed(futures), start=1):
-            out[futures[fut]] = fut.result()
-            if progress is not None:
-                progress(done, total)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
-    return [r for r in out if r is not None]
+    out = expand(
+        x, y, hidden=hidden, activation=activation, seeds=seeds, config=config, engine=engine,
+        executor=executor, progress=progress,
+    )
+    return [r for r in out.results if r is not None]

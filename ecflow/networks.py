@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ecflow.activations import Activation, get_activation
+from ecflow.errors import InputError, InputTypeError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,6 +42,7 @@ __all__ = [
     "read_network",
     "read_network_file",
     "read_pairs",
+    "read_queries",
     "write_network",
     "write_pairs",
     "atomic_path",
@@ -64,11 +66,11 @@ def check_array(a: Any, name: str, *, ndim: int | None = None) -> np.ndarray:
     """
     arr = np.asarray(a)
     if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+        raise InputTypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+        raise InputError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise InputError(f"{name} contains NaN or Inf")
     return arr.astype(np.float64, copy=False)
 
 
@@ -83,11 +85,11 @@ def check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     x = check_array(x, "x", ndim=2)
     y = check_array(y, "y", ndim=2)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}"
         )
     if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[1] == 0:
-        raise ValueError(f"x and y must be non-empty, got shapes {x.shape} and {y.shape}")
+        raise InputError(f"x and y must be non-empty, got shapes {x.shape} and {y.shape}")
     return x, y
 
 
@@ -110,11 +112,11 @@ class Layer:
         w = check_array(self.weight, "weight", ndim=2)
         b = check_array(self.bias, "bias", ndim=1)
         if b.shape[0] != w.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"bias must have n_out = {w.shape[0]} entries (weight {w.shape}), got {b.shape[0]}"
             )
         if w.shape[0] == 0 or w.shape[1] == 0:
-            raise ValueError(f"layer sizes must be positive, got weight of shape {w.shape}")
+            raise InputError(f"layer sizes must be positive, got weight of shape {w.shape}")
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "bias", b)
         object.__setattr__(self, "activation", get_activation(self.activation))
@@ -140,10 +142,10 @@ class MLP:
     def __post_init__(self):
         layers = tuple(self.layers)
         if not layers:
-            raise ValueError("a network needs at least one layer")
+            raise InputError("a network needs at least one layer")
         for i in range(1, len(layers)):
             if layers[i].n_in != layers[i - 1].n_out:
-                raise ValueError(
+                raise InputError(
                     f"layer {i} has n_in = {layers[i].n_in} but layer {i - 1} has "
                     f"n_out = {layers[i - 1].n_out}"
                 )
@@ -158,7 +160,7 @@ class MLP:
     ) -> MLP:
         """Build from per-layer weights ``(n_out, n_in)``, biases ``(n_out,)`` and activations."""
         if not (len(weights) == len(biases) == len(activations)):
-            raise ValueError(
+            raise InputError(
                 f"need one weight, bias and activation per layer, got {len(weights)}, "
                 f"{len(biases)} and {len(activations)}"
             )
@@ -205,7 +207,7 @@ class MLP:
         """
         h = check_array(x, "x", ndim=2)
         if h.shape[1] != self.d_in:
-            raise ValueError(f"x must have d_in = {self.d_in} columns, got shape {h.shape}")
+            raise InputError(f"x must have d_in = {self.d_in} columns, got shape {h.shape}")
         for layer in self.layers:
             h = layer.activation(h @ layer.weight.T + layer.bias)
         return h
@@ -228,7 +230,7 @@ class MLP:
         """A network of the same structure holding the parameters ``theta`` (see :meth:`flatten`)."""
         theta = check_array(theta, "theta", ndim=1)
         if theta.size != self.n_params:
-            raise ValueError(f"theta must have {self.n_params} entries, got {theta.size}")
+            raise InputError(f"theta must have {self.n_params} entries, got {theta.size}")
         layers, k = [], 0
         for l in self.layers:
             nw = l.weight.size
@@ -283,19 +285,19 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
     h5py = _h5py()
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{p}: file not found")
+        raise InputError(f"{p}: file not found")
     if p.is_dir():
-        raise ValueError(f"{p}: is a directory, expected an HDF5 file")
+        raise InputError(f"{p}: is a directory, expected an HDF5 file")
     if p.stat().st_size == 0:
-        raise ValueError(f"{p}: file is empty")
+        raise InputError(f"{p}: file is empty")
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
-        raise ValueError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
+        raise InputError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
     try:
         yield f
     except (KeyError, OSError, RuntimeError) as exc:
-        raise ValueError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)})") from None
+        raise InputError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)})") from None
     finally:
         f.close()
 
@@ -318,52 +320,52 @@ def _decode(v: Any) -> Any:
 def _check_header(f: Any, p: Path, expected: str) -> None:
     fmt = _decode(f.attrs.get("ecflow_format"))
     if fmt is None:
-        raise ValueError(f"{p}: missing root attribute 'ecflow_format' (expected {expected!r})")
+        raise InputError(f"{p}: missing root attribute 'ecflow_format' (expected {expected!r})")
     if fmt != expected:
-        raise ValueError(f"{p}: ecflow_format is {fmt!r}, expected {expected!r}")
+        raise InputError(f"{p}: ecflow_format is {fmt!r}, expected {expected!r}")
     version = _decode(f.attrs.get("version"))
     if version is None:
-        raise ValueError(f"{p}: missing root attribute 'version'")
+        raise InputError(f"{p}: missing root attribute 'version'")
     if isinstance(version, float) and version.is_integer():
         version = int(version)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{p}: version must be an integer, got {version!r}")
+        raise InputError(f"{p}: version must be an integer, got {version!r}")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{p}: unsupported version {version}, this ecflow reads {FORMAT_VERSION}")
+        raise InputError(f"{p}: unsupported version {version}, this ecflow reads {FORMAT_VERSION}")
 
 
 def _read_dataset(group: Any, name: str, p: Path, ndim: int) -> np.ndarray:
     h5py = _h5py()
     where = f"{group.name.rstrip('/')}/{name}"
     if name not in group:
-        raise ValueError(f"{p}: missing dataset {where}")
+        raise InputError(f"{p}: missing dataset {where}")
     ds = group[name]
     if not isinstance(ds, h5py.Dataset):
-        raise ValueError(f"{p}: {where} must be a dataset")
+        raise InputError(f"{p}: {where} must be a dataset")
     if ds.dtype.kind != "f":
-        raise ValueError(f"{p}: {where} must be a float dataset, got dtype {ds.dtype}")
+        raise InputError(f"{p}: {where} must be a float dataset, got dtype {ds.dtype}")
     arr = np.asarray(ds[()], dtype=np.float64)
     if arr.ndim != ndim:
-        raise ValueError(f"{p}: {where} must be {ndim}-dimensional, got shape {arr.shape}")
+        raise InputError(f"{p}: {where} must be {ndim}-dimensional, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{p}: {where} contains NaN or Inf")
+        raise InputError(f"{p}: {where} contains NaN or Inf")
     return arr
 
 
 def _read_queries(f: Any, p: Path, required: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     if "queries" not in f:
         if required:
-            raise ValueError(f"{p}: missing group /queries (a pairs file needs /queries/x and /y)")
+            raise InputError(f"{p}: missing group /queries (a pairs file needs /queries/x and /y)")
         return None, None
     g = f["queries"]
     x = _read_dataset(g, "x", p, 2)
     y = _read_dataset(g, "y", p, 2)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{p}: /queries/x has {x.shape[0]} rows but /queries/y has {y.shape[0]}"
         )
     if x.shape[0] == 0 or x.shape[1] == 0 or y.shape[1] == 0:
-        raise ValueError(f"{p}: /queries is empty (x {x.shape}, y {y.shape})")
+        raise InputError(f"{p}: /queries is empty (x {x.shape}, y {y.shape})")
     return x, y
 
 
@@ -374,37 +376,37 @@ def _extra_attrs(f: Any) -> dict[str, Any]:
 def _read_layers(f: Any, p: Path, prefix: str = "") -> MLP:
     where = f"{prefix}/layers"
     if "layers" not in f or len(f["layers"]) == 0:
-        raise ValueError(f"{p}: missing group {where} (a network needs at least one layer)")
+        raise InputError(f"{p}: missing group {where} (a network needs at least one layer)")
     g = f["layers"]
     names = list(g.keys())
     if not all(n.isdigit() and (n == "0" or not n.startswith("0")) for n in names):
-        raise ValueError(f"{p}: {where} must hold groups named 0, 1, 2, ..., got {sorted(names)}")
+        raise InputError(f"{p}: {where} must hold groups named 0, 1, 2, ..., got {sorted(names)}")
     idx = sorted(int(n) for n in names)
     if idx != list(range(len(idx))):
         missing = sorted(set(range(idx[-1] + 1)) - set(idx))
-        raise ValueError(f"{p}: gap in layer numbering, {where}/{missing[0]} is missing")
+        raise InputError(f"{p}: gap in layer numbering, {where}/{missing[0]} is missing")
     layers: list[Layer] = []
     for i in idx:
         lg = g[str(i)]
         act = _decode(lg.attrs.get("activation"))
         if act is None:
-            raise ValueError(f"{p}: {where}/{i} has no 'activation' attribute")
+            raise InputError(f"{p}: {where}/{i} has no 'activation' attribute")
         if not isinstance(act, str):
-            raise ValueError(f"{p}: {where}/{i} activation must be a string, got {act!r}")
+            raise InputError(f"{p}: {where}/{i} activation must be a string, got {act!r}")
         try:
             activation = get_activation(act)
         except ValueError as exc:
-            raise ValueError(f"{p}: {where}/{i}: {exc}") from None
+            raise InputError(f"{p}: {where}/{i}: {exc}") from None
         w = _read_dataset(lg, "weight", p, 2)
         b = _read_dataset(lg, "bias", p, 1)
         if b.shape[0] != w.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{p}: {where}/{i}/bias has {b.shape[0]} entries but weight has {w.shape[0]} rows"
             )
         if w.size == 0:
-            raise ValueError(f"{p}: {where}/{i}/weight is empty (shape {w.shape})")
+            raise InputError(f"{p}: {where}/{i}/weight is empty (shape {w.shape})")
         if layers and w.shape[1] != layers[-1].n_out:
-            raise ValueError(
+            raise InputError(
                 f"{p}: {where}/{i}/weight has n_in = {w.shape[1]} but layer {i - 1} has "
                 f"n_out = {layers[-1].n_out}"
             )
@@ -428,7 +430,7 @@ def read_network_file(path: str | os.PathLike) -> NetworkFile:
         net = _read_layers(f, p)
         x, y = _read_queries(f, p, required=False)
         if x is not None and (x.shape[1] != net.d_in or y.shape[1] != net.d_out):
-            raise ValueError(
+            raise InputError(
                 f"{p}: /queries has x {x.shape} and y {y.shape} but the network is "
                 f"{net.d_in} -> {net.d_out}"
             )
@@ -449,6 +451,22 @@ def read_pairs(path: str | os.PathLike) -> PairsFile:
         return PairsFile(x, y, _extra_attrs(f))
 
 
+def read_queries(path: str | os.PathLike) -> PairsFile:
+    """Read ``/queries/x`` and ``/y`` of a pairs file or of a network file that holds them.
+
+    A trained teacher keeps its training inputs there, so either kind of file can name queries.
+    """
+    p = Path(path)
+    with _open_for_reading(p) as f:
+        fmt = _decode(f.attrs.get("ecflow_format"))
+    if fmt != "mlp":
+        return read_pairs(p)
+    nf = read_network_file(p)
+    if nf.x is None:
+        raise InputError(f"{p}: the network file has no /queries to take inputs from")
+    return PairsFile(nf.x, nf.y, nf.attrs)
+
+
 def check_destination(path: str | os.PathLike) -> Path:
     """Check that a file can be written at ``path`` (its folder exists, it is not a folder).
 
@@ -457,9 +475,9 @@ def check_destination(path: str | os.PathLike) -> Path:
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
-        raise ValueError(f"{dest}: cannot write, folder {folder} does not exist")
+        raise InputError(f"{dest}: cannot write, folder {folder} does not exist")
     if dest.is_dir():
-        raise ValueError(f"{dest}: cannot write, it is a directory")
+        raise InputError(f"{dest}: cannot write, it is a directory")
     return dest
 
 
@@ -475,7 +493,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
     except OSError as exc:
-        raise ValueError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"{dest}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -528,11 +546,11 @@ def write_network(
         Extra root attributes (numbers, strings, arrays; dicts are stored as JSON strings).
     """
     if (x is None) != (y is None):
-        raise ValueError("queries need both x and y")
+        raise InputError("queries need both x and y")
     if x is not None:
         x, y = check_xy(x, y)
         if x.shape[1] != network.d_in or y.shape[1] != network.d_out:
-            raise ValueError(
+            raise InputError(
                 f"queries x {x.shape}, y {y.shape} do not match the network "
                 f"{network.d_in} -> {network.d_out}"
             )
@@ -633,7 +651,7 @@ def write_job(
     ``/init/layers/<i>`` (same layout as a network file)."""
     x, y = check_xy(x, y)
     if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
-        raise ValueError(
+        raise InputError(
             f"pairs x {x.shape}, y {y.shape} do not match the network {init.d_in} -> {init.d_out}"
         )
     h5py = _h5py()
@@ -657,10 +675,10 @@ def read_job(path: str | os.PathLike) -> JobFile:
         _check_header(f, p, "job")
         x, y = _read_queries(f, p, required=True)
         if "init" not in f:
-            raise ValueError(f"{p}: missing group /init (the initial network)")
+            raise InputError(f"{p}: missing group /init (the initial network)")
         init = _read_layers(f["init"], p, prefix="/init")
         if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
-            raise ValueError(
+            raise InputError(
                 f"{p}: /queries x {x.shape}, y {y.shape} do not match /init "
                 f"{init.d_in} -> {init.d_out}"
             )
@@ -686,9 +704,9 @@ def glorot_normal(
     """
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or any(s < 1 for s in sizes):
-        raise ValueError(f"sizes must be at least two positive integers, got {sizes}")
+        raise InputError(f"sizes must be at least two positive integers, got {sizes}")
     if len(activations) != len(sizes) - 1:
-        raise ValueError(
+        raise InputError(
             f"need {len(sizes) - 1} activations for sizes {sizes}, got {len(activations)}"
         )
     rng = np.random.default_rng(seed)

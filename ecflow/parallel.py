@@ -12,9 +12,23 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import os
+import tempfile
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
-__all__ = ["make_executor", "pin_blas_threads", "default_workers"]
+from ecflow.errors import InputError
+
+__all__ = [
+    "make_executor",
+    "pin_blas_threads",
+    "default_workers",
+    "StopFlag",
+    "FileStopFlag",
+    "DaskStopFlag",
+    "make_stop_flag",
+]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -60,11 +74,11 @@ def make_executor(
         try:
             from distributed import Client
         except ImportError:  # pragma: no cover - distributed is a dependency
-            raise ValueError("--scheduler needs the 'distributed' package") from None
+            raise InputError("--scheduler needs the 'distributed' package") from None
         try:
             client = Client(scheduler, timeout="10s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
-            raise ValueError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
+            raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from None
         try:
             client.run(pin_blas_threads, 1)
             yield client.get_executor()
@@ -74,7 +88,7 @@ def make_executor(
     if workers is None:
         workers = default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
     import multiprocessing
 
     # "spawn" avoids forking a process whose BLAS threads are already running.
@@ -83,3 +97,82 @@ def make_executor(
         max_workers=workers, mp_context=ctx, initializer=pin_blas_threads, initargs=(1,)
     ) as pool:
         yield pool
+
+
+# --- cooperative stop flags ----------------------------------------------------------------------
+
+
+class StopFlag(Protocol):
+    """A flag that the submitting process sets and running tasks poll (``flag()`` is True once
+    set). It must pickle, so that it travels with a task to a worker process or a Dask worker."""
+
+    def set(self) -> None: ...
+
+    def __call__(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class FileStopFlag:
+    """A stop flag for workers on this machine: set means a file exists.
+
+    A file needs no server and survives the spawn start method; polling it costs one ``stat``
+    every 0.2 s per running task.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+        self.path = str(folder / f"ecflow-stop-{os.getpid()}-{uuid.uuid4().hex}")
+
+    def set(self) -> None:
+        Path(self.path).touch()
+
+    def __call__(self) -> bool:
+        return os.path.exists(self.path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class DaskStopFlag:
+    """A stop flag shared through the Dask scheduler (a ``distributed.Event``), so that it
+    reaches workers on other machines. Looked up by name in the worker that polls it."""
+
+    def __init__(self, client):
+        from distributed import Event
+
+        self.name = f"ecflow-stop-{uuid.uuid4().hex}"
+        self._event = Event(self.name, client=client)
+
+    def __getstate__(self):
+        return {"name": self.name}
+
+    def __setstate__(self, state):
+        self.name = state["name"]
+        self._event = None
+
+    def _get(self):
+        if self._event is None:
+            from distributed import Event
+
+            self._event = Event(self.name)
+        return self._event
+
+    def set(self) -> None:
+        self._get().set()
+
+    def __call__(self) -> bool:
+        return bool(self._get().is_set())
+
+    def close(self) -> None:
+        pass
+
+
+def make_stop_flag(executor: cf.Executor | None) -> StopFlag:
+    """The stop flag that reaches the workers of ``executor``: a Dask event for the executor of
+    a ``distributed.Client``, a file otherwise (process pools, threads, in-process)."""
+    client = getattr(executor, "_client", None)
+    if client is not None and type(executor).__module__.startswith("distributed"):
+        return DaskStopFlag(client)
+    return FileStopFlag()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ecflow.engines.base import NEAR_ZERO_LOSS
+from ecflow.errors import InputError
 
 
 # =================================================================================================
@@ -161,7 +162,7 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder}: exists and is not a directory")
+        raise InputError(f"{folder}: exists and is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
     if recovery.clustering is not None:
@@ -459,7 +460,7 @@ def draw_hyperplanes(ax, network: Any, *, half_width: float | None = None,
     from ecflow.teachers import INPUT_HALF_WIDTH
 
     if network.d_in != 2 or len(network.layers) != 2:
-        raise ValueError(f"hyperplane plots need a 2-D input, one-hidden-layer network, "
+        raise InputError(f"hyperplane plots need a 2-D input, one-hidden-layer network, "
                          f"got sizes {network.sizes}")
     h = INPUT_HALF_WIDTH if half_width is None else float(half_width)
     lim = margin * h
@@ -522,7 +523,7 @@ def hyperplane_panels(networks: Sequence[Any], titles: Sequence[str], *, ncols: 
     from matplotlib.figure import Figure
 
     if len(networks) != len(titles):
-        raise ValueError(f"need one title per network, got {len(networks)} networks and "
+        raise InputError(f"need one title per network, got {len(networks)} networks and "
                          f"{len(titles)} titles")
     n = len(networks)
     ncols = max(1, min(ncols, n))

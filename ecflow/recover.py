@@ -38,6 +38,7 @@ from ecflow.activations import get_activation
 from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neuron_vectors
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult
+from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import student_seeds, student_width, train_students
 from ecflow.networks import MLP, check_array, check_xy
 from ecflow.reconstruction import (
@@ -130,30 +131,30 @@ class RecoverConfig:
         if self.rho is not None:
             rho = check_number(self.rho, "rho")
             if rho <= 0:
-                raise ValueError(f"rho must be positive, got {self.rho!r}")
+                raise InputError(f"rho must be positive, got {self.rho!r}")
             object.__setattr__(self, "rho", rho)
         if self.hidden is not None:
             hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
             hidden = tuple(hidden)
             if isinstance(self.hidden, bool) or len(hidden) != 1:
-                raise ValueError(
+                raise InputError(
                     f"hidden must be one positive width (one hidden layer), got {self.hidden!r}"
                 )
             width = check_int(hidden[0], "hidden", 1)
             object.__setattr__(self, "hidden", (width,))
         if self.rho is not None and self.hidden is not None:
-            raise ValueError("give rho or hidden, not both")
+            raise InputError("give rho or hidden, not both")
         if self.activation is not None:
             get_activation(self.activation)
         if not isinstance(self.prune, bool):
-            raise TypeError(f"prune must be a bool, got {self.prune!r}")
+            raise InputTypeError(f"prune must be a bool, got {self.prune!r}")
         for name in ("train", "finetune"):
             if not isinstance(getattr(self, name), TrainConfig):
-                raise TypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
+                raise InputTypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
         if not isinstance(self.pruning, PruneConfig):
-            raise TypeError(f"pruning must be a PruneConfig, got {self.pruning!r}")
+            raise InputTypeError(f"pruning must be a PruneConfig, got {self.pruning!r}")
         if check_number(self.rmse_tol, "rmse_tol") <= 0:
-            raise ValueError(f"rmse_tol must be positive, got {self.rmse_tol!r}")
+            raise InputError(f"rmse_tol must be positive, got {self.rmse_tol!r}")
 
     @property
     def cluster_config(self) -> ClusterConfig:
@@ -389,34 +390,34 @@ def reconstruct_from_students(
     t_start = time.monotonic()
     x, y = check_xy(x, y)
     if (x_fresh is None) != (y_fresh is None):
-        raise ValueError("fresh queries need both x_fresh and y_fresh")
+        raise InputError("fresh queries need both x_fresh and y_fresh")
     if x_fresh is not None:
         x_fresh, y_fresh = check_xy(x_fresh, y_fresh)
         if x_fresh.shape[1] != x.shape[1] or y_fresh.shape[1] != y.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"fresh pairs x {x_fresh.shape}, y {y_fresh.shape} do not match the training "
                 f"pairs x {x.shape}, y {y.shape}"
             )
     students = list(students)
     if not students:
-        raise ValueError("need at least one student")
+        raise InputError("need at least one student")
     nets = [s.network for s in students]
     for i, net in enumerate(nets):
         if len(net.layers) != 2:
-            raise ValueError(
+            raise InputError(
                 f"student {i} must have one hidden layer (issue 5), got sizes {net.sizes}"
             )
         if net.d_in != x.shape[1] or net.d_out != y.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"student {i} is {net.d_in} -> {net.d_out}, the pairs are "
                 f"{x.shape[1]} -> {y.shape[1]}"
             )
     act = nets[0].layers[0].activation
     # Compared by name: students trained in worker processes hold unpickled copies.
     if any(n.layers[0].activation.name != act.name for n in nets):
-        raise ValueError("all students must share one hidden activation")
+        raise InputError("all students must share one hidden activation")
     if teacher is not None and (teacher.d_in != x.shape[1] or len(teacher.layers) != 2):
-        raise ValueError(
+        raise InputError(
             f"teacher must be a one-hidden-layer network with d_in = {x.shape[1]}, got "
             f"sizes {teacher.sizes}"
         )
@@ -611,14 +612,14 @@ def recover(
     """
     t_start = time.monotonic()
     if not isinstance(config, RecoverConfig):
-        raise TypeError(f"config must be a RecoverConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a RecoverConfig, got {type(config).__name__}")
     notes: list[str] = []
     x_fresh = y_fresh = None
     if teacher is not None:
         if y is not None:
-            raise ValueError("give a teacher or pairs (x, y), not both")
+            raise InputError("give a teacher or pairs (x, y), not both")
         if len(teacher.layers) != 2:
-            raise ValueError(
+            raise InputError(
                 f"the teacher must have one hidden layer (issue 5), got sizes {teacher.sizes}"
             )
         d_in = teacher.d_in
@@ -626,7 +627,7 @@ def recover(
             x = teachers.sample_inputs(config.n_queries, d_in, config.seed)
         x = check_array(x, "x", ndim=2)
         if x.shape[1] != d_in:
-            raise ValueError(f"queries must have d_in = {d_in} columns, got shape {x.shape}")
+            raise InputError(f"queries must have d_in = {d_in} columns, got shape {x.shape}")
         y = teachers.query(teacher, x)
         if config.n_fresh > 0:
             x_fresh = teachers.sample_inputs(
@@ -638,16 +639,16 @@ def recover(
         elif config.hidden is not None:
             width = config.hidden[0]
         else:
-            raise ValueError("give rho (a multiple of the teacher's width) or hidden (a width)")
+            raise InputError("give rho (a multiple of the teacher's width) or hidden (a width)")
         activation = config.activation or teacher.layers[0].activation.name
     else:
         if x is None or y is None:
-            raise ValueError("give a teacher, or input-output pairs x and y")
+            raise InputError("give a teacher, or input-output pairs x and y")
         x, y = check_xy(x, y)
         if config.rho is not None:
-            raise ValueError("rho needs a teacher (its width); with pairs give hidden")
+            raise InputError("rho needs a teacher (its width); with pairs give hidden")
         if config.hidden is None:
-            raise ValueError("with pairs, give hidden (the student width)")
+            raise InputError("with pairs, give hidden (the student width)")
         width = config.hidden[0]
         activation = config.activation or "g"
         if config.activation is None:

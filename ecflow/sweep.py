@@ -58,6 +58,7 @@ from ecflow import networks, teachers
 from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult, TrainStatus
+from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import train_student
 from ecflow.networks import MLP
 from ecflow.parallel import make_executor
@@ -112,12 +113,12 @@ def _int_axis(values: Any, name: str) -> tuple[int, ...]:
     try:
         items = tuple(values)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of positive integers, got {values!r}") from None
+        raise InputTypeError(f"{name} must be a sequence of positive integers, got {values!r}") from None
     if not items:
-        raise ValueError(f"{name} is empty: the sweep grid needs at least one value of {name}")
+        raise InputError(f"{name} is empty: the sweep grid needs at least one value of {name}")
     out = tuple(check_int(v, f"each {name}") for v in items)
     if len(set(out)) != len(out):
-        raise ValueError(f"{name} has repeated values: {list(out)}")
+        raise InputError(f"{name} has repeated values: {list(out)}")
     return tuple(sorted(out))
 
 
@@ -133,7 +134,7 @@ def _train_from_dict(data: Mapping[str, Any], name: str) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{name} has unknown settings: {', '.join(sorted(unknown))}")
+        raise InputError(f"{name} has unknown settings: {', '.join(sorted(unknown))}")
     return TrainConfig(**data)
 
 
@@ -210,21 +211,21 @@ class SweepConfig:
         check_int(self.n_queries, "n_queries")
         check_int(self.n_fresh, "n_fresh")
         if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma <= 1.0):
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+            raise InputError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if not (isinstance(self.beta_deg, (int, float)) and 0.0 < self.beta_deg <= 90.0):
-            raise ValueError(f"beta_deg must be in (0, 90] degrees, got {self.beta_deg!r}")
+            raise InputError(f"beta_deg must be in (0, 90] degrees, got {self.beta_deg!r}")
         get_activation(self.activation)
         if self.engine not in ENGINES:
-            raise ValueError(
+            raise InputError(
                 f"engine must be one of: {', '.join(ENGINES)}; got {self.engine!r}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+            raise InputTypeError(f"seed must be an integer, got {self.seed!r}")
         if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
+            raise InputError(f"seed must be non-negative, got {self.seed}")
         for name in ("train", "finetune"):
             if not isinstance(getattr(self, name), TrainConfig):
-                raise TypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
+                raise InputTypeError(f"{name} must be a TrainConfig, got {getattr(self, name)!r}")
 
     def n_students(self, r: int) -> int:
         """Students per teacher and ρ for teachers with ``r`` hidden neurons."""
@@ -254,7 +255,7 @@ class SweepConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown sweep settings: {', '.join(sorted(unknown))}")
+            raise InputError(f"unknown sweep settings: {', '.join(sorted(unknown))}")
         kwargs = dict(data)
         for name in ("train", "finetune"):
             if name in kwargs:
@@ -300,7 +301,7 @@ def profile_config(profile: Profile | str, **overrides: Any) -> SweepConfig:
             profile = Profile(profile)
         except ValueError:
             known = ", ".join(p.value for p in Profile)
-            raise ValueError(f"unknown profile {profile!r}; expected one of: {known}") from None
+            raise InputError(f"unknown profile {profile!r}; expected one of: {known}") from None
     return override_config(_PROFILES[profile](), **overrides)
 
 
@@ -321,7 +322,7 @@ def override_config(base: SweepConfig, **overrides: Any) -> SweepConfig:
     known = {f.name for f in dataclasses.fields(SweepConfig)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown sweep settings: {', '.join(sorted(unknown))}")
+        raise InputError(f"unknown sweep settings: {', '.join(sorted(unknown))}")
     train = overrides.pop("train", base.train)
     finetune = overrides.pop("finetune", base.finetune)
     if max_seconds is not None:
@@ -579,7 +580,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable record ({exc})") from None
+        raise InputError(f"{path}: unreadable record ({exc})") from None
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -647,7 +648,7 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{p}: table not found")
+        raise InputError(f"{p}: table not found")
     with p.open(newline="") as fh:
         return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
@@ -728,13 +729,13 @@ def read_sweep_config(out: str | os.PathLike) -> SweepConfig | None:
         return None
     data = _read_json(p)
     if not isinstance(data, dict) or data.get("ecflow_format") != SWEEP_FORMAT:
-        raise ValueError(f"{p}: not an ecflow sweep file (ecflow_format != {SWEEP_FORMAT!r})")
+        raise InputError(f"{p}: not an ecflow sweep file (ecflow_format != {SWEEP_FORMAT!r})")
     if data.get("version") != SWEEP_VERSION:
-        raise ValueError(f"{p}: unsupported sweep version {data.get('version')!r}")
+        raise InputError(f"{p}: unsupported sweep version {data.get('version')!r}")
     try:
         return SweepConfig.from_dict(data["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{p}: invalid sweep configuration ({exc})") from None
+        raise InputError(f"{p}: invalid sweep configuration ({exc})") from None
 
 
 def check_directory(
@@ -757,27 +758,27 @@ def check_directory(
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory")
+        raise InputError(f"{out}: exists and is not a directory")
     stored = read_sweep_config(out) if out.is_dir() else None
     non_empty = out.is_dir() and any(out.iterdir())
     if not resume:
         if stored is not None:
-            raise ValueError(
+            raise InputError(
                 f"{out} already holds a sweep; pass --resume to continue it or pick another folder"
             )
         if non_empty:
-            raise ValueError(f"{out} is not empty; pick another folder for the sweep")
+            raise InputError(f"{out} is not empty; pick another folder for the sweep")
     elif stored is None and non_empty:
-        raise ValueError(f"{out} is not empty and holds no sweep.json: nothing to resume there")
+        raise InputError(f"{out} is not empty and holds no sweep.json: nothing to resume there")
     if stored is not None and config is not None and stored != config:
         diff = ", ".join(_config_differences(stored, config))
-        raise ValueError(
+        raise InputError(
             f"{out} holds a sweep with a different configuration (differs in: {diff}); "
             "resume it with its own settings or pick another folder"
         )
     config = stored if config is None else config
     if config is None:
-        raise ValueError(f"{out} holds no sweep to resume; give a profile or grid options")
+        raise InputError(f"{out} holds no sweep to resume; give a profile or grid options")
     return config
 
 
@@ -787,7 +788,7 @@ def _create_directory(out: Path, config: SweepConfig) -> None:
         for key in ("teachers", "students", "recoveries"):
             paths[key].mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"{out}: cannot create the sweep directory ({exc.strerror})") from None
+        raise InputError(f"{out}: cannot create the sweep directory ({exc.strerror})") from None
     if not paths["config"].is_file():
         _write_json(
             paths["config"],
@@ -1088,7 +1089,7 @@ def run_sweep(
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
     config = check_directory(out, config, resume)
     run = _Run(out, config, progress)
     run.load_finished()
@@ -1125,7 +1126,7 @@ def write_tables(out: str | os.PathLike) -> tuple[int, int]:
     out = Path(out)
     config = read_sweep_config(out)
     if config is None:
-        raise ValueError(f"{out} holds no sweep.json")
+        raise InputError(f"{out} holds no sweep.json")
     with _directory_lock(out):
         run = _Run(out, config, None)
         run.load_finished()
@@ -1143,7 +1144,7 @@ def _directory_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ValueError(f"{out}: another sweep is running in this folder") from None
+            raise InputError(f"{out}: another sweep is running in this folder") from None
         yield
 
 

@@ -18,14 +18,17 @@ Inputs are uniform in ``[-√3, √3]^{d_in}`` (zero mean, unit variance per coo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ecflow._checks import check_int
+from ecflow import datasets
+from ecflow._checks import check_int, check_number
 from ecflow.activations import Activation, get_activation
-from ecflow.networks import MLP, Layer
+from ecflow.errors import InputError
+from ecflow.networks import MLP, Layer, glorot_normal
 
 __all__ = [
     "TeacherConfig",
@@ -34,6 +37,10 @@ __all__ = [
     "synthetic_teacher",
     "query",
     "parse_hidden",
+    "ClassifierConfig",
+    "TrainedTeacher",
+    "split_indices",
+    "train_classifier",
 ]
 
 INPUT_HALF_WIDTH = float(np.sqrt(3.0))
@@ -73,13 +80,13 @@ class TeacherConfig:
         check_int(self.n_normalise, "n_normalise")
         hidden = tuple(self.hidden)
         if not hidden:
-            raise ValueError("hidden must name at least one hidden layer size")
+            raise InputError("hidden must name at least one hidden layer size")
         for h in hidden:
             check_int(h, "hidden layer size")
         object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         get_activation(self.activation)
         if self.n_normalise < 2:
-            raise ValueError(f"n_normalise must be at least 2, got {self.n_normalise}")
+            raise InputError(f"n_normalise must be at least 2, got {self.n_normalise}")
 
 
 def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> np.ndarray:
@@ -98,7 +105,7 @@ def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> n
 def _draw_layer(n_in: int, n_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     max_distinct = (3**n_in - 1) * len(_BIAS_VALUES) // 2
     if n_out > max_distinct:
-        raise ValueError(
+        raise InputError(
             f"cannot draw {n_out} distinct neurons with {n_in} inputs (at most {max_distinct})"
         )
     W = np.zeros((n_out, n_in))
@@ -138,7 +145,7 @@ def synthetic_teacher(config: TeacherConfig, seed: int) -> MLP:
     """
     seed = int(seed)
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise InputError(f"seed must be non-negative, got {seed}")
     act: Activation = get_activation(config.activation)
     rng = np.random.default_rng(seed)
     x = sample_inputs(config.n_normalise, config.d_in, np.random.default_rng([seed, 1]))
@@ -185,15 +192,309 @@ def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
     if isinstance(text, str):
         parts = [p.strip() for p in text.split(",")]
         if not parts or any(not p for p in parts):
-            raise ValueError(f"hidden sizes must be comma-separated positive integers, got {text!r}")
+            raise InputError(f"hidden sizes must be comma-separated positive integers, got {text!r}")
         try:
             sizes = tuple(int(p) for p in parts)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"hidden sizes must be comma-separated positive integers, got {text!r}"
             ) from None
     else:
         sizes = tuple(int(s) for s in text)
     if not sizes or any(s < 1 for s in sizes):
-        raise ValueError(f"hidden sizes must be positive integers, got {text!r}")
+        raise InputError(f"hidden sizes must be positive integers, got {text!r}")
     return sizes
+
+
+# --- teachers trained on images (paper section 6, Tables 1-2, appendix A.6) ----------------------
+# One hidden layer, softmax cross-entropy, Adam on minibatches and early stopping on the validation
+# loss, as the paper trains its MNIST teachers. The network keeps the logits (identity last
+# layer): recovery needs the values before the softmax, not only the class.
+
+_ADAM_BETA1 = 0.9
+_ADAM_BETA2 = 0.999
+_ADAM_EPS = 1e-8
+# A validation loss must drop by this relative amount to count as progress, so that noise at the
+# fourth digit does not keep training alive.
+_MIN_RELATIVE_IMPROVEMENT = 1e-4
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Settings of :func:`train_classifier`.
+
+    Parameters
+    ----------
+    learning_rate : float, default=3e-3
+        Adam step size.
+    batch_size : int, default=64
+    max_epochs : int, default=2000
+        Upper bound only; early stopping ends digits and MNIST runs after a few hundred epochs.
+    patience : int, default=30
+        Epochs without a lower validation loss before training stops.
+    val_fraction, test_fraction : float, default=0.15
+        Shares of each class held out for early stopping and for the reported test accuracy;
+        the rest (70 %) is the training set.
+    """
+
+    learning_rate: float = 3e-3
+    batch_size: int = 64
+    max_epochs: int = 2000
+    patience: int = 30
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def __post_init__(self):
+        check_number(self.learning_rate, "learning_rate", positive=True)
+        check_int(self.batch_size, "batch_size")
+        check_int(self.max_epochs, "max_epochs")
+        check_int(self.patience, "patience")
+        for name in ("val_fraction", "test_fraction"):
+            value = check_number(getattr(self, name), name, positive=True)
+            if value >= 0.5:
+                raise InputError(f"{name} must be below 0.5, got {value}")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedTeacher:
+    """A classifier trained by :func:`train_classifier`, with its split and how training went.
+
+    Parameters
+    ----------
+    network : MLP
+        ``d_in -> n_hidden -> n_classes``, last layer ``identity``: it outputs logits.
+    dataset : str
+        Name of the data set it was trained on.
+    seed : int
+    train_index, val_index, test_index : ndarray of shape (n_train,), (n_val,), (n_test,), int64
+        Rows of the data set in each part of the split, sorted.
+    x_train : ndarray of shape (n_train, d_in), float64
+        The training inputs; the queries a teacher file stores.
+    train_accuracy, val_accuracy, test_accuracy : float
+        Share of correctly classified images (argmax of the logits) in each part.
+    val_loss : float
+        Lowest validation cross-entropy, reached at ``best_epoch``; ``network`` holds the
+        parameters of that epoch.
+    epochs, best_epoch : int
+    stopped_by : {"patience", "max_epochs"}
+    seconds : float
+        Wall-clock training time.
+    """
+
+    network: MLP
+    dataset: str
+    seed: int
+    train_index: np.ndarray
+    val_index: np.ndarray
+    test_index: np.ndarray
+    x_train: np.ndarray
+    train_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
+    val_loss: float
+    epochs: int
+    best_epoch: int
+    stopped_by: str
+    seconds: float
+
+    @property
+    def message(self) -> str:
+        """Why training stopped, with the remedy where there is one."""
+        if self.stopped_by == "patience":
+            return (
+                f"early stop: validation loss {self.val_loss:.4g} at epoch {self.best_epoch} "
+                f"was not improved for {self.epochs - self.best_epoch} epochs"
+            )
+        return (
+            f"max_epochs ({self.epochs}) reached while the validation loss still fell: "
+            f"increase max_epochs"
+        )
+
+    def file_attrs(self) -> dict[str, object]:
+        """Root attributes for the teacher's network file (dataset, seed, split, accuracies)."""
+        return {
+            "teacher": "trained",
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "split": "stratified by label, train/validation/test "
+            f"{len(self.train_index)}/{len(self.val_index)}/{len(self.test_index)}",
+            "train_accuracy": self.train_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "epochs": self.epochs,
+            "stopped_by": self.stopped_by,
+        }
+
+
+def split_indices(
+    labels: np.ndarray, seed: int, *, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split rows into train/validation/test, stratified by label, reproducibly from ``seed``.
+
+    Each class is shuffled and cut in the given proportions (rounded per class), so every part
+    keeps the class balance of the data set.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,), int
+    seed : int
+    val_fraction, test_fraction : float
+
+    Returns
+    -------
+    train_index, val_index, test_index : ndarray of int64, sorted
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 0])
+    parts: tuple[list[np.ndarray], ...] = ([], [], [])
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(val_fraction * len(rows)))
+        n_test = int(round(test_fraction * len(rows)))
+        cut = len(rows) - n_val - n_test
+        for part, chunk in zip(parts, (rows[:cut], rows[cut : cut + n_val], rows[cut + n_val :])):
+            part.append(chunk)
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+    return train, val, test
+
+
+def _unpack(theta: np.ndarray, d_in: int, n_hidden: int, n_classes: int):
+    """Views ``W (n_hidden, d_in), b (n_hidden,), A (n_classes, n_hidden), c (n_classes,)`` of
+    the flat parameter vector, in :meth:`MLP.flatten` order."""
+    i = n_hidden * d_in
+    j = i + n_hidden
+    k = j + n_classes * n_hidden
+    return (
+        theta[:i].reshape(n_hidden, d_in),
+        theta[i:j],
+        theta[j:k].reshape(n_classes, n_hidden),
+        theta[k:],
+    )
+
+
+def _cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy of logits ``z (n, n_classes)`` and its gradient in ``z``,
+    ``(softmax(z) - onehot(labels)) / n``."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(labels))
+    loss = float(np.mean(np.log(s[:, 0]) - z[rows, labels]))
+    dz = e / s
+    dz[rows, labels] -= 1.0
+    return loss, dz / len(labels)
+
+
+def _loss_grad(theta, shape, act: Activation, x, labels) -> tuple[float, np.ndarray]:
+    """Cross-entropy of the one-hidden-layer classifier and its exact gradient (backprop):
+    ``z = σ(x Wᵀ + b) Aᵀ + c``, ``∂A = dzᵀ h``, ``∂W = (dz A ⊙ σ'(x Wᵀ + b))ᵀ x``."""
+    W, b, A, c = _unpack(theta, *shape)
+    h, dh, _ = act.fused(x @ W.T + b)
+    loss, dz = _cross_entropy(h @ A.T + c, labels)
+    dpre = (dz @ A) * dh
+    grad = np.concatenate([(dpre.T @ x).ravel(), dpre.sum(axis=0), (dz.T @ h).ravel(), dz.sum(0)])
+    return loss, grad
+
+
+def _logits(theta, shape, act: Activation, x) -> np.ndarray:
+    W, b, A, c = _unpack(theta, *shape)
+    return act(x @ W.T + b) @ A.T + c
+
+
+def train_classifier(
+    dataset: str | datasets.Dataset,
+    hidden: int,
+    activation: str = "tanh",
+    seed: int = 0,
+    config: ClassifierConfig | None = None,
+) -> TrainedTeacher:
+    """Train a one-hidden-layer classifier on a data set: the teachers of Tables 1 and 2.
+
+    Minimises the mean softmax cross-entropy of ``z = σ(x Wᵀ + b) Aᵀ + c`` over the training
+    part with Adam on shuffled minibatches (exact gradient, float64), from the paper's
+    Glorot-normal initialisation (appendix A.6.1); after each epoch the validation loss is
+    measured and the parameters of the best epoch are kept. Everything (split, initialisation,
+    batch order) follows from ``seed``.
+
+    Parameters
+    ----------
+    dataset : str or ecflow.datasets.Dataset
+        A name of :data:`ecflow.datasets.NAMES` or a loaded data set.
+    hidden : int
+        Number of hidden neurons ``r``.
+    activation : str, default="tanh"
+        Hidden activation (any of :data:`ecflow.activations.ACTIVATIONS`).
+    seed : int, default=0
+    config : ClassifierConfig, optional
+
+    Returns
+    -------
+    TrainedTeacher
+
+    Raises
+    ------
+    InputError
+        Unknown data set or activation, ``hidden < 1``, negative seed, fashion not installed.
+    """
+    config = ClassifierConfig() if config is None else config
+    data = datasets.load(dataset) if isinstance(dataset, str) else dataset
+    hidden = check_int(hidden, "hidden")
+    seed = check_int(seed, "seed", minimum=0)
+    act = get_activation(activation)
+    started = time.perf_counter()
+
+    train, val, test = split_indices(
+        data.labels, seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+    )
+    x, labels = data.x, data.labels
+    shape = (data.d_in, hidden, data.n_classes)
+    init = glorot_normal(shape, (act, "identity"), np.random.default_rng([seed, 1]))
+    theta = init.flatten()
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    batch_rng = np.random.default_rng([seed, 2])
+    x_train, y_train = x[train], labels[train]
+    x_val, y_val = x[val], labels[val]
+
+    best_theta, best_loss, best_epoch = theta.copy(), np.inf, 0
+    step, epoch, stopped_by = 0, 0, "max_epochs"
+    while epoch < config.max_epochs:
+        epoch += 1
+        order = batch_rng.permutation(len(train))
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
+            _, grad = _loss_grad(theta, shape, act, x_train[rows], y_train[rows])
+            step += 1
+            m = _ADAM_BETA1 * m + (1.0 - _ADAM_BETA1) * grad
+            v = _ADAM_BETA2 * v + (1.0 - _ADAM_BETA2) * grad * grad
+            m_hat = m / (1.0 - _ADAM_BETA1**step)
+            v_hat = v / (1.0 - _ADAM_BETA2**step)
+            theta = theta - config.learning_rate * m_hat / (np.sqrt(v_hat) + _ADAM_EPS)
+        val_loss, _ = _cross_entropy(_logits(theta, shape, act, x_val), y_val)
+        if val_loss < best_loss * (1.0 - _MIN_RELATIVE_IMPROVEMENT):
+            best_theta, best_loss, best_epoch = theta.copy(), val_loss, epoch
+        elif epoch - best_epoch >= config.patience:
+            stopped_by = "patience"
+            break
+
+    def accuracy(rows: np.ndarray) -> float:
+        predicted = np.argmax(_logits(best_theta, shape, act, x[rows]), axis=1)
+        return float(np.mean(predicted == labels[rows]))
+
+    return TrainedTeacher(
+        network=init.unflatten(best_theta),
+        dataset=data.name,
+        seed=seed,
+        train_index=train,
+        val_index=val,
+        test_index=test,
+        x_train=np.array(x_train),
+        train_accuracy=accuracy(train),
+        val_accuracy=accuracy(val),
+        test_accuracy=accuracy(test),
+        val_loss=float(best_loss),
+        epochs=epoch,
+        best_epoch=best_epoch,
+        stopped_by=stopped_by,
+        seconds=time.perf_counter() - started,
+    )

@@ -135,3 +135,59 @@ def test_unwritable_output(tmp_path, teacher):
     finally:
         ro.chmod(0o700)
     assert_bad_input(run("query", "--teacher", teacher, "--n", 5, "--out", tmp_path), "directory")
+
+
+_BUG_SCRIPT = """
+import sys
+from ecflow import networks
+from ecflow.cli import main
+
+def describe_file(path):
+    raise {exc}("an internal bug, not the user's input")
+
+networks.describe_file = describe_file
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "TypeError", "RuntimeError", "OSError"])
+def test_bug_inside_a_command_exits_1_with_traceback(tmp_path, teacher, exc):
+    res = subprocess.run(
+        [sys.executable, "-c", _BUG_SCRIPT.format(exc=exc), "info", str(teacher)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" in res.stderr
+    assert f"{exc}: an internal bug" in res.stderr
+    assert "ecflow: error:" not in res.stderr
+
+
+def test_input_error_inside_a_command_exits_2_with_one_line(tmp_path, teacher):
+    script = _BUG_SCRIPT.replace("raise {exc}(", "from ecflow.errors import InputError; raise InputError(")
+    res = subprocess.run(
+        [sys.executable, "-c", script, "info", str(teacher)], capture_output=True, text=True
+    )
+    assert_bad_input(res, "an internal bug")
+
+
+def test_main_lets_a_bug_propagate_in_process(monkeypatch, teacher):
+    from ecflow import networks
+    from ecflow.cli import main
+
+    def broken(path):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(networks, "describe_file", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["info", str(teacher)])
+
+
+def test_main_turns_bad_input_into_exit_2_in_process(tmp_path, capsys):
+    from ecflow.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["info", str(tmp_path / "missing.h5")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ecflow: error:") and "not found" in err[0]

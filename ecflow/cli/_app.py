@@ -1,8 +1,10 @@
 """The typer application and the one place where library errors become exit code 2.
 
 Commands live in sibling modules (one per group) and only parse, call the library, write and
-print. Any ``ValueError``/``TypeError`` (bad input) or usage error is printed as one line on
-stderr, ``ecflow: error: <message>``, with exit code 2 and no traceback.
+print. An :class:`~ecflow.errors.InputError` (bad input, raised by the library's checks and at
+its file edges) or a usage error is printed as one line on stderr, ``ecflow: error: <message>``,
+with exit code 2 and no traceback. Any other exception is a bug: it propagates with its
+traceback and exit code 1, so that it never looks like a user mistake.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import sys
 
 import typer
+
+from ecflow.errors import InputError
 
 try:  # typer >= 0.20 vendors its own click; older typer uses the click package
     from typer._click import exceptions as _cx
@@ -42,7 +46,11 @@ def error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app, map bad input to one stderr line and exit 2."""
+    """Console entry point: run the app, map bad input to one stderr line and exit 2.
+
+    Exceptions other than :class:`~ecflow.errors.InputError` and click's usage errors are
+    not caught: Python prints their traceback and exits 1.
+    """
     try:
         rv = app(args=argv, prog_name="ecflow", standalone_mode=False)
     except _NoArgsIsHelp as exc:
@@ -59,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except _cx.ClickException as exc:
         error(exc.format_message())
         rv = EXIT_BAD_INPUT
-    except (ValueError, TypeError) as exc:
+    except InputError as exc:
         error(str(exc))
-        rv = EXIT_BAD_INPUT
-    except (OSError, MemoryError) as exc:
-        error(f"{type(exc).__name__}: {exc}")
         rv = EXIT_BAD_INPUT
     if rv is None:
         rv = 0

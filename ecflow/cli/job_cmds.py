@@ -16,6 +16,7 @@ from ecflow import networks, teachers
 from ecflow.cli._app import app
 from ecflow.engines import TrainConfig
 from ecflow.engines.jobs import run_job, write_job_file
+from ecflow.errors import InputError
 
 
 @app.command("make-job")
@@ -34,7 +35,7 @@ def make_job(
 ) -> None:
     """Write a training job: pairs, a Glorot-normal student and the settings, in one HDF5 file."""
     if seed < 0:
-        raise ValueError(f"--seed must be non-negative, got {seed}")
+        raise InputError(f"--seed must be non-negative, got {seed}")
     sizes = teachers.parse_hidden(hidden)
     config = TrainConfig(
         schedule=schedule,

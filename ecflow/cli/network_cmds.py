@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
+from ecflow.errors import InputError
 
 teacher_app = typer.Typer(help="Create teacher networks.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -39,10 +40,10 @@ def teacher_synthetic(
 ) -> None:
     """Draw a synthetic teacher of the paper (appendix A.4) and write it."""
     if (r is None) == (hidden is None):
-        raise ValueError("give exactly one of --r (one hidden layer) or --hidden (e.g. 8,4,2)")
+        raise InputError("give exactly one of --r (one hidden layer) or --hidden (e.g. 8,4,2)")
     sizes = (r,) if r is not None else teachers.parse_hidden(hidden)
     if r is not None and r < 1:
-        raise ValueError(f"--r must be positive, got {r}")
+        raise InputError(f"--r must be positive, got {r}")
     config = teachers.TeacherConfig(d_in=d_in, hidden=sizes, activation=activation, d_out=d_out)
     net = teachers.synthetic_teacher(config, seed)
     networks.write_network(
@@ -60,9 +61,9 @@ def query(
 ) -> None:
     """Query a network at N inputs uniform in [-√3, √3]^d_in and write the pairs."""
     if n < 1:
-        raise ValueError(f"--n must be positive, got {n}")
+        raise InputError(f"--n must be positive, got {n}")
     if seed < 0:
-        raise ValueError(f"--seed must be non-negative, got {seed}")
+        raise InputError(f"--seed must be non-negative, got {seed}")
     net = networks.read_network(teacher)
     x = teachers.sample_inputs(n, net.d_in, seed)
     y = teachers.query(net, x)

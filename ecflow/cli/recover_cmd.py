@@ -15,6 +15,7 @@ from ecflow import networks, teachers
 from ecflow.cli._app import app, error
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
+from ecflow.errors import InputError
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, recover
 
@@ -27,9 +28,9 @@ def _check_writable(path: Optional[Path], option: str) -> None:
         return
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise ValueError(f"{option} {path}: folder {folder} does not exist")
+        raise InputError(f"{option} {path}: folder {folder} does not exist")
     if path.is_dir():
-        raise ValueError(f"{option} {path}: is a directory")
+        raise InputError(f"{option} {path}: is a directory")
 
 
 def _read_query_inputs(path: Path):
@@ -39,7 +40,7 @@ def _read_query_inputs(path: Path):
         return networks.read_pairs(path).x
     nf = networks.read_network_file(path)
     if nf.x is None:
-        raise ValueError(f"{path}: has no /queries/x to use as query inputs")
+        raise InputError(f"{path}: has no /queries/x to use as query inputs")
     return nf.x
 
 
@@ -119,20 +120,20 @@ def recover_command(
 ) -> None:
     """Recover a network's weights from a teacher (black box) or from its input-output pairs."""
     if (teacher is None) == (data is None):
-        raise ValueError("give exactly one of --teacher or --data")
+        raise InputError("give exactly one of --teacher or --data")
     if data is not None and rho is not None:
-        raise ValueError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
+        raise InputError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
     if data is not None and queries is not None:
-        raise ValueError("--queries needs --teacher (with --data the pairs are the queries)")
+        raise InputError("--queries needs --teacher (with --data the pairs are the queries)")
     if rho is not None and hidden is not None:
-        raise ValueError("give --rho or --hidden, not both")
+        raise InputError("give --rho or --hidden, not both")
     if rho is None and hidden is None:
-        raise ValueError("give --rho (with --teacher) or --hidden (the student width)")
+        raise InputError("give --rho (with --teacher) or --hidden (the student width)")
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+        raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
     if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be positive, got {workers}")
+        raise InputError(f"--workers must be positive, got {workers}")
     width = teachers.parse_hidden(hidden) if hidden is not None else None
     train = TrainConfig() if max_seconds is None else TrainConfig(max_seconds=max_seconds)
     config = RecoverConfig(
@@ -143,7 +144,7 @@ def recover_command(
     for path, option in ((out, "--out"), (report, "--report")):
         _check_writable(path, option)
     if plots is not None and plots.exists() and not plots.is_dir():
-        raise ValueError(f"--plots {plots}: exists and is not a directory")
+        raise InputError(f"--plots {plots}: exists and is not a directory")
 
     if teacher is not None:
         net = networks.read_network(teacher)

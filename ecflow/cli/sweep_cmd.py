@@ -19,6 +19,7 @@ from rich.progress import (
 from ecflow import plots, sweep
 from ecflow.cli._app import app
 from ecflow.engines import get_engine
+from ecflow.errors import InputError
 from ecflow.teachers import parse_hidden
 
 
@@ -28,7 +29,7 @@ def _int_list(text: Optional[str], option: str) -> Optional[tuple[int, ...]]:
     try:
         return parse_hidden(text)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"{option} must be comma-separated positive integers, got {text!r}"
         ) from None
 

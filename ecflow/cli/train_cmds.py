@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ecflow import networks, teachers
 from ecflow.cli._app import app
 from ecflow.engines import TrainConfig, get_engine, jobs
+from ecflow.errors import InputError
 
 
 @app.command()
@@ -36,7 +37,7 @@ def train(
     status, stopped_by, steps, seconds, engine, seed and the loss history.
     """
     if seed < 0:
-        raise ValueError(f"--seed must be non-negative, got {seed}")
+        raise InputError(f"--seed must be non-negative, got {seed}")
     sizes = teachers.parse_hidden(hidden)
     config = TrainConfig(schedule=schedule, optimizer=optimizer, max_seconds=max_seconds)
     trainer = get_engine(engine)

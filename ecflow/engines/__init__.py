@@ -17,6 +17,7 @@ from ecflow.engines.base import (
     TrainResult,
     TrainStatus,
 )
+from ecflow.errors import InputError, InputTypeError
 
 __all__ = [
     "ENGINES",
@@ -48,9 +49,9 @@ def get_engine(name: str = "native") -> Engine:
         install them).
     """
     if isinstance(name, str) is False:
-        raise TypeError(f"engine must be a string, got {type(name).__name__}")
+        raise InputTypeError(f"engine must be a string, got {type(name).__name__}")
     try:
         module, cls = ENGINES[name]
     except KeyError:
-        raise ValueError(f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}") from None
+        raise InputError(f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}") from None
     return getattr(importlib.import_module(module), cls)()

@@ -26,6 +26,7 @@ import numpy as np
 from ecflow import networks
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP
 
 __all__ = [
@@ -66,7 +67,7 @@ def config_to_settings(config: TrainConfig) -> dict[str, Any]:
     dict of str to str, float or int
     """
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     settings: dict[str, Any] = {}
     for name in _CONFIG_FIELDS:
         value = getattr(config, name)
@@ -94,10 +95,10 @@ def settings_to_config(settings: Mapping[str, Any]) -> TrainConfig:
         the field).
     """
     if not isinstance(settings, Mapping):
-        raise TypeError(f"settings must be a mapping, got {type(settings).__name__}")
+        raise InputTypeError(f"settings must be a mapping, got {type(settings).__name__}")
     unknown = sorted(set(settings) - set(_CONFIG_FIELDS))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown training setting(s) {', '.join(map(repr, unknown))}; "
             f"expected some of: {', '.join(_CONFIG_FIELDS)}"
         )
@@ -109,7 +110,7 @@ def settings_to_config(settings: Mapping[str, Any]) -> TrainConfig:
     try:
         return TrainConfig(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"invalid training settings: {exc}") from None
+        raise InputError(f"invalid training settings: {exc}") from None
 
 
 # --- job files -----------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def settings_to_config(settings: Mapping[str, Any]) -> TrainConfig:
 
 def _check_engine_name(engine: str) -> str:
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+        raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     return engine
 
 
@@ -143,7 +144,7 @@ def write_job_file(
         Engine that ``ecflow train-job`` uses unless told otherwise.
     """
     if not isinstance(init, MLP):
-        raise TypeError(f"init must be an MLP, got {type(init).__name__}")
+        raise InputTypeError(f"init must be an MLP, got {type(init).__name__}")
     settings = config_to_settings(config)
     settings["engine"] = _check_engine_name(engine)
     return networks.write_job(path, x, y, init, settings)
@@ -170,7 +171,7 @@ def read_job_file(
         engine = _check_engine_name(engine)
         config = settings_to_config(settings)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
     return job.x, job.y, job.init, config, engine
 
 
@@ -194,9 +195,9 @@ def thin_history(history: np.ndarray, max_rows: int = HISTORY_MAX_ROWS) -> np.nd
     if h.size == 0:
         return np.zeros((0, 2))
     if h.ndim != 2 or h.shape[1] != 2:
-        raise ValueError(f"history must have shape (n_records, 2), got {h.shape}")
+        raise InputError(f"history must have shape (n_records, 2), got {h.shape}")
     if max_rows < 2:
-        raise ValueError(f"max_rows must be at least 2, got {max_rows}")
+        raise InputError(f"max_rows must be at least 2, got {max_rows}")
     if h.shape[0] <= max_rows:
         return h.copy()
     # evenly spaced in record index; rounding keeps 0 and n-1 and never repeats a row
@@ -207,9 +208,9 @@ def thin_history(history: np.ndarray, max_rows: int = HISTORY_MAX_ROWS) -> np.nd
 def result_attrs(result: TrainResult) -> dict[str, Any]:
     """The root attributes of a result file for ``result`` (see :func:`write_result_file`)."""
     if not isinstance(result, TrainResult):
-        raise TypeError(f"result must be a TrainResult, got {type(result).__name__}")
+        raise InputTypeError(f"result must be a TrainResult, got {type(result).__name__}")
     if not isinstance(result.status, TrainStatus):
-        raise TypeError(f"result.status must be a TrainStatus, got {result.status!r}")
+        raise InputTypeError(f"result.status must be a TrainStatus, got {result.status!r}")
     attrs: dict[str, Any] = {name: float(getattr(result, name)) for name in _RESULT_SCALARS}
     attrs.update(
         steps=np.int64(result.steps),
@@ -238,31 +239,31 @@ def write_result_file(
     fields = result_attrs(result)
     clash = sorted(set(attrs or {}) & (set(fields) | {"notes"}))
     if clash:
-        raise ValueError(f"extra attributes may not replace result fields: {', '.join(clash)}")
+        raise InputError(f"extra attributes may not replace result fields: {', '.join(clash)}")
     return networks.write_network(path, result.network, attrs={**fields, **(attrs or {})})
 
 
 def _number(attrs: Mapping[str, Any], key: str, p: Path, *, integer: bool = False) -> float | int:
     if key not in attrs:
-        raise ValueError(f"{p}: missing root attribute {key!r} (not a result file?)")
+        raise InputError(f"{p}: missing root attribute {key!r} (not a result file?)")
     value = attrs[key]
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{p}: attribute {key!r} must be a number, got {value!r}")
+        raise InputError(f"{p}: attribute {key!r} must be a number, got {value!r}")
     if integer:
         if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{p}: attribute {key!r} must be an integer, got {value!r}")
+            raise InputError(f"{p}: attribute {key!r} must be an integer, got {value!r}")
         return int(value)
     return float(value)
 
 
 def _text(attrs: Mapping[str, Any], key: str, p: Path) -> str:
     if key not in attrs:
-        raise ValueError(f"{p}: missing root attribute {key!r} (not a result file?)")
+        raise InputError(f"{p}: missing root attribute {key!r} (not a result file?)")
     value = attrs[key]
     if not isinstance(value, str):
-        raise ValueError(f"{p}: attribute {key!r} must be a string, got {value!r}")
+        raise InputError(f"{p}: attribute {key!r} must be a string, got {value!r}")
     return value
 
 
@@ -285,16 +286,16 @@ def read_result_file(path: str | os.PathLike) -> TrainResult:
         status = TrainStatus[status_name]
     except KeyError:
         known = ", ".join(s.name for s in TrainStatus)
-        raise ValueError(
+        raise InputError(
             f"{p}: unknown status {status_name!r}; expected one of: {known}"
         ) from None
     if "history" not in attrs:
-        raise ValueError(f"{p}: missing root attribute 'history' (not a result file?)")
+        raise InputError(f"{p}: missing root attribute 'history' (not a result file?)")
     history = np.asarray(attrs["history"])
     if history.size == 0:
         history = np.zeros((0, 2))
     if history.dtype.kind != "f" or history.ndim != 2 or history.shape[1] != 2:
-        raise ValueError(
+        raise InputError(
             f"{p}: attribute 'history' must be a float array of shape (n, 2), "
             f"got {history.dtype} {history.shape}"
         )
@@ -304,7 +305,7 @@ def read_result_file(path: str | os.PathLike) -> TrainResult:
     elif isinstance(notes, np.ndarray) and notes.size == 0:
         notes = ()
     if not all(isinstance(n, str) for n in notes):
-        raise ValueError(f"{p}: attribute 'notes' must be an array of strings, got {notes!r}")
+        raise InputError(f"{p}: attribute 'notes' must be an array of strings, got {notes!r}")
     return TrainResult(
         network=nf.network,
         loss=scalars["loss"],

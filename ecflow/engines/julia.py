@@ -33,6 +33,7 @@ import numpy as np
 
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.engines.jobs import read_result_file, write_job_file
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_xy
 
 __all__ = [
@@ -96,13 +97,13 @@ def check_julia() -> str:
     """
     exe = find_julia()
     if exe is None:
-        raise ValueError(JULIA_MISSING)
+        raise InputError(JULIA_MISSING)
     version = _julia_version(exe)
     if version is None or version[:2] < MIN_JULIA_VERSION:
         found = ".".join(map(str, version)) if version else "an unknown version"
-        raise ValueError(f"{JULIA_MISSING} (found {found} at {exe})")
+        raise InputError(f"{JULIA_MISSING} (found {found} at {exe})")
     if importlib.util.find_spec("juliacall") is None:
-        raise ValueError(f"{JULIA_MISSING} (juliacall is not installed)")
+        raise InputError(f"{JULIA_MISSING} (juliacall is not installed)")
     return exe
 
 
@@ -125,7 +126,7 @@ def julia_project_dir() -> Path:
     folder = Path(override) if override else Path(__file__).resolve().parents[2] / "julia"
     for name in ("Project.toml", "worker.jl"):
         if not (folder / name).is_file():
-            raise ValueError(
+            raise InputError(
                 f"the julia engine needs {folder / name}: run ecflow from its source tree, or "
                 "set ECFLOW_JULIA_PROJECT to a copy of its julia/ folder"
             )
@@ -157,7 +158,7 @@ def _load_worker(exe: str):
         jl.seval(f"Base.include(@__MODULE__, {_julia_string(project / 'worker.jl')})")
         _WORKER = jl.seval("ECFlowWorker")
     except Exception as exc:  # juliacall's own errors (configuration, JuliaError) have no common base
-        raise ValueError(
+        raise InputError(
             f"could not start the julia worker: {_first_line(exc)} (see docs/julia.md)"
         ) from None
     return _WORKER
@@ -207,11 +208,11 @@ class JuliaEngine:
         """
         x, y = check_xy(x, y)
         if not isinstance(init, MLP):
-            raise TypeError(f"init must be an MLP, got {type(init).__name__}")
+            raise InputTypeError(f"init must be an MLP, got {type(init).__name__}")
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
-            raise ValueError(
+            raise InputError(
                 f"pairs x {x.shape}, y {y.shape} do not match the network "
                 f"{init.d_in} -> {init.d_out}"
             )
@@ -231,7 +232,7 @@ class JuliaEngine:
         if result.network.sizes != init.sizes or [a.name for a in result.network.activations] != [
             a.name for a in init.activations
         ]:
-            raise ValueError(
+            raise InputError(
                 f"the julia worker returned a {result.network.describe()} network for a "
                 f"{init.describe()} job"
             )
