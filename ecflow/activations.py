@@ -19,6 +19,24 @@ class                         identity used by the recovery                  act
 
 The class of each activation is *derived* numerically by :func:`derive_symmetry` and the
 declared value is checked against it in the tests.
+
+**The compensation algebra.** The identities above are the one place where the package says
+what a flipped or rescaled neuron does to the rest of the network; clustering, reconstruction
+and the symmetry reduction all call them. A neuron ``v_i = s_i λ_i v`` (sign ``s_i``, positive
+scale ``λ_i``, ``z = v·[x, 1]``) with output weight ``a_i`` contributes
+
+============================  ===================================================================
+class                         ``a_i σ(s_i λ_i z)`` written on ``σ(z)``
+============================  ===================================================================
+``NONE``                      ``s_i = λ_i = 1``: ``a_i σ(z)``
+``ODD``                       ``s_i a_i σ(z)``
+``ODD_CONSTANT``              ``s_i a_i σ(z) + [s_i = -1] 2 c0 a_i`` (a constant for the next bias)
+``EVEN_LINEAR``               ``a_i σ(z) - [s_i = -1] 2 c1 a_i z`` (a linear remainder)
+``EVEN_LINEAR_SCALING``       as even+linear with ``a_i`` replaced by ``λ_i a_i``
+============================  ===================================================================
+
+:meth:`Activation.output_weight` gives the first part, :meth:`Activation.compensate` all three
+parts summed over the members of a group of duplicates.
 """
 
 from __future__ import annotations
@@ -30,8 +48,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from ecflow.errors import InputError, InputTypeError
+
 __all__ = [
     "Activation",
+    "Compensation",
     "Symmetry",
     "ACTIVATIONS",
     "get_activation",
@@ -57,6 +78,65 @@ class Symmetry(enum.Enum):
     def scale_invariant(self) -> bool:
         """Whether a positive factor moves freely between input and output weights."""
         return self is Symmetry.EVEN_LINEAR_SCALING
+
+    @property
+    def flip_negates_output(self) -> bool:
+        """Whether a flipped neuron keeps its function with a negated output weight (odd)."""
+        return self in (Symmetry.ODD, Symmetry.ODD_CONSTANT)
+
+    @property
+    def flip_leaves_constant(self) -> bool:
+        """Whether a flip leaves the constant ``2 c0 a`` for the next bias (odd+constant)."""
+        return self is Symmetry.ODD_CONSTANT
+
+    @property
+    def flip_leaves_linear(self) -> bool:
+        """Whether a flip leaves the linear term ``-2 c1 a z`` (the even+linear classes)."""
+        return self in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING)
+
+    @property
+    def max_cosine_distance(self) -> float:
+        """Largest cosine distance between two neurons: 2 (opposite vectors) without sign
+        symmetry, else 1 (a neuron and its flip are one)."""
+        return 1.0 if self.sign_invariant else 2.0
+
+    def signs(self, vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Sign ``s_i`` that brings each neuron to the orientation of ``reference``.
+
+        Parameters
+        ----------
+        vectors : ndarray of shape (k, p), float64
+            Neurons ``v_i = [w_i, b_i]``.
+        reference : ndarray of shape (p,), float64
+
+        Returns
+        -------
+        ndarray of shape (k,), int
+            ``-1`` where ``v_i · reference < 0`` and the class is sign-invariant, else ``+1``.
+        """
+        if not self.sign_invariant:
+            return np.ones(vectors.shape[0], dtype=int)
+        return np.where(vectors @ reference < 0.0, -1, 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Compensation:
+    """What a group of neurons ``v_i = s_i λ_i v`` contributes once merged into ``σ(v·[x, 1])``.
+
+    Attributes
+    ----------
+    output_weight : ndarray of shape (n_next,), float64
+        Output weight of the merged neuron.
+    bias : ndarray of shape (n_next,), float64
+        Constant left by flipped members (odd+constant), for the next layer's bias.
+    linear : ndarray of shape (n_next, p), float64
+        Linear term ``Θ̃`` on ``[x, 1]`` left by flipped members (even+linear): the group
+        computes ``output_weight σ(z) + bias + Θ̃ [x, 1]``.
+    """
+
+    output_weight: np.ndarray
+    bias: np.ndarray
+    linear: np.ndarray
 
 
 Fused = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -101,6 +181,59 @@ class Activation:
     def d2f(self, z: np.ndarray) -> np.ndarray:
         """Second derivative ``σ''(z)``, same shape as ``z``, float64."""
         return self.fused(np.asarray(z, dtype=np.float64))[2]
+
+    def output_weight(self, a: np.ndarray, sign, scale) -> np.ndarray:
+        """Output weight on ``σ(z)`` of the term ``a σ(sign · scale · z)`` (module docstring).
+
+        Parameters
+        ----------
+        a : ndarray of shape (n_next,) or (n_next, k), float64
+            Output weights, one column per neuron.
+        sign : int or ndarray of shape (k,)
+            ``±1`` for each neuron.
+        scale : float or ndarray of shape (k,)
+            Positive factor for each neuron (used only by the scale-invariant class).
+
+        Returns
+        -------
+        ndarray of the shape of ``a``, float64
+        """
+        sym = self.symmetry
+        a = a * scale if sym.scale_invariant else a
+        return a * sign if sym.flip_negates_output else a
+
+    def compensate(
+        self, a: np.ndarray, signs: np.ndarray, scales: np.ndarray, v: np.ndarray
+    ) -> Compensation:
+        """Merge neurons ``v_i = s_i λ_i v`` into one neuron ``v`` (module docstring table).
+
+        Parameters
+        ----------
+        a : ndarray of shape (n_next, k), float64
+            Output weights of the members.
+        signs : ndarray of shape (k,), int
+            ``s_i`` relative to ``v``.
+        scales : ndarray of shape (k,), float64
+            ``λ_i > 0`` (1 unless the class is scale-invariant).
+        v : ndarray of shape (p,), float64
+            The kept neuron ``[w, b]``.
+
+        Returns
+        -------
+        Compensation
+        """
+        signs = np.asarray(signs)
+        out_w = self.output_weight(a, signs, scales).sum(axis=1)
+        bias = np.zeros(a.shape[0])
+        linear = np.zeros((a.shape[0], v.shape[0]))
+        flipped = signs < 0
+        if flipped.any():
+            a_flip = self.output_weight(a[:, flipped], 1, scales[flipped]).sum(axis=1)
+            if self.symmetry.flip_leaves_constant:
+                bias = 2.0 * self.c0 * a_flip
+            elif self.symmetry.flip_leaves_linear:
+                linear = -2.0 * self.c1 * np.outer(a_flip, v)
+        return Compensation(out_w, bias, linear)
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r}, {self.symmetry.value})"
@@ -235,12 +368,12 @@ def get_activation(name: str | Activation) -> Activation:
     if isinstance(name, Activation):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"activation must be a string, got {type(name).__name__}")
+        raise InputTypeError(f"activation must be a string, got {type(name).__name__}")
     try:
         return ACTIVATIONS[name]
     except KeyError:
         known = ", ".join(ACTIVATIONS)
-        raise ValueError(f"unknown activation {name!r}; expected one of: {known}") from None
+        raise InputError(f"unknown activation {name!r}; expected one of: {known}") from None
 
 
 def derive_symmetry(f: Callable[[np.ndarray], np.ndarray], *, rtol: float = 1e-10) -> Symmetry:

@@ -1,13 +1,18 @@
 """How well a recovered network matches its data and its teacher.
 
-* :func:`rmse` — root mean squared error of a network on pairs ``(x, y)``.
+* :func:`rms` and :func:`rmse` — the root mean square of an array, and the root mean squared
+  error of a network on pairs ``(x, y)``; every RMSE of the package is one of these two.
 * :func:`cosine_distances` — between neurons ``v = [w, b]`` of two hidden layers,
   ``1 - cos(u, v)`` for an activation without symmetry and ``1 - |cos(u, v)|`` for the classes
   where a neuron and its sign flip are equivalent (paper section 4). Computed as
   ``‖û ∓ v̂‖² / 2``, which keeps full relative precision near 0 (``1 - cos`` in floating point
   cannot go below about 1e-16 and is off by that much, which matters against a 1e-8 target).
-* :func:`match_neurons` — a one-to-one matching of teacher to recovered neurons minimising the
-  total cosine distance (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+* :func:`match_vectors` and :func:`match_neurons` — a one-to-one matching of teacher to
+  recovered neurons minimising the total cosine distance (Hungarian algorithm,
+  ``scipy.optimize.linear_sum_assignment``), on neuron vectors or on networks.
+
+This module depends only on ``activations`` and ``networks``, so every later stage (clustering,
+reconstruction, symmetry, recovery) measures with the same functions.
 """
 
 from __future__ import annotations
@@ -18,9 +23,29 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ecflow.activations import Symmetry
+from ecflow.errors import InputError
 from ecflow.networks import MLP, check_array, check_xy
 
-__all__ = ["rmse", "cosine_distances", "NeuronMatch", "match_neurons", "max_distance_of"]
+__all__ = [
+    "rms",
+    "rmse",
+    "cosine_distances",
+    "NeuronMatch",
+    "match_vectors",
+    "match_neurons",
+    "max_distance_of",
+]
+
+
+def rms(values: np.ndarray) -> float:
+    """Root mean square ``sqrt(mean(values²))`` over all entries (trusts its input).
+
+    Parameters
+    ----------
+    values : ndarray of any shape, float64
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.sqrt(np.mean(values * values)))
 
 
 def rmse(network: MLP, x: np.ndarray, y: np.ndarray) -> float:
@@ -34,13 +59,13 @@ def rmse(network: MLP, x: np.ndarray, y: np.ndarray) -> float:
     """
     x, y = check_xy(x, y)
     if y.shape[1] != network.d_out:
-        raise ValueError(f"y must have d_out = {network.d_out} columns, got shape {y.shape}")
-    return float(np.sqrt(np.mean((network.forward(x) - y) ** 2)))
+        raise InputError(f"y must have d_out = {network.d_out} columns, got shape {y.shape}")
+    return rms(network.forward(x) - y)
 
 
 def max_distance_of(symmetry: Symmetry) -> float:
     """Largest possible cosine distance: 2 (opposite vectors) without symmetry, else 1."""
-    return 1.0 if Symmetry(symmetry).sign_invariant else 2.0
+    return Symmetry(symmetry).max_cosine_distance
 
 
 def cosine_distances(a: np.ndarray, b: np.ndarray, symmetry: Symmetry) -> np.ndarray:
@@ -62,7 +87,7 @@ def cosine_distances(a: np.ndarray, b: np.ndarray, symmetry: Symmetry) -> np.nda
     a = check_array(a, "a", ndim=2)
     b = check_array(b, "b", ndim=2)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have the same width, got {a.shape} and {b.shape}")
+        raise InputError(f"a and b must have the same width, got {a.shape} and {b.shape}")
     symmetry = Symmetry(symmetry)
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
@@ -118,26 +143,27 @@ def _neurons(net: MLP) -> np.ndarray:
     return np.hstack([layer.weight, layer.bias[:, None]])
 
 
-def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
-    """Match the first hidden layer of ``recovered`` to that of ``teacher``.
+def match_vectors(teacher: np.ndarray, recovered: np.ndarray, symmetry: Symmetry) -> NeuronMatch:
+    """Match rows of ``teacher`` to rows of ``recovered`` one-to-one by cosine distance.
 
-    Minimises the summed :func:`cosine_distances` of ``[w, b]`` over one-to-one assignments
-    (the symmetry class is the teacher's hidden activation's).
+    Minimises the summed :func:`cosine_distances` over one-to-one assignments (Hungarian
+    algorithm).
 
-    Raises
-    ------
-    ValueError
-        Networks without a hidden layer, or of different input dimension.
+    Parameters
+    ----------
+    teacher : ndarray of shape (n_teacher, p), float64
+        Teacher neurons ``[w, b]``.
+    recovered : ndarray of shape (n_recovered, p), float64
+        Recovered neurons ``[w, b]``.
+    symmetry : Symmetry
+        The class of the hidden activation (sign-invariant distance unless ``NONE``).
+
+    Returns
+    -------
+    NeuronMatch
     """
-    for name, net in (("recovered", recovered), ("teacher", teacher)):
-        if len(net.layers) < 2:
-            raise ValueError(f"{name} network has no hidden layer")
-    if recovered.d_in != teacher.d_in:
-        raise ValueError(
-            f"recovered has d_in = {recovered.d_in}, teacher has d_in = {teacher.d_in}"
-        )
-    sym = teacher.layers[0].activation.symmetry
-    d = cosine_distances(_neurons(teacher), _neurons(recovered), sym)
+    sym = Symmetry(symmetry)
+    d = cosine_distances(teacher, recovered, sym)
     rows, cols = linear_sum_assignment(d)
     dist = d[rows, cols]
     n_t, n_r = d.shape
@@ -154,3 +180,25 @@ def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
         unmatched_recovered=un_r,
         max_distance=worst,
     )
+
+
+def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
+    """Match the first hidden layer of ``recovered`` to that of ``teacher``.
+
+    :func:`match_vectors` on the ``[w, b]`` rows, with the symmetry class of the teacher's
+    hidden activation.
+
+    Raises
+    ------
+    InputError
+        Networks without a hidden layer, or of different input dimension.
+    """
+    for name, net in (("recovered", recovered), ("teacher", teacher)):
+        if len(net.layers) < 2:
+            raise InputError(f"{name} network has no hidden layer")
+    if recovered.d_in != teacher.d_in:
+        raise InputError(
+            f"recovered has d_in = {recovered.d_in}, teacher has d_in = {teacher.d_in}"
+        )
+    sym = teacher.layers[0].activation.symmetry
+    return match_vectors(_neurons(teacher), _neurons(recovered), sym)

@@ -52,9 +52,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecflow.activations import Activation, Symmetry
+from ecflow.activations import Activation
 from ecflow.clustering import ClusterResult, neuron_angles_deg
 from ecflow.engines.base import Engine, TrainConfig, TrainResult
+from ecflow.errors import InputError
 from ecflow.networks import MLP, Layer, check_xy
 
 __all__ = [
@@ -99,7 +100,7 @@ class Collapsed:
 
 def _check_one_hidden(net: MLP, name: str) -> None:
     if len(net.layers) != 2:
-        raise ValueError(
+        raise InputError(
             f"{name} must have exactly one hidden layer (issue 5), got sizes {net.sizes}"
         )
 
@@ -137,22 +138,22 @@ def collapse_clusters(
         No kept cluster, or inconsistent inputs.
     """
     if len(students) != len(losses):
-        raise ValueError(f"need one loss per student, got {len(losses)} for {len(students)}")
+        raise InputError(f"need one loss per student, got {len(losses)} for {len(students)}")
     for s, net in enumerate(students):
         _check_one_hidden(net, f"student {s}")
     act: Activation = students[0].layers[0].activation
     # Compared by name: students trained in worker processes hold unpickled copies.
     if any(net.layers[0].activation.name != act.name for net in students):
-        raise ValueError("all students must share one hidden activation")
+        raise InputError("all students must share one hidden activation")
     sym = act.symmetry
     if sym is not clustering.symmetry:
-        raise ValueError(
+        raise InputError(
             f"clustering used symmetry {clustering.symmetry.value}, the students' activation "
             f"{act.name} has {sym.value}"
         )
     kept = clustering.kept
     if not kept:
-        raise ValueError(
+        raise InputError(
             "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
             "students longer or wider"
         )
@@ -180,33 +181,26 @@ def collapse_clusters(
         copies = neuron_angles_deg(np.vstack([ref, v]), sym)[0, 1:] <= _COPY_DEG
         idx, v = idx[copies], v[copies]
         a = out.weight[:, idx]  # (d_out, n_members)
-        signs = np.ones(len(idx))
-        if sym.sign_invariant:
-            signs = np.where(v @ ref >= 0.0, 1.0, -1.0)
-        oriented = v * signs[:, None]
-        if sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
+        signs = sym.signs(v, ref)
+        if sym.flip_leaves_linear:
             # Members flipped against the orientation leave a linear term proportional to
             # their summed output weights; orient the neuron the way that leaves the smaller
             # one (none at all when a linear-type pair sits in the cluster with a duplicate).
-            gain = a * np.linalg.norm(v, axis=1)[None, :] if sym.scale_invariant else a
+            gain = act.output_weight(a, 1, np.linalg.norm(v, axis=1))
             against = gain[:, signs < 0].sum(axis=1)
             if np.linalg.norm(gain.sum(axis=1) - against) < np.linalg.norm(against):
-                signs, oriented = -signs, -oriented
-        if sym is Symmetry.EVEN_LINEAR_SCALING:
-            norms = np.linalg.norm(oriented, axis=1)
+                signs = -signs
+        oriented = v * signs[:, None]
+        norms = np.linalg.norm(oriented, axis=1)
+        if sym.scale_invariant:
             unit = oriented / np.where(norms > 0, norms, 1.0)[:, None]
             mean = unit.mean(axis=0)
             new_v = mean / max(np.linalg.norm(mean), np.finfo(np.float64).tiny)
-            new_a = (a * norms[None, :]).sum(axis=1)
         else:
             new_v = oriented.mean(axis=0)
-            if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT):
-                new_a = (a * signs[None, :]).sum(axis=1)
-            else:
-                new_a = a.sum(axis=1)
-        if sym is Symmetry.ODD_CONSTANT:
-            flipped = signs < 0
-            bias = bias + 2.0 * act.c0 * a[:, flipped].sum(axis=1)
+        comp = act.compensate(a, signs, norms, new_v)
+        new_a = comp.output_weight
+        bias = bias + comp.bias
         rows.append(new_v)
         out_cols.append(new_a.reshape(d_out))
         sources.append(s_best)
@@ -247,7 +241,7 @@ def refit_output(network: MLP, x: np.ndarray, y: np.ndarray) -> MLP:
     _check_one_hidden(network, "network")
     x, y = check_xy(x, y)
     if network.layers[1].activation.name != "identity":
-        raise ValueError("refit_output needs an identity output layer")
+        raise InputError("refit_output needs an identity output layer")
     design = _design(network, x)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     out = Layer(coef[:-1].T.copy(), coef[-1].copy(), network.layers[1].activation)
@@ -299,7 +293,7 @@ def choose_orientations(
     _check_one_hidden(network, "network")
     x, y = check_xy(x, y)
     sym = network.layers[0].activation.symmetry
-    if sym not in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
+    if not sym.flip_leaves_linear:
         return refit_output(network, x, y)
     if x.shape[0] > max_samples:
         pick = np.linspace(0, x.shape[0] - 1, max_samples).astype(int)
@@ -339,7 +333,7 @@ def remove_neurons(network: MLP, drop: Sequence[int]) -> MLP:
     hid, out = network.layers
     keep = np.setdiff1d(np.arange(hid.n_out), np.asarray(list(drop), dtype=int))
     if keep.size == 0:
-        raise ValueError("cannot remove every hidden neuron")
+        raise InputError("cannot remove every hidden neuron")
     return MLP(
         (
             Layer(hid.weight[keep], hid.bias[keep], hid.activation),
@@ -375,9 +369,9 @@ class PruneConfig:
         for name in ("rel_factor", "abs_rmse", "skip_rmse"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+                raise InputError(f"{name} must be a positive number, got {v!r}")
         if self.rel_factor < 1:
-            raise ValueError(f"rel_factor must be at least 1, got {self.rel_factor!r}")
+            raise InputError(f"rel_factor must be at least 1, got {self.rel_factor!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -448,7 +442,7 @@ def prune_network(
     m = network.layers[0].n_out
     order = list(range(m - 1, -1, -1)) if order is None else [int(k) for k in order]
     if sorted(order) != sorted(set(order)) or any(not 0 <= k < m for k in order):
-        raise ValueError(f"order must list distinct neuron indices in [0, {m}), got {order}")
+        raise InputError(f"order must list distinct neuron indices in [0, {m}), got {order}")
     scale = float(np.std(y)) or 1.0
     current = network
     current_rmse = network_rmse(network, x, y)

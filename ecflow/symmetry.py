@@ -67,6 +67,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ecflow._checks import check_int, check_number
 from ecflow.activations import Activation, Symmetry
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, Layer, check_array
 from ecflow.teachers import INPUT_HALF_WIDTH, sample_inputs
 
@@ -483,7 +484,7 @@ def _linear_fit(
     Positively homogeneous activations are exactly linear with slope 1 (z ≥ 0) or α (z ≤ 0),
     so those slopes are used as such for an exact fold; otherwise least squares.
     """
-    if act.symmetry is Symmetry.EVEN_LINEAR_SCALING:
+    if act.symmetry.scale_invariant:
         p = 1.0 if z.mean() >= 0.0 else _leaky_slope(act)
         q = 0.0
     elif np.ptp(z) > 0.0:
@@ -550,37 +551,19 @@ def _reduce_layer(
             idx = [indices[k] for k in g]
             weight = anorm[idx] * vnorm[idx]  # contribution size, invariant to the scale symmetry
             rep = idx[int(np.argmax(weight))]
-            if sym.sign_invariant:
-                signs = np.where(V[idx] @ V[rep] < 0.0, -1, 1)
-                # Keep the orientation that carries most of the group's output (fewest flipped).
-                if weight[signs < 0].sum() > weight[signs > 0].sum():
-                    rep = idx[int(np.argmax(np.where(signs < 0, weight, -1.0)))]
-                    signs = -signs
-            else:
-                signs = np.ones(len(idx), dtype=int)
+            signs = sym.signs(V[idx], V[rep])
+            # Keep the orientation that carries most of the group's output (fewest flipped).
+            if weight[signs < 0].sum() > weight[signs > 0].sum():
+                rep = idx[int(np.argmax(np.where(signs < 0, weight, -1.0)))]
+                signs = -signs
             scales = vnorm[idx] / vnorm[rep] if scaled else np.ones(len(idx))
             out.append(_Group(idx, rep, signs, scales))
         return out
 
     def terms(g: _Group, orient: int):
         """Output weight, constant and linear term ``(Θ | β)`` of group g kept as orient·v_rep."""
-        v = orient * V[g.rep]
-        s = g.signs * orient
-        a_eff = A[:, g.members] * g.scales  # (n_next, k)
-        flipped = s < 0
-        if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT):
-            out_w = a_eff @ s
-        else:
-            out_w = a_eff.sum(axis=1)
-        const = np.zeros_like(bias)
-        lin = np.zeros((A.shape[0], d + 1))
-        if flipped.any():
-            a_flip = a_eff[:, flipped].sum(axis=1)
-            if sym is Symmetry.ODD_CONSTANT:
-                const = 2.0 * act.c0 * a_flip
-            elif sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING):
-                lin = -2.0 * act.c1 * np.outer(a_flip, v)
-        return out_w, const, lin
+        comp = act.compensate(A[:, g.members], g.signs * orient, g.scales, orient * V[g.rep])
+        return comp.output_weight, comp.bias, comp.linear
 
     cluster_id = 0
 
@@ -636,7 +619,7 @@ def _reduce_layer(
         active.append(i)
 
     # 3. duplicate groups among the remaining neurons.
-    even = sym in (Symmetry.EVEN_LINEAR, Symmetry.EVEN_LINEAR_SCALING)
+    even = sym.flip_leaves_linear
     kept: list[_Group] = []
     cids: list[int | None] = []
     for g in make_groups(active):
@@ -873,14 +856,14 @@ def reduce_network(
         On a non-MLP student, a student without hidden layer, or inputs of the wrong shape.
     """
     if not isinstance(student, MLP):
-        raise TypeError(f"student must be an MLP, got {type(student).__name__}")
+        raise InputTypeError(f"student must be an MLP, got {type(student).__name__}")
     if len(student.layers) < 2:
-        raise ValueError(
+        raise InputError(
             f"student must have at least one hidden layer, got sizes {student.sizes}"
         )
     config = SymmetryConfig() if config is None else config
     if not isinstance(config, SymmetryConfig):
-        raise TypeError(f"config must be a SymmetryConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a SymmetryConfig, got {type(config).__name__}")
     if x is None:
         x_check = sample_inputs(config.n_verify, student.d_in, config.seed)
         x_check = x_check * (config.half_width / INPUT_HALF_WIDTH)
@@ -888,7 +871,7 @@ def reduce_network(
     else:
         x_check = check_array(x, "x", ndim=2)
         if x_check.shape[1] != student.d_in or x_check.shape[0] < 2:
-            raise ValueError(
+            raise InputError(
                 f"x must have shape (n_samples >= 2, d_in = {student.d_in}), got {x_check.shape}"
             )
         box = None
@@ -945,19 +928,19 @@ def reduce_network(
 
 def _check_teacher(student: MLP, teacher: MLP) -> None:
     if not isinstance(teacher, MLP):
-        raise TypeError(f"teacher must be an MLP, got {type(teacher).__name__}")
+        raise InputTypeError(f"teacher must be an MLP, got {type(teacher).__name__}")
     if len(teacher.layers) != 2 or len(student.layers) != 2:
-        raise ValueError(
+        raise InputError(
             "the teacher mapping needs one-hidden-layer networks, got student sizes "
             f"{student.sizes} and teacher sizes {teacher.sizes}"
         )
     if teacher.d_in != student.d_in or teacher.d_out != student.d_out:
-        raise ValueError(
+        raise InputError(
             f"teacher {teacher.d_in} -> {teacher.d_out} does not match student "
             f"{student.d_in} -> {student.d_out}"
         )
     if teacher.layers[0].activation.name != student.layers[0].activation.name:
-        raise ValueError(
+        raise InputError(
             f"teacher activation {teacher.layers[0].activation.name!r} differs from the "
             f"student's {student.layers[0].activation.name!r}"
         )
@@ -1000,9 +983,9 @@ def map_to_teacher(result: ReductionResult, teacher: MLP) -> TeacherMapping:
         One-hidden-layer teacher of the same input/output sizes and activation.
     """
     if len(result.network.layers) != 2:
-        raise ValueError("the teacher mapping needs a one-hidden-layer student")
+        raise InputError("the teacher mapping needs a one-hidden-layer student")
     if not isinstance(teacher, MLP) or len(teacher.layers) != 2:
-        raise ValueError("the teacher mapping needs a one-hidden-layer teacher MLP")
+        raise InputError("the teacher mapping needs a one-hidden-layer teacher MLP")
     act = result.network.layers[0].activation
     sym = act.symmetry
     R = np.hstack([result.network.layers[0].weight, result.network.layers[0].bias[:, None]])
@@ -1016,13 +999,12 @@ def map_to_teacher(result: ReductionResult, teacher: MLP) -> TeacherMapping:
     sign_g = np.ones(n_red, dtype=int)
     scale_g = np.ones(n_red)
     dist, out_err = [], []
-    odd = sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT)
     for g, k in zip(rows, cols):
         teacher_of[g] = int(k)
         sign_g[g] = 1 if float(R[g] @ T[k]) >= 0.0 else -1
         scale_g[g] = float(np.linalg.norm(R[g]) / np.linalg.norm(T[k]))
         dist.append(float(cost[g, k]))
-        a_t = _to_teacher_frame(AR[:, g], sign_g[g], scale_g[g], sym)
+        a_t = act.output_weight(AR[:, g], sign_g[g], scale_g[g])
         out_err.append(float(np.linalg.norm(a_t - AT[:, k]) / max(np.linalg.norm(AT[:, k]), 1e-300)))
     matches = []
     for n in result.neurons:
@@ -1035,20 +1017,13 @@ def map_to_teacher(result: ReductionResult, teacher: MLP) -> TeacherMapping:
         sign = n.sign * int(sign_g[g])
         scale = n.scale * float(scale_g[g])
         a_i = result.student.layers[1].weight[:, n.index]
-        a_t = _to_teacher_frame(a_i, sign if odd else 1, scale, sym)
+        a_t = act.output_weight(a_i, sign, scale)
         share = float(a_t @ AT[:, k] / max(float(AT[:, k] @ AT[:, k]), 1e-300))
         matches.append(NeuronMatch(n.index, n.type, k, sign, scale, share, float(cost[g, k])))
     unmatched = tuple(sorted(set(range(T.shape[0])) - {int(k) for k in cols}))
     return TeacherMapping(
         tuple(matches), tuple(teacher_of), np.array(dist), np.array(out_err), unmatched
     )
-
-
-def _to_teacher_frame(a: np.ndarray, sign: int, scale: float, sym: Symmetry) -> np.ndarray:
-    """Output weight of ``a σ(sign · scale · z*)`` expressed on ``σ(z*)``."""
-    a = a * scale if sym.scale_invariant else a
-    return a * sign if sym in (Symmetry.ODD, Symmetry.ODD_CONSTANT) else a
-
 
 
 # --- the mapping step by step (Fig. A.6) -----------------------------------------------------
@@ -1116,13 +1091,12 @@ def reduction_steps(
     """
     student = result.student
     if len(student.layers) != 2:
-        raise ValueError(f"reduction_steps needs a one-hidden-layer student, got {student.sizes}")
+        raise InputError(f"reduction_steps needs a one-hidden-layer student, got {student.sizes}")
     act = student.layers[0].activation
-    odd = act.symmetry in (Symmetry.ODD, Symmetry.ODD_CONSTANT)
     d = student.d_in
     X = sample_inputs(4096, d, 0) if x is None else check_array(x, "x", ndim=2)
     if X.shape[1] != d:
-        raise ValueError(f"x must have d_in = {d} columns, got shape {X.shape}")
+        raise InputError(f"x must have d_in = {d} columns, got shape {X.shape}")
     X1 = np.hstack([X, np.ones((X.shape[0], 1))])
     Ws, bs = student.layers[0].weight, student.layers[0].bias
     As = student.layers[1].weight
@@ -1210,7 +1184,8 @@ def reduction_steps(
         o = -1 if g in flipped else 1
         members = [i for u in old for i in u.sources]
         s_pre = [types[i].sign * o for i in members]
-        a = sum(As[:, i] * types[i].scale * (s if odd else 1) for i, s in zip(members, s_pre))
+        scales = np.array([types[i].scale for i in members])
+        a = act.output_weight(As[:, members], np.array(s_pre), scales).sum(axis=1)
         new = _Unit(o * kept_rows[g], a, tuple(sorted(members)))
         if len(old) > 1:
             replace(old, [new])
