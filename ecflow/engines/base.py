@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ecflow.errors import InputError
 from ecflow.networks import MLP
 
 __all__ = [
@@ -63,13 +64,17 @@ class TrainStatus(enum.Enum):
 
     CONVERGED_LOSS = "converged: loss below loss_tol"
     CONVERGED_GRAD = "converged: gradient norm below grad_tol"
+    REACHED_TARGET = "good enough: loss below target_loss (a recovery-grade student)"
     STALLED = "stalled at a non-zero loss (likely a local minimum): try another seed or a wider student"
+    STOPPED = "stopped by the caller: more students could not change the recovery's outcome"
     MAX_TIME = "time budget reached: increase max_seconds (or flow_seconds/polish_seconds)"
     MAX_STEPS = "step budget reached: increase max_steps"
 
     @property
     def converged(self) -> bool:
-        return self in (TrainStatus.CONVERGED_LOSS, TrainStatus.CONVERGED_GRAD)
+        return self in (
+            TrainStatus.CONVERGED_LOSS, TrainStatus.CONVERGED_GRAD, TrainStatus.REACHED_TARGET
+        )
 
     @property
     def message(self) -> str:
@@ -83,7 +88,7 @@ def _enum(cls, value, name):
         return cls(value)
     except ValueError:
         known = ", ".join(m.value for m in cls)
-        raise ValueError(f"{name} must be one of: {known}; got {value!r}") from None
+        raise InputError(f"{name} must be one of: {known}; got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ class TrainConfig:
     flow_seconds : float, default=180.0
         Time budget of the gradient-flow phase.
     polish_seconds : float, default=120.0
-        Time budget of the second (and first LM) phase.
+        Time budget of each second-phase run after a flow (``lm-first``: the first LM phase
+        has the whole budget; ``flow-first``: the polish has what the flow left).
     max_seconds : float or None, default=None
         Overall wall-clock budget; None means ``flow_seconds + polish_seconds``.
     max_steps : int, default=100_000
@@ -113,6 +119,18 @@ class TrainConfig:
     memory_budget_mb : float, default=2048.0
         Above this estimated size of the dense Jacobian QR/Hessian the engine uses L-BFGS on the
         exact gradient and says so in ``TrainResult.notes``.
+    target_loss : float or None, default=None
+        MSE at which a student is good enough for its purpose and stops with
+        ``REACHED_TARGET`` (recoveries cluster students that are far from zero loss: teacher
+        neurons are aligned long before the loss reaches ``loss_tol``). None: only ``loss_tol``.
+    stall_factor : float, default=3.0
+        Give up (``STALLED``) when, at the rate of the recent log-loss decrease, reaching the
+        goal (``target_loss``, or near-zero loss 1e-14 when it is None) would take more than
+        ``stall_factor`` times the time left. 0 disables the rule.
+    normal_above : float, default=1e-10
+        While the MSE is above this, LM steps come from the normal equations ``JᵀJ`` (one
+        GEMM per step, ~4x cheaper than the QR at 500+ parameters, precise to RMSE ~1e-9);
+        below it from the QR. 0: always the QR.
     """
 
     schedule: Schedule | str = Schedule.LM_FIRST
@@ -126,6 +144,9 @@ class TrainConfig:
     max_steps: int = 100_000
     patience: int = 50
     memory_budget_mb: float = 2048.0
+    target_loss: float | None = None
+    stall_factor: float = 3.0
+    normal_above: float = 1e-10
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
@@ -134,19 +155,34 @@ class TrainConfig:
         for name in ("loss_tol", "grad_tol"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
         for name in ("flow_seconds", "polish_seconds", "memory_budget_mb"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("stall_factor", "normal_above"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.target_loss is not None and (
+            isinstance(self.target_loss, bool)
+            or not isinstance(self.target_loss, (int, float))
+            or not (0 < self.target_loss < np.inf)
+        ):
+            raise InputError(f"target_loss must be a positive finite number, got {self.target_loss!r}")
         if self.max_seconds is not None and not (
             isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0
         ):
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds!r}")
+            raise InputError(f"max_seconds must be positive, got {self.max_seconds!r}")
         for name in ("max_steps", "patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+
+    @property
+    def goal(self) -> float:
+        """The MSE a training aims for: ``target_loss``, else ``loss_tol``."""
+        return float(self.target_loss) if self.target_loss is not None else float(self.loss_tol)
 
     @property
     def total_seconds(self) -> float:
@@ -231,9 +267,12 @@ class Engine(Protocol):
         config: TrainConfig,
         *,
         progress=None,
+        stop=None,
     ) -> TrainResult:
         """Train ``init`` on pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)``.
 
         ``progress``, if given, is called as ``progress(elapsed_seconds, loss)`` now and then.
+        ``stop``, if given, is a cooperative stop flag: a callable polled now and then; when it
+        returns True the training ends with ``STOPPED`` and its best point so far.
         """
         ...

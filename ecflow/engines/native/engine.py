@@ -27,22 +27,39 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ecflow.engines.base import Optimizer, Schedule, TrainConfig, TrainResult, TrainStatus
+from ecflow.engines.base import (
+    NEAR_ZERO_LOSS,
+    Optimizer,
+    Schedule,
+    TrainConfig,
+    TrainResult,
+    TrainStatus,
+)
 from ecflow.engines.native.derivatives import Architecture
 from ecflow.engines.native.gradient_flow import gradient_flow
 from ecflow.engines.native.levenberg_marquardt import levenberg_marquardt
-from ecflow.engines.native.problem import PhaseOutcome, Problem, Tracker, dense_bytes
+from ecflow.engines.native.problem import (
+    PhaseOutcome,
+    Problem,
+    StallRule,
+    Tracker,
+    dense_bytes,
+)
 from ecflow.engines.native.quasi_newton import minimize_phase
 from ecflow.networks import MLP, check_xy
 
 __all__ = ["NativeEngine"]
 
-USE_SUBSET = True
-
-_ROUND_IMPROVEMENT = 1e-3
+_ROUND_GAIN = 10.0
 """A flow + polish round of ``lm-first`` is repeated only if the previous one lowered the best
-loss by at least this relative amount."""
+loss at least this many times: rounds that gain less do not reach zero loss in the time a
+student has (restarting them at MSE 1e-25 for a 0.1 % gain is what made students run their
+whole budget)."""
 _MIN_PHASE_SECONDS = 0.05
+"""A phase with less time than this left is not started."""
+_STALL_WARMUP = 10.0
+_STALL_WARMUP_SHARE = 0.2
+"""The stall rule judges nothing before min(_STALL_WARMUP s, _STALL_WARMUP_SHARE of the budget)."""
 _MULTITHREAD_PARAMS = 1000
 """Below this many parameters training pins BLAS to one thread."""
 _SUBSET_SAMPLES_PER_PARAM = 40
@@ -55,7 +72,6 @@ subset's best point (near a zero-loss point of realisable data the two agree).""
 _SUBSET_SHARE = 0.8
 _SUBSET_LOSS = 1e-24
 """Subset loss at which the full data takes over."""
-"""A phase with less time than this left is not started."""
 
 _STATUS = {
     "loss_tol": TrainStatus.CONVERGED_LOSS,
@@ -64,17 +80,23 @@ _STATUS = {
     "max_steps": TrainStatus.MAX_STEPS,
     "patience": TrainStatus.STALLED,
     "stalled": TrainStatus.STALLED,
+    "hopeless": TrainStatus.STALLED,
+    "stopped": TrainStatus.STOPPED,
 }
 _CONVERGED = ("loss_tol", "grad_tol")
+_FINAL = ("loss_tol", "grad_tol", "hopeless", "stopped")
+"""Phase outcomes after which no other phase runs."""
 
 
-def _check_inputs(x, y, init, config, progress):
+def _check_inputs(x, y, init, config, progress, stop):
     if not isinstance(init, MLP):
         raise TypeError(f"init must be an MLP, got {type(init).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+    if stop is not None and not callable(stop):
+        raise TypeError(f"stop must be callable or None, got {type(stop).__name__}")
     x, y = check_xy(x, y)
     if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
         raise ValueError(
@@ -97,6 +119,7 @@ class NativeEngine:
         config: TrainConfig,
         *,
         progress=None,
+        stop=None,
     ) -> TrainResult:
         """Train ``init`` on pairs by minimising the MSE.
 
@@ -110,29 +133,41 @@ class NativeEngine:
         progress : callable, optional
             ``progress(elapsed_seconds, best_loss)``, called about every 0.25 s (during the
             ``lm-first`` phase on a subset of the samples, with the subset's loss).
+        stop : callable, optional
+            Cooperative stop flag, polled about every 0.2 s: when ``stop()`` is True training
+            ends with ``STOPPED`` and the best point so far.
 
         Returns
         -------
         TrainResult
             The best network seen, with its loss, gradient norm, status and history.
         """
-        x, y = _check_inputs(x, y, init, config, progress)
+        x, y = _check_inputs(x, y, init, config, progress, stop)
         if init.n_params < _MULTITHREAD_PARAMS:
             # QRs of ~100-column blocks run slower on several BLAS threads than on one, and
             # collapse when the cores are shared with other trainings.
             with threadpool_limits(limits=1, user_api="blas"):
-                return self._train(x, y, init, config, progress)
-        return self._train(x, y, init, config, progress)
+                return self._train(x, y, init, config, progress, stop)
+        return self._train(x, y, init, config, progress, stop)
 
-    def _train(self, x, y, init, config, progress) -> TrainResult:
+    def _train(self, x, y, init, config, progress, stop) -> TrainResult:
         arch = Architecture.of(init)
         problem = Problem(arch, x, y)
         theta0 = init.flatten()
         loss0 = problem.sum_sq(theta0) / problem.n_residuals
         if not np.isfinite(loss0):
             raise ValueError("the initial network's outputs overflow on x (loss is not finite)")
+        stall = None
+        if config.stall_factor > 0:
+            stall = StallRule(
+                goal=max(config.goal, NEAR_ZERO_LOSS),
+                deadline=config.total_seconds,
+                factor=config.stall_factor,
+                warmup=min(_STALL_WARMUP, _STALL_WARMUP_SHARE * config.total_seconds),
+            )
         tracker = Tracker(
-            theta0, loss0, loss_tol=config.loss_tol, grad_tol=config.grad_tol, progress=progress
+            theta0, loss0, loss_tol=config.goal, grad_tol=config.grad_tol, progress=progress,
+            stop=stop, stall=stall,
         )
         run = _Run(problem, tracker, config)
         notes: list[str] = []
@@ -156,6 +191,8 @@ class NativeEngine:
         phase, outcome = run.last
         if loss <= config.loss_tol:
             status, rule = TrainStatus.CONVERGED_LOSS, "loss_tol"
+        elif config.target_loss is not None and loss <= config.target_loss:
+            status, rule = TrainStatus.REACHED_TARGET, "target_loss"
         elif grad_norm <= config.grad_tol:
             status, rule = TrainStatus.CONVERGED_GRAD, "grad_tol"
         else:
@@ -202,6 +239,7 @@ class _Run:
             levenberg_marquardt(
                 self.problem, theta, self.tracker,
                 deadline=deadline, max_steps=c.max_steps, patience=c.patience,
+                normal_above=c.normal_above,
             ),
         )
 
@@ -239,7 +277,7 @@ class _Run:
         p = self.problem
         n = p.x.shape[0]
         n_sub = max(_SUBSET_MIN_SAMPLES, _SUBSET_SAMPLES_PER_PARAM * p.arch.n_params)
-        if not USE_SUBSET or n < 2 * n_sub:
+        if n < 2 * n_sub:
             return theta0
         idx = np.linspace(0, n - 1, n_sub).round().astype(np.int64)
         sub = Problem(p.arch, p.x[idx], p.y[idx])
@@ -248,14 +286,18 @@ class _Run:
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
             loss_tol=max(self.config.loss_tol, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
             progress=self.tracker.progress, start=self.tracker.start,
+            stop=self.tracker.stop_flag,
         )
         # keep a fifth of the budget for the full data in case the subset never settles
         deadline = tracker.start + _SUBSET_SHARE * (self.total_deadline - tracker.start)
         out = levenberg_marquardt(
             sub, theta0, tracker, deadline=deadline,
             max_steps=self.config.max_steps, patience=self.config.patience,
+            normal_above=self.config.normal_above,
         )
         self.steps += out.steps
+        if out.rule == "stopped":
+            self.tracker.stop_rule = "stopped"
         return tracker.best_theta
 
     def lm_first(self, theta0) -> None:
@@ -265,20 +307,20 @@ class _Run:
             before = self.tracker.best_loss
             if self.config.flow_seconds > 0:
                 out = self.flow(self.tracker.best_theta, self._flow_deadline())
-                if out.rule in _CONVERGED:
+                if out.rule in _FINAL:
                     return
             if self.left() <= _MIN_PHASE_SECONDS:
                 return
             out = self.polish(
                 self.config.optimizer.value, self.tracker.best_theta, self._polish_deadline()
             )
-            if self.tracker.best_loss >= before * (1.0 - _ROUND_IMPROVEMENT):
+            if self.tracker.best_loss * _ROUND_GAIN > before:
                 return
 
     def flow_first(self, theta0) -> None:
         if self.config.flow_seconds > 0:
             out = self.flow(theta0, self._flow_deadline())
-            if out.rule in _CONVERGED:
+            if out.rule in _FINAL:
                 return
         if self.left() > _MIN_PHASE_SECONDS:
             self.polish(self.config.optimizer.value, self.tracker.best_theta, self.total_deadline)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import scipy.linalg
 
-from ecflow.engines.native.derivatives import _jacobian_qr
+from ecflow.engines.native.derivatives import _jacobian_normal, _jacobian_qr
 from ecflow.engines.native.problem import PhaseOutcome, Problem, Tracker
 
 __all__ = ["levenberg_marquardt"]
@@ -49,6 +49,41 @@ def _svd(R: np.ndarray):
         return scipy.linalg.svd(R, full_matrices=False, check_finite=False, lapack_driver="gesvd")
 
 
+_NORMAL_LAMBDA_FLOOR = 1e-15
+"""λ ≥ _NORMAL_LAMBDA_FLOOR · s_0² for steps from the normal equations: ``JᵀJ`` carries rounding
+of about ``eps · s_0²``, so smaller eigenvalues are noise and must stay damped."""
+_NORMAL_RESOLVE = 1e-8
+"""Singular values below _NORMAL_RESOLVE · s_0 are not resolved by ``JᵀJ`` (they square to
+rounding); their components of the step are dropped."""
+
+
+def _factor_qr(problem: Problem, theta: np.ndarray, out_of_time):
+    """``(Vᵀ, s, g, |r|², Jᵀr)`` at ``theta`` from the chunked QR of ``[J | r]``."""
+    P = problem.arch.n_params
+    R = _jacobian_qr(problem.arch, theta, problem.x, problem.y, problem.qr_chunk, out_of_time)
+    if R is None:
+        return None
+    RJ, q = R[:P, :P], R[:P, P]
+    U, s, Vt = _svd(RJ)
+    return Vt, s, U.T @ q, None, RJ.T @ q
+
+
+def _factor_normal(problem: Problem, theta: np.ndarray, out_of_time):
+    """The same quantities from the eigendecomposition of ``JᵀJ`` (no QR: ~4x cheaper)."""
+    out = _jacobian_normal(
+        problem.arch, theta, problem.x, problem.y, problem.qr_chunk, out_of_time
+    )
+    if out is None:
+        return None
+    G, Jtr, sse = out
+    w, V = np.linalg.eigh(G)
+    s = np.sqrt(np.clip(w, 0.0, None))
+    a = V.T @ Jtr
+    resolved = s > _NORMAL_RESOLVE * (s.max() if s.size else 0.0)
+    g = np.where(resolved, a / np.where(resolved, s, 1.0), 0.0)
+    return V.T, s, g, sse, Jtr
+
+
 def levenberg_marquardt(
     problem: Problem,
     theta: np.ndarray,
@@ -57,6 +92,7 @@ def levenberg_marquardt(
     deadline: float,
     max_steps: int,
     patience: int,
+    normal_above: float = 0.0,
 ) -> PhaseOutcome:
     """Run LM from ``theta`` until a stopping rule fires; the best point is kept by ``tracker``.
 
@@ -73,6 +109,10 @@ def levenberg_marquardt(
     max_steps, patience : int
         Trial-step budget, and trial steps without a relative improvement of ``_IMPROVEMENT``
         in the best loss after which the phase counts as stalled.
+    normal_above : float, default=0.0
+        While the MSE is above this value, steps come from the normal equations ``JᵀJ``
+        (one GEMM instead of a QR per step); below it, or once they stop making progress,
+        from the QR. Their precision (RMSE ~1e-9) is enough far from zero loss.
 
     Returns
     -------
@@ -80,8 +120,7 @@ def levenberg_marquardt(
         ``rule`` is one of ``loss_tol``, ``grad_tol``, ``patience``, ``stalled`` (no step
         reduces the loss even at the largest damping), ``max_seconds``, ``max_steps``.
     """
-    arch, x, y = problem.arch, problem.x, problem.y
-    P, nd = arch.n_params, problem.n_residuals
+    nd = problem.n_residuals
     theta = theta.copy()
     sse = problem.sum_sq(theta)
     tracker.observe(theta, sse / nd)
@@ -90,30 +129,44 @@ def levenberg_marquardt(
     ref = sse
     lam = None
     nu = 2.0
+    normal = normal_above > 0.0 and sse / nd > normal_above
 
     def out_of_time() -> bool:
         return time.perf_counter() >= deadline
 
+    def leave_normal() -> bool:
+        # a stall of the normal equations may be their rounding: hand over to the QR
+        nonlocal normal, since, lam, ref
+        if not normal:
+            return False
+        normal, since, lam, ref = False, 0, None, sse
+        return True
+
     while True:
         if sse / nd <= tracker.loss_tol:
             return PhaseOutcome("loss_tol", steps)
+        if tracker.should_stop():
+            return PhaseOutcome(tracker.stop_rule, steps)
         if out_of_time():
             return PhaseOutcome("max_seconds", steps)
-        R = _jacobian_qr(arch, theta, x, y, problem.qr_chunk, out_of_time)
-        if R is None:
+        if normal and sse / nd <= normal_above:
+            leave_normal()
+        factors = (_factor_normal if normal else _factor_qr)(problem, theta, out_of_time)
+        if factors is None:
             return PhaseOutcome("max_seconds", steps)
-        RJ, q = R[:P, :P], R[:P, P]
-        grad = (2.0 / nd) * (RJ.T @ q)
+        Vt, s, g, _, Jtr = factors
+        grad = (2.0 / nd) * Jtr
         if float(np.linalg.norm(grad)) <= tracker.grad_tol:
+            if leave_normal():
+                continue
             return PhaseOutcome("grad_tol", steps)
-        U, s, Vt = _svd(RJ)
-        s0sq = float(s[0] ** 2) if s.size and s[0] > 0 else 1.0
-        g = U.T @ q
+        s0sq = float(np.max(s) ** 2) if s.size and np.max(s) > 0 else 1.0
+        floor = (_NORMAL_LAMBDA_FLOOR if normal else _LAMBDA_FLOOR) * s0sq
         g2 = g * g
         s2 = s * s
         if lam is None:
             lam = _LAMBDA_INIT * s0sq
-        lam = max(lam, _LAMBDA_FLOOR * s0sq)
+        lam = max(lam, floor)
         # Trial steps at this point until one is accepted (new factorisation) or a rule fires.
         while True:
             if steps >= max_steps:
@@ -132,7 +185,7 @@ def levenberg_marquardt(
             if accepted:
                 tracker.observe(trial, sse_new / nd)
                 rho = actual / pred
-                lam = max(lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), _LAMBDA_FLOOR * s0sq)
+                lam = max(lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), floor)
                 nu = 2.0
                 theta, sse = trial, sse_new
                 if sse < ref * (1.0 - _IMPROVEMENT):
@@ -141,8 +194,12 @@ def levenberg_marquardt(
                 lam *= nu
                 nu *= 2.0
             if since >= patience:
+                if leave_normal():
+                    break
                 return PhaseOutcome("patience", steps)
             if accepted:
                 break
             if lam > _LAMBDA_CEIL * s0sq:
+                if leave_normal():
+                    break
                 return PhaseOutcome("stalled", steps)

@@ -22,7 +22,7 @@ from ecflow.engines.native.derivatives import (
     _sum_sq_residuals,
 )
 
-__all__ = ["Problem", "Tracker", "StopPhase", "PhaseOutcome", "dense_bytes", "Objective"]
+__all__ = ["Problem", "Tracker", "StallRule", "StopPhase", "PhaseOutcome", "dense_bytes", "Objective"]
 
 _BYTES = 8
 _QR_CHUNK_BYTES = 48 * 2**20
@@ -95,6 +95,63 @@ class StopPhase(Exception):
         self.rule = rule
 
 
+@dataclass(frozen=True)
+class StallRule:
+    """Gives up on a training that cannot reach ``goal`` (an MSE) before ``deadline``.
+
+    The rate is the slope of ``log10`` of the best loss over the last ``window`` share of the
+    elapsed time (at least ``min_window`` seconds). A training is hopeless when, at that rate,
+    reaching ``goal`` would take more than ``factor`` times the time it has left. Nothing is
+    judged before ``warmup`` seconds, nor once the best loss is at ``goal``: LM's progress
+    comes in bursts after plateaus (saddles), so a short look would stop good students.
+
+    Parameters
+    ----------
+    goal : float
+        Target MSE.
+    deadline : float
+        Elapsed seconds (since the tracker's start) at which the training ends.
+    factor : float
+        Safety factor on the projected time.
+    warmup : float
+        Seconds before the first judgement.
+    window : float
+        Share of the elapsed time over which the rate is measured.
+    min_window : float
+        Shortest window, in seconds.
+    min_steps : int
+        Improving steps before the first judgement: a large student on a loaded machine may
+        take seconds per step, and a rate over a handful of steps says nothing.
+    """
+
+    goal: float
+    deadline: float
+    factor: float = 3.0
+    warmup: float = 10.0
+    window: float = 0.5
+    min_window: float = 5.0
+    min_steps: int = 50
+
+    def hopeless(self, history: list, t: float, best: float, steps: int) -> bool:
+        if t < self.warmup or steps < self.min_steps or best <= self.goal:
+            return False
+        left = self.deadline - t
+        if left <= 0:
+            return False
+        span = max(self.min_window, self.window * t)
+        # best loss at t - span: the last record at or before it (history is time-ordered)
+        past = history[0][1]
+        for when, value in history:
+            if when > t - span:
+                break
+            past = value
+        gained = np.log10(past) - np.log10(best) if past > 0 and best > 0 else np.inf
+        needed = np.log10(best) - np.log10(self.goal)
+        if gained <= 0:
+            return True
+        return needed / (gained / span) > self.factor * left
+
+
 class Tracker:
     """Best point, history and progress reporting across all phases of one training.
 
@@ -111,6 +168,7 @@ class Tracker:
 
     report_every = 0.25
     record_every = 0.05
+    check_every = 0.2
 
     def __init__(
         self,
@@ -121,6 +179,8 @@ class Tracker:
         grad_tol: float,
         progress: Callable[[float, float], object] | None = None,
         start: float | None = None,
+        stop: Callable[[], bool] | None = None,
+        stall: StallRule | None = None,
     ):
         self.start = time.perf_counter() if start is None else start
         self.loss_tol = loss_tol
@@ -130,7 +190,32 @@ class Tracker:
         self.best_loss = loss0
         self._history = [(0.0, loss0)]
         self._last_report = -np.inf
+        self.stop_flag = stop
+        self._stall = stall
+        self._last_check = -np.inf
+        self.stop_rule: str | None = None
+        self.improvements = 0
         self._report(0.0)
+
+    def should_stop(self) -> bool:
+        """Whether the caller's stop flag is set or the stall rule gives up on this training.
+
+        Checked at most every ``check_every`` seconds (the flag may be a file or a Dask event);
+        once true it stays true and ``stop_rule`` says why (``stopped`` or ``hopeless``).
+        """
+        if self.stop_rule is not None:
+            return True
+        t = self.elapsed()
+        if t - self._last_check < self.check_every:
+            return False
+        self._last_check = t
+        if self.stop_flag is not None and self.stop_flag():
+            self.stop_rule = "stopped"
+        elif self._stall is not None and self._stall.hopeless(
+            self._history, t, self.best_loss, self.improvements
+        ):
+            self.stop_rule = "hopeless"
+        return self.stop_rule is not None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -141,6 +226,7 @@ class Tracker:
             return False
         self.best_loss = float(loss)
         self.best_theta = theta.copy()
+        self.improvements += 1
         t = self.elapsed()
         last_t, last_loss = self._history[-1]
         if t - last_t >= self.record_every or loss < 0.1 * last_loss:
@@ -180,6 +266,8 @@ class Objective:
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         self.check_time()
+        if self.tracker.should_stop():
+            raise StopPhase(self.tracker.stop_rule)
         if self.calls >= self.max_calls:
             raise StopPhase("max_steps")
         self.calls += 1
