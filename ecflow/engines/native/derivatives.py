@@ -247,6 +247,41 @@ def _jacobian_qr(
     return R
 
 
+def _jacobian_normal(
+    arch: Architecture,
+    theta: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    chunk: int,
+    deadline=None,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``(JᵀJ, Jᵀr, |r|²)`` accumulated chunk by chunk (``JᵀJ`` is (P, P), ``Jᵀr`` (P,)).
+
+    One GEMM per chunk: about a sixth of the time of :func:`_jacobian_qr` on the same rows,
+    at the price of squaring the condition number, so it serves only far from zero loss.
+    Returns None if ``deadline()`` turns true between chunks.
+    """
+    params = arch.unpack(theta)
+    n, d, P = x.shape[0], arch.d_out, arch.n_params
+    G = np.zeros((P, P))
+    g = np.zeros(P)
+    sse = 0.0
+    for start in range(0, n, chunk):
+        if deadline is not None and start > 0 and deadline():
+            return None
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        m = xs.shape[0]
+        hs, dfs, _ = _forward(arch, params, xs)
+        J = np.empty((m, d, P))
+        _jacobian_into(arch, params, hs, dfs, J)
+        J = J.reshape(m * d, P)
+        r = (hs[-1] - ys).ravel()
+        G += J.T @ J
+        g += J.T @ r
+        sse += float(r @ r)
+    return G, g, sse
+
+
 def _stack_factor(R: np.ndarray, A: np.ndarray) -> np.ndarray:
     """``R'`` of ``[R; A] = Q R'`` for upper-triangular ``R`` by LAPACK ``dtpqrt``, which skips
     the zeros below ``R``'s diagonal (``2 rows(A) n²`` flops instead of ``2 (rows(A) + n) n²``)."""
