@@ -14,6 +14,10 @@ and the standardisation is folded into that layer's weights and bias, so that ea
 neuron's hyperplane lies inside the support of its inputs.
 
 Inputs are uniform in ``[-√3, √3]^{d_in}`` (zero mean, unit variance per coordinate).
+
+Teachers trained on images (section 6, Tables 1-2) come from :func:`train_classifier`: one
+hidden layer fitted to a data set of :mod:`ecflow.datasets` by Adam on the softmax
+cross-entropy with early stopping, kept as the logits network that recovery queries.
 """
 
 from __future__ import annotations
@@ -434,7 +438,8 @@ def train_classifier(
     Raises
     ------
     InputError
-        Unknown data set or activation, ``hidden < 1``, negative seed, fashion not installed.
+        Unknown data set or activation, ``hidden < 1``, negative seed, fashion not installed,
+        a data set too small to leave images in each part of the split.
     """
     config = ClassifierConfig() if config is None else config
     data = datasets.load(dataset) if isinstance(dataset, str) else dataset
@@ -446,6 +451,11 @@ def train_classifier(
     train, val, test = split_indices(
         data.labels, seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
     )
+    if min(len(train), len(val), len(test)) == 0:
+        raise InputError(
+            f"data set {data.name!r} is too small for a train/validation/test split: "
+            f"{len(train)}/{len(val)}/{len(test)} images"
+        )
     x, labels = data.x, data.labels
     shape = (data.d_in, hidden, data.n_classes)
     init = glorot_normal(shape, (act, "identity"), np.random.default_rng([seed, 1]))

@@ -1,4 +1,4 @@
-"""``ecflow info``, ``ecflow teacher synthetic`` and ``ecflow query``."""
+"""``ecflow info``, ``ecflow teacher synthetic``, ``ecflow teacher train`` and ``ecflow query``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,30 @@ def teacher_synthetic(
         out, net, attrs={"teacher": "synthetic", "seed": seed, "activation": activation}
     )
     typer.echo(f"wrote {out}: {net.describe()}")
+
+
+@teacher_app.command("train")
+def teacher_train(
+    dataset: str = typer.Option(..., "--dataset", help="digits, mnist or fashion."),
+    hidden: int = typer.Option(..., "--hidden", help="Hidden neurons r (one hidden layer)."),
+    activation: str = typer.Option("tanh", "--activation", help="Hidden activation."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split, initialisation and batches."),
+    max_epochs: int = typer.Option(2000, "--max-epochs", help="Upper bound on epochs."),
+    out: Path = typer.Option(..., "--out", help="Output network file (logits, with queries)."),
+) -> None:
+    """Train a classifier on a data set and write its logits network with its training inputs."""
+    networks.check_destination(out)
+    config = teachers.ClassifierConfig(max_epochs=max_epochs)
+    trained = teachers.train_classifier(dataset, hidden, activation, seed, config)
+    net = trained.network
+    networks.write_network(
+        out, net, x=trained.x_train, y=net.forward(trained.x_train), attrs=trained.file_attrs()
+    )
+    typer.echo(
+        f"test accuracy {trained.test_accuracy:.4f} (train {trained.train_accuracy:.4f}, "
+        f"validation {trained.val_accuracy:.4f}); {trained.message}; {trained.seconds:.1f} s"
+    )
+    typer.echo(f"wrote {out}: {net.describe()}, {len(trained.x_train)} training inputs as queries")
 
 
 @app.command()

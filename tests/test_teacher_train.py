@@ -1,0 +1,189 @@
+"""Teachers trained on images: gradient, split, accuracy, determinism, and ``ecflow teacher train``."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ecflow import datasets, networks, teachers
+from ecflow.errors import InputError
+
+FAST = teachers.ClassifierConfig(max_epochs=20)
+
+
+def run(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True, env=env
+    )
+
+
+def assert_bad_input(res, fragment):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert fragment in lines[0]
+
+
+def naive_cross_entropy(W, b, A, c, act, x, labels):
+    total = 0.0
+    for xi, label in zip(x, labels):
+        z = A @ act(W @ xi + b) + c
+        total += np.log(np.sum(np.exp(z))) - z[label]
+    return total / len(labels)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "g", "sigmoid", "softplus"])
+def test_cross_entropy_gradient_matches_finite_differences(activation):
+    from ecflow.activations import get_activation
+
+    rng = np.random.default_rng(0)
+    shape = (5, 4, 3)
+    x, labels = rng.random((7, 5)), rng.integers(0, 3, 7)
+    theta = rng.normal(size=5 * 4 + 4 + 3 * 4 + 3)
+    act = get_activation(activation)
+
+    def loss(t):
+        return naive_cross_entropy(*teachers._unpack(t, *shape), act, x, labels)
+
+    value, grad = teachers._loss_grad(theta, shape, act, x, labels)
+    assert value == pytest.approx(loss(theta), rel=1e-12)
+    h = 1e-6
+    numeric = np.array(
+        [(loss(theta + h * e) - loss(theta - h * e)) / (2 * h) for e in np.eye(theta.size)]
+    )
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_split_is_a_stratified_partition_fixed_by_the_seed():
+    labels = datasets.load("digits").labels
+    train, val, test = teachers.split_indices(labels, 3)
+    everything = np.concatenate([train, val, test])
+    assert np.array_equal(np.sort(everything), np.arange(len(labels)))
+    for part, share in ((train, 0.70), (val, 0.15), (test, 0.15)):
+        counts = np.bincount(labels[part], minlength=10)
+        expected = share * np.bincount(labels)
+        assert np.all(np.abs(counts - expected) <= 1)
+    again = teachers.split_indices(labels, 3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again))
+    assert not np.array_equal(teachers.split_indices(labels, 4)[0], train)
+
+
+def test_tanh_r12_digits_teacher_is_accurate():
+    trained = teachers.train_classifier("digits", 12, "tanh", seed=0)
+    assert trained.test_accuracy >= 0.93
+    assert trained.stopped_by == "patience" and "early stop" in trained.message
+    net = trained.network
+    assert net.sizes == (64, 12, 10)
+    assert [a.name for a in net.activations] == ["tanh", "identity"]
+    np.testing.assert_array_equal(trained.x_train, datasets.load("digits").x[trained.train_index])
+
+
+def test_training_is_deterministic_given_the_seed():
+    a = teachers.train_classifier("digits", 4, "g", seed=5, config=FAST)
+    b = teachers.train_classifier("digits", 4, "g", seed=5, config=FAST)
+    c = teachers.train_classifier("digits", 4, "g", seed=6, config=FAST)
+    np.testing.assert_array_equal(a.network.flatten(), b.network.flatten())
+    assert not np.array_equal(a.network.flatten(), c.network.flatten())
+
+
+def test_max_epochs_reached_says_so():
+    trained = teachers.train_classifier(
+        "digits", 4, "tanh", seed=0, config=teachers.ClassifierConfig(max_epochs=2)
+    )
+    assert trained.stopped_by == "max_epochs" and trained.epochs == 2
+    assert "increase max_epochs" in trained.message
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"patience": 0}, "patience"),
+        ({"val_fraction": 0.5}, "val_fraction"),
+        ({"test_fraction": -0.1}, "test_fraction"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        teachers.ClassifierConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("cifar", 4, "tanh", 0), "unknown data set"),
+        (("digits", 0, "tanh", 0), "hidden"),
+        (("digits", 4, "swish", 0), "unknown activation"),
+        (("digits", 4, "tanh", -1), "seed"),
+    ],
+)
+def test_train_classifier_rejects_bad_input(args, message):
+    with pytest.raises(InputError, match=message):
+        teachers.train_classifier(*args)
+
+
+def test_too_small_data_set_is_input_error():
+    digits = datasets.load("digits")
+    tiny = datasets.Dataset("digits", digits.x[:10], digits.labels[:10], (8, 8), None, "")
+    with pytest.raises(InputError, match="too small"):
+        teachers.train_classifier(tiny, 3)
+
+
+def test_cli_teacher_train_end_to_end(tmp_path):
+    out = tmp_path / "t.h5"
+    args = ("teacher", "train", "--dataset", "digits", "--hidden", 12, "--activation", "tanh")
+    res = run(*args, "--seed", 1, "--out", out)
+    assert res.returncode == 0, res.stderr
+    accuracy = float(res.stdout.split("test accuracy ")[1].split()[0])
+    assert accuracy >= 0.93
+    stored = networks.read_network_file(out)
+    assert stored.network.sizes == (64, 12, 10)
+    assert stored.attrs["dataset"] == "digits" and stored.attrs["seed"] == 1
+    assert stored.attrs["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert stored.x.shape[1] == 64 and 0.69 < stored.x.shape[0] / 1797 < 0.71
+    np.testing.assert_allclose(stored.y, stored.network.forward(stored.x), rtol=0, atol=0)
+    np.testing.assert_array_equal(datasets.query_inputs(out, 64), stored.x)
+    info = run("info", out)
+    assert info.returncode == 0 and "64-12-10" in info.stdout
+
+    again = tmp_path / "again.h5"
+    assert run(*args, "--seed", 1, "--out", again).returncode == 0
+    np.testing.assert_array_equal(
+        networks.read_network(again).flatten(), stored.network.flatten()
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--dataset", "cifar", "--hidden", 4), "unknown data set 'cifar'"),
+        (("--dataset", "digits", "--hidden", 0), "hidden must be a positive integer"),
+        (("--dataset", "digits", "--hidden", 4, "--activation", "swish"), "unknown activation"),
+    ],
+)
+def test_cli_teacher_train_bad_input_is_one_line(tmp_path, options, message):
+    res = run("teacher", "train", *options, "--out", tmp_path / "t.h5")
+    assert_bad_input(res, message)
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_cli_teacher_train_without_fashion_says_how_to_install(tmp_path):
+    import os
+
+    env = dict(os.environ, **{datasets.FASHION_DIR_VARIABLE: str(tmp_path)})
+    res = run("teacher", "train", "--dataset", "fashion", "--hidden", 4, "--out", tmp_path / "t.h5", env=env)
+    assert_bad_input(res, "apt-get install dataset-fashion-mnist")
+
+
+def test_fashion_teacher_trains_when_installed():
+    try:
+        data = datasets.load("fashion")
+    except InputError as exc:
+        pytest.skip(str(exc))
+    trained = teachers.train_classifier(
+        data, 4, "tanh", seed=0, config=teachers.ClassifierConfig(max_epochs=1, batch_size=512)
+    )
+    assert trained.network.sizes == (784, 4, 10)
+    assert trained.test_accuracy > 0.5
