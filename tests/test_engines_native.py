@@ -419,3 +419,110 @@ def test_reason_tells_a_near_zero_stall_from_a_local_minimum():
     assert "likely a local minimum" not in near.reason
     done = dataclasses.replace(res, loss=1e-32, status=TrainStatus.CONVERGED_LOSS)
     assert done.reason == TrainStatus.CONVERGED_LOSS.message
+
+
+# --- compiled one-hidden-layer kernels (engines/native/kernels.py) --------------------------------
+
+KERNEL_ACTS = ["g", "tanh", "sigmoid", "softplus", "relu"]
+
+
+@pytest.fixture
+def kernels():
+    return pytest.importorskip("ecflow.engines.native.kernels")
+
+
+def _numpy_path(monkeypatch, kernels, fn, *args):
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "ENABLED", False)
+        return fn(*args)
+
+
+@pytest.mark.parametrize("zero_loss", [False, True])
+@pytest.mark.parametrize("d_out", [1, 2])
+@pytest.mark.parametrize("act", KERNEL_ACTS)
+def test_kernel_matches_numpy_path_and_finite_differences(kernels, monkeypatch, act, d_out, zero_loss):
+    from ecflow.engines.native.derivatives import Architecture, _loss_grad, _sum_sq_residuals
+
+    net, sizes, acts, x, y = _problem(act, 1, d_out, seed=30 + d_out, zero_loss=zero_loss)
+    arch, theta = Architecture.of(net), net.flatten()
+    fused = kernels.loss_grad(arch, theta, x, y)
+    assert fused is not None, "a one-hidden-layer network with this activation has a kernel"
+    value, grad = fused
+    value_np, grad_np = _numpy_path(monkeypatch, kernels, _loss_grad, arch, theta, x, y)
+    sse = kernels.sum_sq_residuals(arch, theta, x, y)
+    sse_np = _numpy_path(monkeypatch, kernels, _sum_sq_residuals, arch, theta, x, y)
+    g_fd = fd_gradient(lambda t: naive_loss(t, sizes, acts, x, y), theta)
+    if zero_loss:
+        assert value <= 1e-30 and sse <= 1e-28
+        assert np.max(np.abs(grad)) <= 1e-14
+        assert np.max(np.abs(grad_np)) <= 1e-14
+    else:
+        assert value == pytest.approx(value_np, rel=1e-12)
+        assert value == pytest.approx(naive_loss(theta, sizes, acts, x, y), rel=1e-12)
+        assert sse == pytest.approx(sse_np, rel=1e-12)
+        assert np.max(np.abs(grad - grad_np)) <= 1e-12 * np.max(np.abs(grad_np))
+    assert np.max(np.abs(grad - g_fd)) <= 1e-7 * max(1.0, np.max(np.abs(g_fd)))
+    # the public entry point dispatches to the kernel
+    np.testing.assert_array_equal(loss_and_gradient(net, x, y)[1], grad)
+
+
+@pytest.mark.parametrize("act", KERNEL_ACTS)
+def test_kernel_over_several_blocks_and_large_inputs(kernels, monkeypatch, act):
+    from ecflow.engines.native.derivatives import Architecture, _loss_grad, _sum_sq_residuals
+
+    rng = np.random.default_rng(5)
+    net = glorot_normal((5, 7, 2), [act, "identity"], 5)
+    # a ragged last block, and |z| up to ~1e3 where the activations saturate
+    x = rng.normal(size=(3 * kernels._BLOCK_ROWS + 17, 5)) * np.array([1.0, 1.0, 1.0, 1.0, 300.0])
+    y = rng.normal(size=(x.shape[0], 2))
+    arch, theta = Architecture.of(net), net.flatten()
+    value, grad = kernels.loss_grad(arch, theta, x, y)
+    value_np, grad_np = _numpy_path(monkeypatch, kernels, _loss_grad, arch, theta, x, y)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert value == pytest.approx(value_np, rel=1e-12)
+    assert np.max(np.abs(grad - grad_np)) <= 1e-12 * np.max(np.abs(grad_np))
+    sse_np = _numpy_path(monkeypatch, kernels, _sum_sq_residuals, arch, theta, x, y)
+    assert kernels.sum_sq_residuals(arch, theta, x, y) == pytest.approx(sse_np, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sizes, acts",
+    [
+        ((3, 4, 1), ["gelu", "identity"]),  # no kernel for this activation
+        ((3, 4, 1), ["g", "tanh"]),  # output layer not the identity
+        ((3, 4, 3, 1), ["g", "g", "identity"]),  # deep: NumPy path
+    ],
+)
+def test_kernel_declines_what_it_does_not_cover(kernels, sizes, acts):
+    from ecflow.engines.native.derivatives import Architecture
+
+    net = glorot_normal(sizes, acts, 0)
+    x, y = np.ones((3, 3)), np.ones((3, 1))
+    assert kernels.loss_grad(Architecture.of(net), net.flatten(), x, y) is None
+    assert kernels.sum_sq_residuals(Architecture.of(net), net.flatten(), x, y) is None
+
+
+def test_kernel_switch_and_fallback_without_numba(kernels, monkeypatch):
+    import sys
+
+    from ecflow.engines.native import derivatives
+
+    net, _, _, x, y = _problem("g", 1, 1, seed=40)
+    arch = derivatives.Architecture.of(net)
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    assert kernels.loss_grad(arch, net.flatten(), x, y) is None
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    expected = loss_and_gradient(net, x, y)
+    # an import error of numba leaves the NumPy path, silently
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "ecflow.engines.native.kernels")
+    monkeypatch.delattr(sys.modules["ecflow.engines.native"], "kernels")
+    derivatives._compiled.cache_clear()
+    try:
+        assert derivatives._compiled() is None
+        value, grad = loss_and_gradient(net, x, y)
+        assert loss(net, x, y) == pytest.approx(value, rel=1e-12)
+    finally:
+        derivatives._compiled.cache_clear()
+    assert value == pytest.approx(expected[0], rel=1e-12)
+    assert np.max(np.abs(grad - expected[1])) <= 1e-12 * np.max(np.abs(expected[1]))

@@ -28,6 +28,7 @@ called thousands of times per training).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,8 +134,24 @@ def _predict(arch: Architecture, theta: np.ndarray, x: np.ndarray) -> np.ndarray
     return h
 
 
+@functools.cache
+def _compiled():
+    """:mod:`.kernels`, imported on first use (numba's import takes about a second), or None
+    where numba is missing: the NumPy path then serves every architecture."""
+    try:
+        from ecflow.engines.native import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
 def _sum_sq_residuals(arch: Architecture, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    """``|r|²`` (the loss times ``n_samples · d_out``)."""
+    """``|r|²`` (the loss times ``n_samples · d_out``); one hidden layer takes the compiled
+    kernel of :mod:`.kernels` where there is one."""
+    kernels = _compiled()
+    total = None if kernels is None else kernels.sum_sq_residuals(arch, theta, x, y)
+    if total is not None:
+        return total
     total = 0.0
     for start in range(0, x.shape[0], _CACHE_ROWS):
         r = _predict(arch, theta, x[start : start + _CACHE_ROWS])
@@ -144,7 +161,12 @@ def _sum_sq_residuals(arch: Architecture, theta: np.ndarray, x: np.ndarray, y: n
 
 
 def _loss_grad(arch: Architecture, theta: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """``(L, ∇L)`` by one forward and one reverse sweep (in cache-sized chunks of samples)."""
+    """``(L, ∇L)`` by one forward and one reverse sweep (in cache-sized chunks of samples);
+    one hidden layer takes the fused compiled kernel of :mod:`.kernels` where there is one."""
+    kernels = _compiled()
+    fused = None if kernels is None else kernels.loss_grad(arch, theta, x, y)
+    if fused is not None:
+        return fused
     params = arch.unpack(theta)
     n_res = y.size
     scale = 2.0 / n_res
