@@ -164,7 +164,9 @@ def test_bug_inside_a_command_exits_1_with_traceback(tmp_path, teacher, exc):
 
 
 def test_input_error_inside_a_command_exits_2_with_one_line(tmp_path, teacher):
-    script = _BUG_SCRIPT.replace("raise {exc}(", "from ecflow.errors import InputError; raise InputError(")
+    script = _BUG_SCRIPT.replace("raise {exc}(", "raise InputError(").replace(
+        "import sys", "import sys\nfrom ecflow.errors import InputError"
+    )
     res = subprocess.run(
         [sys.executable, "-c", script, "info", str(teacher)], capture_output=True, text=True
     )

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecflow.activations import Symmetry, get_activation
+from ecflow.metrics import cosine_distances
 from ecflow.networks import MLP
 from ecflow.symmetry import (
     NeuronType,
     ReductionStatus,
     SymmetryConfig,
-    cosine_distance_matrix,
     map_to_teacher,
     reduce_network,
     reduction_steps,
@@ -207,7 +207,7 @@ def check_reduction(teacher: MLP, student: MLP, labels, tags, *, signed: bool | 
     if signed:
         R = np.hstack([res.network.layers[0].weight, res.network.layers[0].bias[:, None]])
         T = np.hstack([teacher.layers[0].weight, teacher.layers[0].bias[:, None]])
-        D = cosine_distance_matrix(R, T, signed=True)
+        D = cosine_distances(R, T, Symmetry.NONE)
         for k, g in group_of_teacher.items():
             assert D[g, k] <= 1e-10
     return res

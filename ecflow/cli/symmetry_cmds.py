@@ -124,7 +124,7 @@ def map_(
             _fmt(m.scale) if m.teacher is not None else "",
             _fmt(m.share) if m.teacher is not None else "",
             _fmt(m.cosine_distance),
-            n.note,
+            n.note.value,
         )
     # Piped output defaults to 80 columns, too narrow for the nine columns of the table.
     console = Console(width=max(Console().width, 120))
