@@ -322,11 +322,11 @@ def query_inputs(spec: str | os.PathLike, d_in: int) -> np.ndarray:
     if x.ndim > 2 and x.shape[0] > 0:
         x = x.reshape(x.shape[0], -1)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise InputError(f"{source}: expected query inputs of shape (n_samples, {d_in}), got {x.shape}")
-    if x.shape[1] != d_in:
         raise InputError(
-            f"{source} has {x.shape[1]} inputs per row but the teacher takes {d_in}"
+            f"{source}: expected query inputs of shape (n_samples, {d_in}), got {x.shape}"
         )
+    if x.shape[1] != d_in:
+        raise InputError(f"{source} has {x.shape[1]} inputs per row but the teacher takes {d_in}")
     x = np.array(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise InputError(f"{source}: query inputs contain NaN or Inf")

@@ -35,7 +35,8 @@ def fake_fashion(tmp_path, monkeypatch):
     parts = {"train": 5, "t10k": 3}
     for stem, n in parts.items():
         compress = stem == "train"
-        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 2, 3)), compress)
+        images = rng.integers(0, 256, (n, 2, 3))
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte", images, compress)
         _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10, compress)
     monkeypatch.setenv(datasets.FASHION_DIR_VARIABLE, str(tmp_path))
     return tmp_path
@@ -101,7 +102,11 @@ def test_fashion_truncated_idx_is_input_error(fake_fashion):
 
 @pytest.mark.parametrize(
     "name, split, message",
-    [("cifar", None, "unknown data set"), ("digits", "train", "no split"), ("fashion", "val", "no split")],
+    [
+        ("cifar", None, "unknown data set"),
+        ("digits", "train", "no split"),
+        ("fashion", "val", "no split"),
+    ],
 )
 def test_load_rejects_unknown_names_and_splits(name, split, message):
     with pytest.raises(InputError, match=message):

@@ -1,28 +1,13 @@
-"""Teachers trained on images: gradient, split, accuracy, determinism, and ``ecflow teacher train``."""
-
-import subprocess
-import sys
+"""Teachers trained on images: gradient, split, accuracy, determinism, ``ecflow teacher train``."""
 
 import numpy as np
 import pytest
+from test_cli_foundations import assert_bad_input, run
 
 from ecflow import datasets, networks, teachers
 from ecflow.errors import InputError
 
 FAST = teachers.ClassifierConfig(max_epochs=20)
-
-
-def run(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True, env=env
-    )
-
-
-def assert_bad_input(res, fragment):
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert fragment in lines[0]
 
 
 def naive_cross_entropy(W, b, A, c, act, x, labels):
@@ -169,11 +154,9 @@ def test_cli_teacher_train_bad_input_is_one_line(tmp_path, options, message):
     assert not (tmp_path / "t.h5").exists()
 
 
-def test_cli_teacher_train_without_fashion_says_how_to_install(tmp_path):
-    import os
-
-    env = dict(os.environ, **{datasets.FASHION_DIR_VARIABLE: str(tmp_path)})
-    res = run("teacher", "train", "--dataset", "fashion", "--hidden", 4, "--out", tmp_path / "t.h5", env=env)
+def test_cli_teacher_train_without_fashion_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv(datasets.FASHION_DIR_VARIABLE, str(tmp_path))
+    res = run("teacher", "train", "--dataset", "fashion", "--hidden", 4, "--out", tmp_path / "t.h5")
     assert_bad_input(res, "apt-get install dataset-fashion-mnist")
 
 
