@@ -18,9 +18,17 @@ app.add_typer(teacher_app, name="teacher")
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="A network or pairs file (HDF5).")) -> None:
-    """Print format, version, layer sizes, activations, parameter count and queries of a file."""
-    summary = networks.describe_file(file)
+def info(
+    file: Path = typer.Argument(..., help="A network or pairs file (HDF5), or an ONNX model."),
+) -> None:
+    """Print format, version, layer sizes, activations, parameter count and queries of a file;
+    of an ONNX model its inputs, outputs, precision and operators."""
+    if file.suffix.lower() == ".onnx":
+        from ecflow.interop import describe_onnx
+
+        summary = describe_onnx(file).to_dict()
+    else:
+        summary = networks.describe_file(file)
     console = Console()
     table = Table(show_header=False, box=None)
     for key, value in summary.items():
