@@ -224,7 +224,7 @@ def test_tables_round_trip_floats_exactly(tmp_path):
     ]
     rows = sweep.results_rows(reversed(records))
     path = tmp_path / "results.csv"
-    sweep._write_csv(path, sweep.RESULTS_COLUMNS, rows)
+    sweep.write_csv(path, sweep.RESULTS_COLUMNS, rows)
     back = sweep.read_table(path)
     assert [r["student"] for r in back] == [0, 1, 2]
     assert back[0]["loss"] == 1.2345678901234567e-31 and back[1]["loss"] == 0.1 + 0.2

@@ -103,7 +103,7 @@ def synthetic_sweep(
     task = bar.add_task("", total=None)
     started = []
 
-    def progress(done: int, total: int, name: str) -> None:
+    def progress(name: str, done: int, total: int) -> None:
         if not name:
             # The first call, once the directory is checked, counts the units found finished;
             # starting the clock there makes the ETA reflect only this run's work.

@@ -1,0 +1,450 @@
+"""The sweep's store on disk: unit records, the tables, the directory and its lock.
+
+Every finished unit is written at once, atomically: a student as a result file of the job
+protocol (:func:`ecflow.engines.jobs.write_result_file`, read back with
+:func:`~ecflow.engines.jobs.read_result_file`) plus a JSON record; a recovery as a network file
+plus a JSON record. The JSON record is written last and marks the unit finished. The tables
+``results.csv`` and ``recoveries.csv`` are regenerated from the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ecflow import networks
+from ecflow.engines import jobs
+from ecflow.engines.base import TrainResult
+from ecflow.errors import InputError
+from ecflow.recover import Recovery
+from ecflow.sweep.config import (
+    STUDENT_SEED,
+    SUCCESS_RMSE,
+    RecoveryUnit,
+    StudentUnit,
+    SweepConfig,
+    TeacherKey,
+    recovery_units,
+    student_units,
+    unit_seed,
+)
+
+__all__ = [
+    "SWEEP_FORMAT",
+    "SWEEP_VERSION",
+    "RESULTS_COLUMNS",
+    "RECOVERIES_COLUMNS",
+    "Store",
+    "results_rows",
+    "recoveries_rows",
+    "write_csv",
+    "read_table",
+    "read_sweep_config",
+    "check_directory",
+    "create_directory",
+    "prepare_directory",
+    "directory_lock",
+]
+
+SWEEP_FORMAT = "sweep"
+SWEEP_VERSION = 1
+
+
+# --- records (the JSON files that mark finished units) -------------------------------------------
+
+
+def _finite_or_none(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _student_record(unit: StudentUnit, seed: int, res: TrainResult) -> dict[str, Any]:
+    return {
+        "d_in": unit.d_in,
+        "r": unit.r,
+        "teacher": unit.teacher,
+        "rho": unit.rho,
+        "student": unit.student,
+        "seed": seed,
+        "hidden": list(unit.hidden),
+        "loss": _finite_or_none(res.loss),
+        "rmse": _finite_or_none(res.rmse),
+        "grad_norm": _finite_or_none(res.grad_norm),
+        "status": res.status.name,
+        "stopped_by": str(res.stopped_by),
+        "steps": int(res.steps),
+        "seconds": float(res.seconds),
+        "engine": str(res.engine),
+        "notes": [str(n) for n in res.notes],
+    }
+
+
+def _recovery_record(unit: RecoveryUnit, rec: Recovery) -> dict[str, Any]:
+    sizes = tuple(int(s) for s in rec.hidden_sizes)
+    rmse_train = None if rec.rmse_train is None else _finite_or_none(rec.rmse_train)
+    success = (
+        rec.network is not None
+        and sizes == (unit.r,)
+        and rmse_train is not None
+        and rmse_train <= SUCCESS_RMSE
+    )
+    return {
+        "d_in": unit.d_in,
+        "r": unit.r,
+        "teacher": unit.teacher,
+        "rho": unit.rho,
+        "teacher_size": unit.r,
+        # One hidden layer here; 0 when nothing was reconstructed.
+        "recovered_size": sizes[0] if sizes else 0,
+        "rmse_train": rmse_train,
+        "rmse_fresh": None if rec.rmse_fresh is None else _finite_or_none(rec.rmse_fresh),
+        "max_cosine_distance": (
+            None if rec.max_cosine_distance is None else _finite_or_none(rec.max_cosine_distance)
+        ),
+        "success": bool(success),
+        "status": rec.status.name,
+        "seconds": float(rec.seconds),
+        "report": rec.to_report(),
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with networks.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable record ({exc})") from None
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+RESULTS_COLUMNS = (
+    "d_in", "r", "teacher", "rho", "student", "seed", "hidden",
+    "loss", "rmse", "status", "steps", "seconds",
+)
+"""Columns of ``results.csv`` (one row per student)."""
+
+RECOVERIES_COLUMNS = (
+    "d_in", "r", "teacher", "rho", "n_students", "teacher_size", "recovered_size",
+    "rmse_train", "rmse_fresh", "max_cosine_distance", "success", "status", "seconds",
+)
+"""Columns of ``recoveries.csv`` (one row per teacher and ρ)."""
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "nan"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)  # shortest text that reads back to the same float
+    if isinstance(v, (list, tuple)):
+        return "-".join(str(x) for x in v)
+    return str(v)
+
+
+def results_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Rows of ``results.csv`` from student records, sorted by unit."""
+    rows = []
+    for rec in sorted(
+        records, key=lambda r: (r["d_in"], r["r"], r["teacher"], r["rho"], r["student"])
+    ):
+        rows.append({c: _cell(rec[c]) for c in RESULTS_COLUMNS})
+    return rows
+
+
+def recoveries_rows(
+    records: Iterable[Mapping[str, Any]], config: SweepConfig
+) -> list[dict[str, str]]:
+    """Rows of ``recoveries.csv`` from recovery records, sorted by unit."""
+    rows = []
+    for rec in sorted(records, key=lambda r: (r["d_in"], r["r"], r["teacher"], r["rho"])):
+        full = dict(rec, n_students=config.n_students(rec["r"]))
+        rows.append({c: _cell(full[c]) for c in RECOVERIES_COLUMNS})
+    return rows
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with networks.atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``results.csv`` or ``recoveries.csv`` back with typed values.
+
+    Integers become ``int``, ``true``/``false`` become ``bool``, other numbers ``float``
+    (``nan`` for a missing value); text stays ``str``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: table not found")
+    with p.open(newline="") as fh:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _parse_cell(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _paths(out: Path) -> dict[str, Path]:
+    return {
+        "config": out / "sweep.json",
+        "teachers": out / "teachers",
+        "students": out / "students",
+        "recoveries": out / "recoveries",
+        "results": out / "results.csv",
+        "recoveries_csv": out / "recoveries.csv",
+    }
+
+
+def _config_differences(a: SweepConfig, b: SweepConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def read_sweep_config(out: str | os.PathLike) -> SweepConfig | None:
+    """The config stored in a sweep directory, or None when it holds none."""
+    p = Path(out) / "sweep.json"
+    if not p.is_file():
+        return None
+    data = read_json(p)
+    if not isinstance(data, dict) or data.get("ecflow_format") != SWEEP_FORMAT:
+        raise InputError(f"{p}: not an ecflow sweep file (ecflow_format != {SWEEP_FORMAT!r})")
+    if data.get("version") != SWEEP_VERSION:
+        raise InputError(f"{p}: unsupported sweep version {data.get('version')!r}")
+    try:
+        return SweepConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{p}: invalid sweep configuration ({exc})") from None
+
+
+def check_directory(
+    out: str | os.PathLike, config: SweepConfig | None, resume: bool
+) -> SweepConfig:
+    """Check ``out`` against ``config`` and ``resume`` without writing; return the config to run.
+
+    Parameters
+    ----------
+    out : path-like
+    config : SweepConfig or None
+        None is allowed only with ``resume`` and a directory holding a sweep: its config is used.
+    resume : bool
+
+    Raises
+    ------
+    ValueError
+        A non-empty directory without ``resume``; ``resume`` on a directory holding a different
+        configuration or something other than a sweep; no config and nothing to resume.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    stored = read_sweep_config(out) if out.is_dir() else None
+    non_empty = out.is_dir() and any(out.iterdir())
+    if not resume:
+        if stored is not None:
+            raise InputError(
+                f"{out} already holds a sweep; pass --resume to continue it or pick another folder"
+            )
+        if non_empty:
+            raise InputError(f"{out} is not empty; pick another folder for the sweep")
+    elif stored is None and non_empty:
+        raise InputError(f"{out} is not empty and holds no sweep.json: nothing to resume there")
+    if stored is not None and config is not None and stored != config:
+        diff = ", ".join(_config_differences(stored, config))
+        raise InputError(
+            f"{out} holds a sweep with a different configuration (differs in: {diff}); "
+            "resume it with its own settings or pick another folder"
+        )
+    config = stored if config is None else config
+    if config is None:
+        raise InputError(f"{out} holds no sweep to resume; give a profile or grid options")
+    return config
+
+
+def create_directory(out: Path, config: SweepConfig) -> None:
+    paths = _paths(out)
+    try:
+        for key in ("teachers", "students", "recoveries"):
+            paths[key].mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the sweep directory ({exc.strerror})") from None
+    if not paths["config"].is_file():
+        write_json(
+            paths["config"],
+            {"ecflow_format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config.to_dict()},
+        )
+
+
+def prepare_directory(
+    out: str | os.PathLike, config: SweepConfig | None, resume: bool
+) -> SweepConfig:
+    """:func:`check_directory`, then create the folders and ``sweep.json``; returns the config."""
+    config = check_directory(out, config, resume)
+    create_directory(Path(out), config)
+    return config
+
+
+@contextlib.contextmanager
+def directory_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` so that two runs never write the same sweep; the
+    kernel releases it when the process dies, SIGKILL included."""
+    import fcntl
+
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"{out}: another sweep is running in this folder") from None
+        yield
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+_UNIT_KEYS = ("d_in", "r", "teacher", "rho", "student", "seed")
+"""Record fields also written as root attributes of a student's result file."""
+
+
+class Store:
+    """The files of one sweep directory: unit records in memory and on disk, and the tables.
+
+    Parameters
+    ----------
+    out : Path
+        The sweep directory (layout in :mod:`ecflow.sweep`).
+    config : SweepConfig
+    """
+
+    def __init__(self, out: Path, config: SweepConfig):
+        self.out = out
+        self.config = config
+        self.paths = _paths(out)
+        self.students = student_units(config)
+        self.recoveries = recovery_units(config)
+        self.student_records: dict[StudentUnit, dict[str, Any]] = {}
+        self.recovery_records: dict[RecoveryUnit, dict[str, Any]] = {}
+
+    @property
+    def n_units(self) -> int:
+        return len(self.students) + len(self.recoveries)
+
+    @property
+    def n_finished(self) -> int:
+        return len(self.student_records) + len(self.recovery_records)
+
+    def student_path(self, u: StudentUnit, ext: str) -> Path:
+        return self.paths["students"] / f"{u.name}.{ext}"
+
+    def recovery_path(self, u: RecoveryUnit, ext: str) -> Path:
+        return self.paths["recoveries"] / f"{u.name}.{ext}"
+
+    def load(self) -> None:
+        """Read the records of the finished units; remove what killed writers left."""
+        # A run killed while writing leaves hidden temporary files (networks.atomic_path).
+        folders = (self.out, self.paths["teachers"], self.paths["students"],
+                   self.paths["recoveries"])
+        for folder in (f for f in folders if f.is_dir()):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        self.student_records.clear()
+        self.recovery_records.clear()
+        for u in self.students:
+            p = self.student_path(u, "json")
+            if p.is_file() and self.student_path(u, "h5").is_file():
+                self.student_records[u] = read_json(p)
+        for g in self.recoveries:
+            p = self.recovery_path(g, "json")
+            if p.is_file():
+                self.recovery_records[g] = read_json(p)
+
+    def write_teacher(self, key: TeacherKey, data: Mapping[str, Any], seed: int) -> None:
+        """The teacher's network file with its training queries (once per teacher)."""
+        path = self.paths["teachers"] / f"{key.name}.h5"
+        if path.is_file():
+            return
+        networks.write_network(
+            path, data["teacher"], x=data["x"], y=data["y"],
+            attrs={
+                "teacher": "synthetic",
+                "d_in": key.d_in,
+                "r": key.r,
+                "index": key.teacher,
+                "seed": seed,
+                "activation": self.config.activation,
+            },
+        )
+
+    def write_student(self, u: StudentUnit, res: TrainResult) -> None:
+        """The student's result file, then its record (which marks it finished)."""
+        seed = unit_seed(self.config, STUDENT_SEED, u.d_in, u.r, u.teacher, u.rho, u.student)
+        record = _student_record(u, seed, res)
+        jobs.write_result_file(
+            self.student_path(u, "h5"), res, attrs={k: record[k] for k in _UNIT_KEYS}
+        )
+        write_json(self.student_path(u, "json"), record)
+        self.student_records[u] = record
+
+    def read_students(self, g: RecoveryUnit) -> list[TrainResult]:
+        """The finished students of a recovery, read back from their result files.
+
+        A recovery always reads its students from disk, so that a resumed one sees exactly
+        what an uninterrupted one does.
+        """
+        return [
+            jobs.read_result_file(self.student_path(StudentUnit(*dataclasses.astuple(g), s), "h5"))
+            for s in range(self.config.n_students(g.r))
+        ]
+
+    def group_complete(self, g: RecoveryUnit) -> bool:
+        return all(
+            StudentUnit(g.d_in, g.r, g.teacher, g.rho, s) in self.student_records
+            for s in range(self.config.n_students(g.r))
+        )
+
+    def write_recovery(self, g: RecoveryUnit, rec: Recovery) -> None:
+        """The recovered network (when there is one), then the record."""
+        record = _recovery_record(g, rec)
+        h5 = self.recovery_path(g, "h5")
+        if rec.network is not None:
+            attrs = dict(rec.to_attrs())
+            attrs.update(
+                {k: record[k] for k in ("d_in", "r", "teacher", "rho", "success", "teacher_size")}
+            )
+            networks.write_network(h5, rec.network, attrs=attrs)
+        elif h5.exists():
+            h5.unlink()  # left by an earlier attempt of this unit, killed before its record
+        write_json(self.recovery_path(g, "json"), record)
+        self.recovery_records[g] = record
+
+    def write_tables(self) -> None:
+        write_csv(
+            self.paths["results"], RESULTS_COLUMNS, results_rows(self.student_records.values())
+        )
+        write_csv(
+            self.paths["recoveries_csv"], RECOVERIES_COLUMNS,
+            recoveries_rows(self.recovery_records.values(), self.config),
+        )
