@@ -67,6 +67,7 @@ def bench_sweep_throughput(
     workers: tuple[int, ...] = (1, 2),
     shared_machine: bool = True,
     out: Path | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Units per second of one sweep run with each number of ``workers``.
 
@@ -124,6 +125,8 @@ def bench_sweep_throughput(
         "target_speedup_2_workers": 1.8,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if note is not None:
+        record["note"] = note
     out = out or RESULTS / "sweep-throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
@@ -131,7 +134,12 @@ def bench_sweep_throughput(
 
 
 def summarize_sweep(
-    run_dir: Path, name: str, *, out_dir: Path = RESULTS, run: dict[str, Any] | None = None
+    run_dir: Path,
+    name: str,
+    *,
+    out_dir: Path = RESULTS,
+    run: dict[str, Any] | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Summarise a sweep directory (finished or partial) into ``sweep-<name>.json`` + figures.
 
@@ -197,6 +205,8 @@ def summarize_sweep(
         "machine": {**_machine(), "shared_with_other_jobs": True},
         "summarized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if note is not None:
+        record["note"] = note
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"sweep-{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     if results or recoveries:
@@ -224,17 +234,20 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--name", required=True)
     s.add_argument("--command", default=None, help="how the sweep was run (recorded as given)")
     s.add_argument("--wall-seconds", type=float, default=None, help="measured wall-clock time")
+    for p in (t, s):
+        p.add_argument("--note", default=None,
+                       help="remark stored as the JSON's 'note' (never edit the JSON by hand)")
     args = parser.parse_args(argv)
     if args.cmd == "throughput":
         rec = bench_sweep_throughput(
             d_in=args.d_in, r=args.r, rho=args.rho, students=args.students,
-            n_queries=args.n_queries, max_steps=args.max_steps,
+            n_queries=args.n_queries, max_steps=args.max_steps, note=args.note,
         )
         print(json.dumps({"runs": rec["runs"], "speedup": rec["speedup"]}, indent=1))
     else:
         run = {k: v for k, v in (("command", args.command), ("wall_seconds", args.wall_seconds))
                if v is not None}
-        rec = summarize_sweep(args.run_dir, args.name, run=run)
+        rec = summarize_sweep(args.run_dir, args.name, run=run, note=args.note)
         print(json.dumps({k: rec[k] for k in ("partial", "students_finished", "recoveries_finished", "per_rho")}, indent=1))
 
 

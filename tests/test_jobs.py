@@ -368,17 +368,6 @@ def test_run_job_bad_job_file_writes_nothing(tmp_path):
     assert not (tmp_path / "r.h5").exists()
 
 
-def _native_available():
-    try:
-        from ecflow.engines import get_engine
-
-        get_engine("native")
-    except (ImportError, AttributeError):
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _native_available(), reason="the native engine is not in this tree yet")
 def test_train_job_cli_native_end_to_end(tmp_path):
     x, y, init = tiny_problem(n=200, sizes=(2, 3, 1), acts=("g", "identity"))
     job, out = tmp_path / "job.h5", tmp_path / "r.h5"
