@@ -377,8 +377,13 @@ def bench_engine(
     budget: float = 60.0,
     workers: int = 2,
     out: Path = OUT,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """Run the selected parts and merge them into ``out`` (``benchmarks/results/engine.json``)."""
+    """Run the selected parts and merge them into ``out`` (``benchmarks/results/engine.json``).
+
+    ``note`` (``--note``) is written as the top-level ``notes`` of the file: remarks on a
+    measurement go through this option, never by editing the JSON by hand.
+    """
     data: dict[str, Any] = {}
     for part in parts:
         if part not in PARTS:
@@ -392,6 +397,8 @@ def bench_engine(
         section["run_seconds"] = time.perf_counter() - t0
         section["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data[part] = section
+        if note is not None:
+            data["notes"] = note
         # re-read just before writing: another run may have added its sections meanwhile
         merged = _read(out)
         merged.update(data)
@@ -410,10 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--note", default=None, help="remark stored as the file's 'notes'")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     bench_engine(
-        parts=parts, students=args.students, budget=args.budget, workers=args.workers, out=args.out
+        parts=parts, students=args.students, budget=args.budget, workers=args.workers,
+        out=args.out, note=args.note,
     )
     print(f"wrote {args.out}", file=sys.stderr)
 

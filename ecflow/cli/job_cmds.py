@@ -19,6 +19,9 @@ from ecflow.engines.jobs import run_job, write_job_file
 from ecflow.errors import InputError
 
 
+_TRAIN = TrainConfig()  # the CLI's defaults are the config's
+
+
 @app.command("make-job")
 def make_job(
     data: Path = typer.Option(..., "--data", help="Pairs file (HDF5) to train on."),
@@ -27,11 +30,17 @@ def make_job(
     out: Path = typer.Option(..., "--out", help="Output job file."),
     activation: str = typer.Option("g", "--activation", help="Hidden activation."),
     engine: str = typer.Option("native", "--engine", help="Engine stored in the job: native|julia."),
-    schedule: str = typer.Option("lm-first", "--schedule", help="lm-first|flow-first."),
-    optimizer: str = typer.Option("lm", "--optimizer", help="lm|trust-exact|bfgs."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Overall time budget."),
-    flow_seconds: float = typer.Option(180.0, "--flow-seconds", help="Gradient-flow budget (s)."),
-    polish_seconds: float = typer.Option(120.0, "--polish-seconds", help="Polishing budget (s)."),
+    schedule: str = typer.Option(_TRAIN.schedule.value, "--schedule", help="lm-first|flow-first."),
+    optimizer: str = typer.Option(_TRAIN.optimizer.value, "--optimizer", help="lm|trust-exact|bfgs."),
+    max_seconds: Optional[float] = typer.Option(
+        _TRAIN.max_seconds, "--max-seconds", help="Overall time budget."
+    ),
+    flow_seconds: float = typer.Option(
+        _TRAIN.flow_seconds, "--flow-seconds", help="Gradient-flow budget (s)."
+    ),
+    polish_seconds: float = typer.Option(
+        _TRAIN.polish_seconds, "--polish-seconds", help="Polishing budget (s)."
+    ),
 ) -> None:
     """Write a training job: pairs, a Glorot-normal student and the settings, in one HDF5 file."""
     if seed < 0:

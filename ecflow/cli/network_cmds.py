@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,10 @@ from rich.table import Table
 from ecflow import networks, teachers
 from ecflow.cli._app import app
 from ecflow.errors import InputError
+
+_TEACHER_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(teachers.TeacherConfig)
+}
 
 teacher_app = typer.Typer(help="Create teacher networks.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -42,8 +47,10 @@ def teacher_synthetic(
     r: Optional[int] = typer.Option(None, "--r", help="Hidden neurons (one hidden layer)."),
     hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden sizes, e.g. 8,4,2."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    activation: str = typer.Option("g", "--activation", help="Hidden activation."),
-    d_out: int = typer.Option(1, "--d-out", help="Output dimension."),
+    activation: str = typer.Option(
+        _TEACHER_DEFAULTS["activation"], "--activation", help="Hidden activation."
+    ),
+    d_out: int = typer.Option(_TEACHER_DEFAULTS["d_out"], "--d-out", help="Output dimension."),
     out: Path = typer.Option(..., "--out", help="Output network file."),
 ) -> None:
     """Draw a synthetic teacher of the paper (appendix A.4) and write it."""

@@ -190,7 +190,7 @@ def _executor_slots(executor: cf.Executor, workers: int | None) -> int:
 # --- the run -------------------------------------------------------------------------------------
 
 
-class _Run:
+class _SweepRun:
     """One :func:`run_sweep` call: the store, the teachers in memory, progress and counts."""
 
     def __init__(self, store: Store, progress: ProgressFn | None):
@@ -288,7 +288,7 @@ def _pending_per_teacher(units: Sequence[StudentUnit | RecoveryUnit]) -> dict[Te
     return remaining
 
 
-def _execute(run: _Run, ex: cf.Executor, slots: int) -> None:
+def _execute(run: _SweepRun, ex: cf.Executor, slots: int) -> None:
     """Run every unfinished unit, ``slots`` at most in flight, recoveries as soon as ready."""
     store = run.store
     todo_students = [u for u in store.students if u not in store.student_records]
@@ -378,7 +378,7 @@ def run_sweep(
     ):
         raise InputError(f"workers must be a positive integer, got {workers!r}")
     config = check_directory(out, config, resume)
-    run = _Run(Store(out, config), progress)
+    run = _SweepRun(Store(out, config), progress)
     run.store.load()
     if run.store.n_finished < run.store.n_units:
         # The executor (and a Dask connection) is set up before anything is written, so that
