@@ -141,6 +141,55 @@ def recovery_student_losses(losses: Sequence[float]):
     return fig
 
 
+def width_search_curve(search: Any):
+    """Loss against student width, one curve per candidate activation (paper figure A.2B).
+
+    Parameters
+    ----------
+    search : ecflow.width_search.WidthSearch
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Every short student as a dot, the best one per width as a line, the near-zero
+        threshold dashed and the width found dotted.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    names = [r.activation for r in search.ranking]
+    if not names:
+        ax.text(0.5, 0.5, "no student was trained", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    for k, name in enumerate(names):
+        colour = f"C{k % 10}"
+        trials = [t for t in search.trials if t.activation == name]
+        for t in trials:
+            v = np.asarray(t.losses, dtype=np.float64)
+            v = v[np.isfinite(v)]
+            # Exact zeros cannot sit on a log axis; 1e-33 is below any float64 MSE here.
+            ax.scatter(np.full(v.size, t.width), np.maximum(v, 1e-33), s=10, alpha=0.35,
+                       color=colour)
+        widths, best = search.curve(name)
+        lw = 2.5 if name == search.activation else 1.0
+        ax.plot(widths, np.maximum(best, 1e-33), marker="o", lw=lw, color=colour, label=name)
+    ax.axhline(search.threshold, color="grey", linestyle="--",
+               label=f"near-zero loss ({search.threshold:.0e})")
+    if search.width is not None:
+        ax.axvline(search.width, color="black", linestyle=":",
+                   label=f"width found: {search.width} ({search.activation})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("student width")
+    ax.set_ylabel("training MSE of short students")
+    ax.set_title("width search (paper Fig. A.2B)")
+    ax.legend(loc="best", fontsize="small", ncols=2 if len(names) > 4 else 1)
+    return fig
+
+
 def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
                          beta_deg: float | None = None) -> list[Path]:
     """Write the recovery figures as PNGs into ``folder`` (created if missing).
@@ -155,8 +204,8 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     Returns
     -------
     list of Path
-        ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering) and
-        ``student_losses.png``.
+        ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering),
+        ``student_losses.png`` and ``width_search.png`` (after ``--hidden auto``).
     """
     from ecflow.networks import atomic_path
 
@@ -169,6 +218,9 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
         figures.append(("dendrogram.png", recovery_dendrogram(recovery.clustering)))
         figures.append(("clusters.png", recovery_clusters(recovery.clustering, beta_deg=beta_deg)))
     figures.append(("student_losses.png", recovery_student_losses(recovery.student_losses)))
+    search = getattr(recovery, "width_search", None)
+    if search is not None:
+        figures.append(("width_search.png", width_search_curve(search)))
     written = []
     for name, fig in figures:
         path = folder / name

@@ -1,0 +1,473 @@
+"""Expansion phase, step 1: find the student width of an unknown teacher (paper section 5,
+figure A.2B).
+
+A teacher of hidden width ``r`` is fitted to near-zero loss only by students of width at least
+``r``, and in practice only by mildly wider ones (a student of width ``r`` rarely escapes its
+local minima, Fig. A.2A). So short students of growing width ``m`` are trained on the teacher's
+queries and the smallest ``m`` at which the best of a few of them reaches near-zero loss
+(MSE <= :data:`~ecflow.engines.base.NEAR_ZERO_LOSS`, or a float32 model's floor) is found:
+
+* doubling ``m = 1, 2, 4, ...`` up to ``max_width`` until a width reaches near-zero loss;
+* then bisection between the last failing and the first succeeding width, assuming that
+  success is monotone in ``m`` over that interval.
+
+The Expand-and-Cluster students then get ``ceil(multiple * m)`` neurons: ``m`` itself is where
+short students *just* succeed, and the E&C students need most of them to succeed.
+
+The activation of a black box is unknown too, and students with the wrong activation do not
+reach near-zero loss at any width (they approximate, they do not represent). So every candidate
+activation is trained at each doubling width, and the one that reaches near-zero loss at the
+smallest width, then at the lowest loss, is kept; the others are ranked by the best loss they
+reached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import enum
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecflow._checks import check_int, check_number
+from ecflow.activations import ACTIVATIONS, get_activation
+from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
+from ecflow.errors import InputError
+from ecflow.expansion import train_student
+from ecflow.networks import check_xy
+
+__all__ = [
+    "WidthSearchConfig",
+    "WidthStatus",
+    "WidthTrial",
+    "ActivationRank",
+    "WidthSearch",
+    "search_width",
+    "doubling_widths",
+]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)`` as in :mod:`ecflow.recover`; the phase is "width search"."""
+
+PHASE = "width search"
+
+
+def _short_training() -> TrainConfig:
+    # Measured on g teachers d_in 4 r 4: a student that will reach near-zero loss does so in
+    # 0.5-5 s at 3000 queries; the others are stopped early as hopeless or stalled.
+    return TrainConfig(max_seconds=8.0)
+
+
+@dataclass(frozen=True)
+class WidthSearchConfig:
+    """Settings of the width search.
+
+    Parameters
+    ----------
+    n_seeds : int, default=3
+        Short students per width and activation; a width succeeds when the best one does.
+    max_width : int, default=64
+        Largest width tried.
+    multiple : float, default=2.0
+        The E&C width is ``ceil(multiple * found)``. At the found width about one short student
+        in three succeeds; at twice that (about ``4 r`` on the paper's teachers, the paper's
+        ``ρ = 4``) most do.
+    n_queries : int or None, default=4000
+        Queries the short students train on (the first ones given); None: all. Their few
+        hundred parameters are determined many times over by 4000 queries.
+    bisect : bool, default=True
+        Bisect between the last failing and the first succeeding doubling width.
+    train : TrainConfig, default=TrainConfig(max_seconds=8.0)
+        Training of each short student.
+    """
+
+    n_seeds: int = 3
+    max_width: int = 64
+    multiple: float = 2.0
+    n_queries: int | None = 4000
+    bisect: bool = True
+    train: TrainConfig = field(default_factory=_short_training)
+
+    def __post_init__(self):
+        check_int(self.n_seeds, "n_seeds")
+        check_int(self.max_width, "max_width")
+        if check_number(self.multiple, "multiple") < 1.0:
+            raise InputError(f"multiple must be at least 1, got {self.multiple!r}")
+        if self.n_queries is not None:
+            check_int(self.n_queries, "n_queries")
+        if not isinstance(self.bisect, bool):
+            raise InputError(f"bisect must be a bool, got {self.bisect!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise InputError(f"train must be a TrainConfig, got {self.train!r}")
+
+
+class WidthStatus(enum.Enum):
+    """Outcome of a width search; ``message`` says what to do about it."""
+
+    FOUND = "found the smallest width at which short students reach near-zero loss"
+    NOT_FOUND = (
+        "no width up to max_width reached near-zero loss: give --activation if it is known, "
+        "train the short students longer, or raise the largest width"
+    )
+    DEADLINE = "the time budget ran out before a width reached near-zero loss: raise --max-minutes"
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class WidthTrial:
+    """Short students of one width and activation.
+
+    Attributes
+    ----------
+    activation : str
+    width : int
+    losses : tuple of float
+        Final MSE of each student (NaN for a failed one).
+    seconds : float
+        Wall-clock time of this width's training (all activations of the round share it).
+    """
+
+    activation: str
+    width: int
+    losses: tuple[float, ...]
+    seconds: float
+
+    @property
+    def best_loss(self) -> float:
+        finite = [v for v in self.losses if math.isfinite(v)]
+        return min(finite) if finite else math.inf
+
+    def reached(self, threshold: float) -> bool:
+        return self.best_loss <= threshold
+
+    def to_dict(self) -> dict:
+        return {
+            "activation": self.activation,
+            "width": self.width,
+            "losses": [v if math.isfinite(v) else None for v in self.losses],
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class ActivationRank:
+    """How well one candidate activation did: the smallest width that reached near-zero loss
+    (None if none did) and the lowest loss at any width."""
+
+    activation: str
+    width: int | None
+    best_loss: float
+    best_width: int
+
+    def to_dict(self) -> dict:
+        return {
+            "activation": self.activation,
+            "width": self.width,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_width": self.best_width,
+        }
+
+
+@dataclass(frozen=True)
+class WidthSearch:
+    """Outcome of :func:`search_width`.
+
+    Attributes
+    ----------
+    width : int or None
+        Smallest width at which a short student reached near-zero loss.
+    student_width : int or None
+        Width for the Expand-and-Cluster students, ``ceil(multiple * width)``.
+    activation : str or None
+        Chosen activation (the best-ranked candidate; None without any candidate trained).
+    ranking : tuple of ActivationRank
+        Candidates, best first.
+    trials : tuple of WidthTrial
+        Every width and activation tried, in order: the loss-versus-width curve (Fig. A.2B).
+    threshold : float
+        MSE counted as near-zero loss.
+    status : WidthStatus
+    reason : str
+        ``status.message`` with the numbers behind it and why the activation was chosen.
+    seconds : float
+    """
+
+    width: int | None
+    student_width: int | None
+    activation: str | None
+    ranking: tuple[ActivationRank, ...]
+    trials: tuple[WidthTrial, ...]
+    threshold: float
+    status: WidthStatus
+    reason: str
+    seconds: float
+
+    @property
+    def found(self) -> bool:
+        return self.status is WidthStatus.FOUND
+
+    def curve(self, activation: str) -> tuple[np.ndarray, np.ndarray]:
+        """Widths (increasing) and best loss at each, for one activation.
+
+        Returns
+        -------
+        widths : ndarray of shape (n_widths,), int
+        best_losses : ndarray of shape (n_widths,), float64
+        """
+        pts = sorted((t.width, t.best_loss) for t in self.trials if t.activation == activation)
+        return (np.array([w for w, _ in pts], dtype=int),
+                np.array([v for _, v in pts], dtype=np.float64))
+
+    def to_report(self) -> dict:
+        """JSON-serialisable summary, for the recovery report."""
+        return {
+            "status": self.status.name,
+            "reason": self.reason,
+            "width": self.width,
+            "student_width": self.student_width,
+            "activation": self.activation,
+            "threshold": self.threshold,
+            "ranking": [r.to_dict() for r in self.ranking],
+            "trials": [t.to_dict() for t in self.trials],
+            "seconds": self.seconds,
+        }
+
+
+def doubling_widths(max_width: int) -> list[int]:
+    """``1, 2, 4, ...`` up to ``max_width``, ending with ``max_width`` itself."""
+    max_width = check_int(max_width, "max_width")
+    widths = [1]
+    while widths[-1] * 2 < max_width:
+        widths.append(widths[-1] * 2)
+    if widths[-1] != max_width:
+        widths.append(max_width)
+    return widths
+
+
+def _seeds(seed: int, width: int, n: int) -> list[int]:
+    # A stream of its own per width, apart from the E&C students' (SeedSequence([seed, 2])).
+    return [int(s) for s in np.random.SeedSequence([int(seed), 3, int(width)]).generate_state(n)]
+
+
+@dataclass
+class _Budget:
+    """Wall-clock deadline shared by the rounds; None means no limit."""
+
+    deadline: float | None
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def config(self, train: TrainConfig) -> TrainConfig | None:
+        left = self.left()
+        if left < 1.0:
+            return None
+        if left >= train.total_seconds:
+            return train
+        return TrainConfig(**{**train.__dict__, "max_seconds": left})
+
+
+def _train_round(
+    x: np.ndarray,
+    y: np.ndarray,
+    width: int,
+    activations: Sequence[str],
+    *,
+    seed: int,
+    config: WidthSearchConfig,
+    train: TrainConfig,
+    engine: str,
+    executor: cf.Executor | None,
+    progress: Progress | None,
+    counter: list[int],
+) -> list[WidthTrial]:
+    """Train ``n_seeds`` students of ``width`` per activation, in parallel when possible."""
+    t = time.monotonic()
+    jobs = [(a, s) for a in activations for s in _seeds(seed, width, config.n_seeds)]
+    kwargs = dict(hidden=(width,), config=train, engine=engine)
+
+    results: list[TrainResult | None] = [None] * len(jobs)
+
+    def tick():
+        counter[0] += 1
+        if progress is not None:
+            remaining = sum(r is None for r in results)
+            progress(PHASE, counter[0], counter[0] + remaining)
+
+    if executor is None:
+        for i, (a, s) in enumerate(jobs):
+            results[i] = train_student(x, y, activation=a, seed=s, **kwargs)
+            tick()
+    else:
+        futures = {executor.submit(train_student, x, y, activation=a, seed=s, **kwargs): i
+                   for i, (a, s) in enumerate(jobs)}
+        try:
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+                tick()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    seconds = time.monotonic() - t
+    return [
+        WidthTrial(a, width, tuple(float(r.loss) for r, (b, _) in zip(results, jobs) if b == a),
+                   seconds)
+        for a in activations
+    ]
+
+
+def _rank(trials: Sequence[WidthTrial], activations: Sequence[str], threshold: float):
+    ranks = []
+    for a in activations:
+        mine = [t for t in trials if t.activation == a]
+        if not mine:
+            continue
+        ok = [t.width for t in mine if t.reached(threshold)]
+        best = min(mine, key=lambda t: (t.best_loss, t.width))
+        ranks.append(ActivationRank(a, min(ok) if ok else None, best.best_loss, best.width))
+    return tuple(sorted(
+        ranks, key=lambda r: (r.width is None, r.width or 0, r.best_loss, r.activation)
+    ))
+
+
+def _explain(ranking: Sequence[ActivationRank], n_candidates: int) -> str:
+    top = ranking[0]
+    if n_candidates == 1:
+        return f"activation {top.activation} (given)"
+    others = list(ranking[1:])
+    if top.width is None:
+        why = "no candidate reached near-zero loss; it reached the lowest loss"
+    elif not others or others[0].width is None:
+        why = "the only candidate that reached near-zero loss"
+    else:
+        why = "reached near-zero loss at the smallest width, then the lowest loss"
+    runner = (f"; next {others[0].activation}: best MSE {others[0].best_loss:.2g} at width "
+              f"{others[0].best_width}" if others else "")
+    if others and top.width is not None and others[0].width == top.width:
+        # tanh(z) = 2 sigmoid(2z) - 1: some pairs represent the same networks neuron by neuron.
+        runner += (f"; {others[0].activation} reached near-zero loss at the same width: both "
+                   "represent the teacher, the lower loss decided")
+    return f"activation {top.activation} chosen of {n_candidates} candidates: {why}{runner}"
+
+
+def search_width(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    activations: Sequence[str] | str | None = None,
+    config: WidthSearchConfig | None = None,
+    threshold: float = NEAR_ZERO_LOSS,
+    seed: int = 0,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    deadline: float | None = None,
+    progress: Progress | None = None,
+) -> WidthSearch:
+    """Find the smallest student width, and the activation, at which short students of a teacher
+    reach near-zero loss (paper section 5, step 1; Fig. A.2B).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, d_in), float64
+        Teacher queries; the first ``config.n_queries`` are used.
+    y : ndarray of shape (n_samples, d_out), float64
+    activations : str or sequence of str, optional
+        Candidate hidden activations; default every activation of the spec.
+    config : WidthSearchConfig, optional
+    threshold : float, default=NEAR_ZERO_LOSS
+        MSE that counts as near-zero (a float32 teacher: ``BlackBox.near_zero_loss``).
+    seed : int, default=0
+        Seeds the short students.
+    engine : str, default="native"
+    executor : concurrent.futures.Executor, optional
+        Trains the students of a round in parallel.
+    deadline : float, optional
+        ``time.monotonic()`` value after which no student starts and running ones stop.
+    progress : callable, optional
+        ``progress("width search", done, total)``.
+
+    Returns
+    -------
+    WidthSearch
+    """
+    t_start = time.monotonic()
+    config = WidthSearchConfig() if config is None else config
+    if not isinstance(config, WidthSearchConfig):
+        raise InputError(f"config must be a WidthSearchConfig, got {type(config).__name__}")
+    x, y = check_xy(x, y)
+    if config.n_queries is not None:
+        x, y = x[: config.n_queries], y[: config.n_queries]
+    if activations is None:
+        candidates = list(ACTIVATIONS)
+    elif isinstance(activations, str):
+        candidates = [activations]
+    else:
+        candidates = list(dict.fromkeys(activations))
+    if not candidates:
+        raise InputError("activations must name at least one candidate")
+    for a in candidates:
+        get_activation(a)
+    threshold = check_number(threshold, "threshold", positive=True)
+    budget = _Budget(deadline)
+    trials: list[WidthTrial] = []
+    counter = [0]
+    round_kwargs = dict(seed=seed, config=config, engine=engine, executor=executor,
+                        progress=progress, counter=counter)
+    lo, hi = 0, None
+    out_of_time = False
+    for width in doubling_widths(config.max_width):
+        train = budget.config(config.train)
+        if train is None:
+            out_of_time = True
+            break
+        trials += _train_round(x, y, width, candidates, train=train, **round_kwargs)
+        if any(t.reached(threshold) for t in trials if t.width == width):
+            hi = width
+            break
+        lo = width
+    if hi is not None and config.bisect:
+        # Candidates that tie at the doubling width are bisected together: an activation that
+        # is only the right one up to a linear change of variables (relu by two leaky_relu
+        # neurons) needs more neurons and drops out here.
+        winners = [t.activation for t in trials if t.width == hi and t.reached(threshold)]
+        while hi - lo > 1:
+            train = budget.config(config.train)
+            if train is None:
+                break
+            mid = (lo + hi) // 2
+            found = _train_round(x, y, mid, winners, train=train, **round_kwargs)
+            trials += found
+            ok = [t.activation for t in found if t.reached(threshold)]
+            if ok:
+                hi, winners = mid, ok
+            else:
+                lo = mid
+    ranking = _rank(trials, candidates, threshold)
+    chosen = ranking[0].activation if ranking else None
+    seconds = time.monotonic() - t_start
+    if hi is None:
+        status = WidthStatus.DEADLINE if out_of_time else WidthStatus.NOT_FOUND
+        best = f"; best MSE {ranking[0].best_loss:.2g}" if ranking else ""
+        reason = f"{status.message} (widths up to {max((t.width for t in trials), default=0)}{best})"
+        if ranking:
+            reason += "; " + _explain(ranking, len(candidates))
+        return WidthSearch(None, None, chosen, ranking, tuple(trials), threshold, status,
+                           reason, seconds)
+    student = int(math.ceil(config.multiple * hi - 1e-9))
+    best = min(t.best_loss for t in trials if t.activation == chosen and t.width == hi)
+    below = f"; width {lo} did not" if lo > 0 else ""
+    reason = (
+        f"width {hi}: the smallest at which the best of {config.n_seeds} short students reached "
+        f"MSE <= {threshold:.2g} (best {best:.2g}{below}); E&C width {student} = "
+        f"ceil({config.multiple:g} x {hi}); {_explain(ranking, len(candidates))}"
+    )
+    return WidthSearch(hi, student, chosen, ranking, tuple(trials), threshold,
+                       WidthStatus.FOUND, reason, seconds)

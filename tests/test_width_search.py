@@ -1,0 +1,78 @@
+"""Width search (paper section 5 step 1, Fig. A.2B): the smallest width at which short students
+reach near-zero loss, the activation that gets there, the deadline and the figure."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ecflow import plots, teachers
+from ecflow.engines.base import TrainConfig
+from ecflow.errors import InputError
+from ecflow.width_search import (
+    WidthSearchConfig,
+    WidthStatus,
+    doubling_widths,
+    search_width,
+)
+
+FAST = WidthSearchConfig(n_seeds=2, max_width=8, train=TrainConfig(max_seconds=3.0))
+
+
+@pytest.fixture(scope="module")
+def tanh_pairs():
+    teacher = teachers.synthetic_teacher(teachers.TeacherConfig(2, (3,), "tanh"), 1)
+    x = teachers.sample_inputs(1000, 2, 0)
+    return x, teacher.forward(x)
+
+
+def test_finds_the_teacher_width_and_activation(tanh_pairs):
+    res = search_width(*tanh_pairs, activations=["relu", "tanh", "softplus"], config=FAST)
+    assert res.status is WidthStatus.FOUND, res.reason
+    assert res.width == 3 and res.student_width == 6 and res.activation == "tanh"
+    assert [r.activation for r in res.ranking][0] == "tanh"
+    assert all(r.width is None for r in res.ranking[1:])
+    assert "tanh chosen of 3 candidates" in res.reason and "width 2 did not" in res.reason
+    widths, best = res.curve("tanh")
+    assert list(widths) == sorted(widths) and best[list(widths).index(3)] <= 1e-14
+    assert {t.width for t in res.trials if t.activation == "relu"} == {1, 2, 4}
+    json.dumps(res.to_report())
+    fig = plots.width_search_curve(res)
+    assert fig.axes[0].get_xlabel() == "student width"
+
+
+def test_one_activation_and_no_bisection(tanh_pairs):
+    config = WidthSearchConfig(n_seeds=2, max_width=8, bisect=False, multiple=1.5,
+                               train=TrainConfig(max_seconds=3.0))
+    res = search_width(*tanh_pairs, activations="tanh", config=config)
+    assert res.width == 4 and res.student_width == 6
+    assert "(given)" in res.reason
+
+
+def test_not_found_and_deadline(tanh_pairs):
+    res = search_width(*tanh_pairs, activations="tanh",
+                       config=WidthSearchConfig(n_seeds=1, max_width=2,
+                                                train=TrainConfig(max_seconds=2.0)))
+    assert res.status is WidthStatus.NOT_FOUND and res.width is None
+    assert res.student_width is None and "up to 2" in res.reason
+    res = search_width(*tanh_pairs, activations="tanh", deadline=time.monotonic() - 1)
+    assert res.status is WidthStatus.DEADLINE and res.trials == ()
+    assert "--max-minutes" in res.reason
+    assert plots.width_search_curve(res) is not None
+
+
+def test_bad_arguments(tanh_pairs):
+    with pytest.raises(InputError, match="unknown activation"):
+        search_width(*tanh_pairs, activations=["tanhh"])
+    with pytest.raises(InputError, match="at least one"):
+        search_width(*tanh_pairs, activations=[])
+    with pytest.raises(InputError, match="threshold"):
+        search_width(*tanh_pairs, activations="tanh", threshold=0.0)
+    with pytest.raises(InputError, match="multiple"):
+        WidthSearchConfig(multiple=0.5)
+    with pytest.raises(InputError, match="n_seeds"):
+        WidthSearchConfig(n_seeds=0)
+    with pytest.raises(InputError, match="config"):
+        search_width(*tanh_pairs, config=TrainConfig())
+    assert doubling_widths(1) == [1] and doubling_widths(12) == [1, 2, 4, 8, 12]
