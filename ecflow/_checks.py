@@ -9,7 +9,7 @@ import numpy as np
 
 from ecflow.errors import InputError, InputTypeError
 
-__all__ = ["check_int", "check_number"]
+__all__ = ["check_int", "check_number", "check_in_range"]
 
 
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -48,3 +48,31 @@ def check_number(value: Any, name: str, *, positive: bool = False) -> float:
     if positive and value <= 0.0:
         raise InputError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def check_in_range(value: Any, name: str, low: float, high: float, *, unit: str = "") -> float:
+    """Return ``value`` as a float in the half-open interval ``(low, high]``.
+
+    Parameters
+    ----------
+    value : Any
+    name : str
+        The argument's name, as the message shows it.
+    low, high : float
+        Bounds: ``low`` excluded, ``high`` included.
+    unit : str, default=""
+        Shown after the interval (``" degrees"``).
+
+    Raises
+    ------
+    InputTypeError
+        ``value`` is not a real number.
+    InputError
+        ``value`` is NaN, infinite or outside ``(low, high]``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"{name} must be a number in ({low:g}, {high:g}]{unit}, got {value!r}")
+    v = float(value)
+    if not (low < v <= high):
+        raise InputError(f"{name} must be in ({low:g}, {high:g}]{unit}, got {value!r}")
+    return v

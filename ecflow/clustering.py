@@ -51,6 +51,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import cdist, squareform
 
+from ecflow._checks import check_in_range
 from ecflow.activations import Symmetry
 from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_array
@@ -86,11 +87,8 @@ class ClusterConfig:
     beta_deg: float = 30.0
 
     def __post_init__(self):
-        g, b = self.gamma, self.beta_deg
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not (0.0 < g <= 1.0):
-            raise InputError(f"gamma must be in (0, 1], got {g!r}")
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 < b <= 90.0):
-            raise InputError(f"beta_deg must be in (0, 90] degrees, got {b!r}")
+        check_in_range(self.gamma, "gamma", 0.0, 1.0)
+        check_in_range(self.beta_deg, "beta_deg", 0.0, 90.0, unit=" degrees")
 
 
 @dataclass(frozen=True, eq=False)

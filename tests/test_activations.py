@@ -228,3 +228,47 @@ def test_zero_and_constant_neurons(seed, name):
     np.testing.assert_allclose(
         _one_hidden(W2, b2, a2, c2, act)(X), _one_hidden(W, b, a, c, act)(X), atol=1e-12
     )
+
+
+# --- the compensation algebra ----------------------------------------------------------------
+
+
+@given(
+    name=st.sampled_from([n for n, a in ACTIVATIONS.items() if a.symmetry.sign_invariant]),
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(1, 4),
+)
+def test_compensate_keeps_the_group_function(name, seed, k):
+    # Members v_i = s_i λ_i v computed directly equal the merged neuron plus the constant and
+    # linear terms the class leaves: sum_i a_i σ(v_i·[x, 1]) = A σ(v·[x, 1]) + β + Θ̃ [x, 1].
+    act = get_activation(name)
+    rng = np.random.default_rng(seed)
+    d, n_next = 3, 2
+    v = rng.normal(size=d + 1)
+    signs = rng.choice([-1, 1], size=k)
+    scales = rng.uniform(0.5, 2.0, size=k) if act.symmetry.scale_invariant else np.ones(k)
+    a = rng.normal(size=(n_next, k))
+    X1 = np.hstack([rng.uniform(-2.0, 2.0, size=(200, d)), np.ones((200, 1))])
+    direct = sum(np.outer(act(X1 @ (signs[i] * scales[i] * v)), a[:, i]) for i in range(k))
+    comp = act.compensate(a, signs, scales, v)
+    merged = np.outer(act(X1 @ v), comp.output_weight) + comp.bias + X1 @ comp.linear.T
+    np.testing.assert_allclose(merged, direct, rtol=1e-10, atol=1e-10)
+
+
+def test_compensate_without_symmetry_only_sums_output_weights():
+    act = get_activation("g")
+    a = np.array([[1.0, 2.0], [3.0, -1.0]])
+    comp = act.compensate(a, np.ones(2, dtype=int), np.ones(2), np.array([1.0, 0.5, 0.0]))
+    np.testing.assert_array_equal(comp.output_weight, [3.0, 2.0])
+    assert not comp.bias.any() and not comp.linear.any()
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_output_weight_writes_a_flipped_rescaled_neuron_on_the_original(name):
+    act = get_activation(name)
+    sym = act.symmetry
+    a = np.array([1.5, -0.5])
+    w = act.output_weight(a, -1, 2.0)
+    expected = a * (2.0 if sym.scale_invariant else 1.0) * (-1 if sym.flip_negates_output else 1)
+    np.testing.assert_array_equal(w, expected)
+    assert sym.max_cosine_distance == (1.0 if sym.sign_invariant else 2.0)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ecflow._checks import check_int
+from ecflow._checks import check_in_range, check_int
 from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
 from ecflow.engines.base import TrainConfig
@@ -54,7 +54,9 @@ def _int_axis(values: Any, name: str) -> tuple[int, ...]:
     try:
         items = tuple(values)
     except TypeError:
-        raise InputTypeError(f"{name} must be a sequence of positive integers, got {values!r}") from None
+        raise InputTypeError(
+            f"{name} must be a sequence of positive integers, got {values!r}"
+        ) from None
     if not items:
         raise InputError(f"{name} is empty: the sweep grid needs at least one value of {name}")
     out = tuple(check_int(v, f"each {name}") for v in items)
@@ -151,10 +153,8 @@ class SweepConfig:
             check_int(self.students, "students")
         check_int(self.n_queries, "n_queries")
         check_int(self.n_fresh, "n_fresh")
-        if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma <= 1.0):
-            raise InputError(f"gamma must be in (0, 1], got {self.gamma!r}")
-        if not (isinstance(self.beta_deg, (int, float)) and 0.0 < self.beta_deg <= 90.0):
-            raise InputError(f"beta_deg must be in (0, 90] degrees, got {self.beta_deg!r}")
+        check_in_range(self.gamma, "gamma", 0.0, 1.0)
+        check_in_range(self.beta_deg, "beta_deg", 0.0, 90.0, unit=" degrees")
         get_activation(self.activation)
         if self.engine not in ENGINES:
             raise InputError(
