@@ -294,6 +294,12 @@ def test_cli_writes_tables_figures_and_unit_files(reference):
 
     nf = read_network_file(out / "students" / "d2_r2_t0_rho2_s1.h5")
     assert nf.network.hidden_sizes == (4,) and nf.attrs["student"] == 1
+    # Students are result files of the job protocol, readable by its reader.
+    from ecflow.engines.jobs import read_result_file
+
+    res = read_result_file(out / "students" / "d2_r2_t0_rho2_s1.h5")
+    record = json.loads((out / "students" / "d2_r2_t0_rho2_s1.json").read_text())
+    assert res.status.name == record["status"] and res.steps == record["steps"]
     tf = read_network_file(out / "teachers" / "d2_r2_t1.h5")
     assert tf.network.hidden_sizes == (2,) and tf.x.shape == (1000, 2)
 

@@ -673,3 +673,41 @@ def test_groups_summing_to_zero_are_typed_by_what_they_leave():
     assert res.types == ("constant", "constant")
     assert res.neurons[0].note == "constant-type group"
     assert res.network.layers[1].bias[0] == pytest.approx(a0)  # 2 c0 a with c0 = 1/2
+
+
+def test_notes_are_enums_that_reports_write_as_their_text():
+    import json
+
+    from ecflow.symmetry import NeuronNote
+
+    teacher = teacher_net("relu", 2, 4, seed=3)
+    bld = Builder(teacher, np.random.default_rng(2))
+    bld.add_teacher_neuron(0, 1, [True])
+    for k in (1, 2, 3):
+        bld.add_teacher_neuron(k, 1, [False])
+    student, _, _ = bld.build(permute=False)
+    res = reduce_network(student)
+    assert all(isinstance(n.note, NeuronNote) for n in res.neurons)
+    assert res.neurons[0].note is NeuronNote.FLIPPED_DUPLICATE
+    report = json.loads(json.dumps(res.report()))
+    assert [n["note"] for n in report["neurons"]] == [n.note.value for n in res.neurons]
+    assert not any(n.note.collective for n in res.neurons)
+
+
+def test_reduction_steps_default_domain_is_the_config_domain():
+    from ecflow.symmetry.reduce import domain_points
+
+    teacher = teacher_net("softplus", 2, 2, seed=1)
+    bld = Builder(teacher, np.random.default_rng(3))
+    bld.add_teacher_neuron(0, 2, [False, True])
+    bld.add_teacher_neuron(1, 1, [False])
+    student, _, _ = bld.build(permute=False)
+    res = reduce_network(student)
+    config = SymmetryConfig(n_verify=500, seed=7)
+    by_config = reduction_steps(res, config=config)
+    by_points = reduction_steps(res, domain_points(config, 2))
+    for a, b in zip(by_config, by_points):
+        np.testing.assert_array_equal(a.theta, b.theta)
+    default = reduction_steps(res)
+    explicit = reduction_steps(res, domain_points(SymmetryConfig(), 2))
+    np.testing.assert_array_equal(default[-1].theta, explicit[-1].theta)
