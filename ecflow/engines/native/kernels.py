@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 if TYPE_CHECKING:
     from ecflow.engines.native.derivatives import Architecture
@@ -49,7 +52,94 @@ KERNEL_ACTIVATIONS: dict[str, int] = {
 }
 """Activations with a compiled kernel, by file name (the others take the NumPy path)."""
 
-_jit = numba.njit(cache=True, fastmath=False, nogil=True)
+_jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+# Elementwise helpers are inlined in numba's IR: LLVM's inliner gives up on the larger
+# activations, and a call in a loop keeps that loop scalar.
+_inline = numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+
+
+# --- elementary functions, branch-free so that LLVM vectorises the loops that call them ----------
+# libm's exp and log1p are scalar calls, which keep every activation loop scalar (NumPy's ufuncs
+# and XLA use SIMD versions). These are the textbook reductions with Taylor polynomials, exact to
+# about 2 ulp on the ranges used here, in plain arithmetic plus two bit casts.
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, n):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k · _LN2_HI is exact (fdlibm)
+_LN2_LO = 1.90821492927058770002e-10
+_ROUND = 6755399441055744.0  # 1.5 · 2^52: adding it rounds to an integer kept in the low bits
+_ROUND_BITS = 0x4338000000000000
+_SQRT2_M1 = 0.41421356237309503
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(15))
+_ATANH_TAYLOR = tuple(1.0 / (2 * n + 1) for n in range(11))
+
+
+@_inline
+def _exp_neg(x):
+    """``exp(x)`` for ``x <= 0`` (NaN stays NaN): ``x = k ln2 + r``, ``|r| <= ln2 / 2``, Taylor
+    degree 13 for ``exp(r)`` (truncation below 2e-17), times ``2^k`` built from its bits.
+    Below -708 the result stays at ``exp(-708) ≈ 3e-308`` instead of going subnormal."""
+    x = -708.0 if x < -708.0 else x
+    kr = x * _LOG2E + _ROUND
+    k = kr - _ROUND
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    c = _EXP_TAYLOR
+    p = c[13]
+    p = p * r + c[12]
+    p = p * r + c[11]
+    p = p * r + c[10]
+    p = p * r + c[9]
+    p = p * r + c[8]
+    p = p * r + c[7]
+    p = p * r + c[6]
+    p = p * r + c[5]
+    p = p * r + c[4]
+    p = p * r + c[3]
+    p = p * r + c[2]
+    p = p * r + c[1]
+    p = p * r + c[0]
+    return p * _bits_float((_float_bits(kr) - _ROUND_BITS + 1023) << 52)
+
+
+@_inline
+def _log1p_unit(e):
+    """``log(1 + e)`` for ``0 <= e <= 1``: ``2 atanh(t / (2 + t))`` with ``t = e``, or
+    ``ln 2 + log1p(t)`` with ``t = (e - 1) / 2`` above ``√2 - 1``; either way
+    ``|s| = |t / (2 + t)| <= 0.1716`` and the series in ``s²`` is truncated below 1e-17."""
+    big = e > _SQRT2_M1
+    t = (e - 1.0) * 0.5 if big else e
+    s = t / (2.0 + t)
+    w = s * s
+    c = _ATANH_TAYLOR
+    p = c[10]
+    p = p * w + c[9]
+    p = p * w + c[8]
+    p = p * w + c[7]
+    p = p * w + c[6]
+    p = p * w + c[5]
+    p = p * w + c[4]
+    p = p * w + c[3]
+    p = p * w + c[2]
+    p = p * w + c[1]
+    p = p * w + c[0]
+    return 2.0 * s * p + (_LN2 if big else 0.0)
 
 
 # --- activations: (σ(z), σ'(z)) from one exp(-|z|) where the function allows ---------------------
@@ -58,48 +148,64 @@ _jit = numba.njit(cache=True, fastmath=False, nogil=True)
 # (exact where s(1 - s) cancels).
 
 
-@_jit
-def _log1p(e):
-    """``log(1 + e)`` for ``e >= 0`` to a few ulp (Goldberg 1991, thm. 4) by the inlined ``log``
-    instead of libm's ``log1p``, which costs about three ``log`` calls."""
-    u = 1.0 + e
-    if u == 1.0:
-        return e
-    return math.log(u) * (e / (u - 1.0))
-
-
-@_jit
+@_inline
 def _g(z):
-    e = math.exp(-abs(z))
+    e = _exp_neg(-abs(z))
     p = 1.0 / (1.0 + e)
     e4 = (e * e) * (e * e)  # exp(-4|z|) to a few ulp, without a second exp
     q = 1.0 / (1.0 + e4)
     s = p if z >= 0.0 else e * p
     s4 = q if z >= 0.0 else e4 * q
-    return max(z, 0.0) + _log1p(e) + s4, s + 4.0 * (e4 * q * q)
+    return max(z, 0.0) + _log1p_unit(e) + s4, s + 4.0 * (e4 * q * q)
 
 
-@_jit
+@_inline
 def _sigmoid(z):
-    e = math.exp(-abs(z))
+    e = _exp_neg(-abs(z))
     p = 1.0 / (1.0 + e)
     return (p if z >= 0.0 else e * p), e * p * p
 
 
-@_jit
+@_inline
 def _softplus(z):
-    e = math.exp(-abs(z))
+    e = _exp_neg(-abs(z))
     p = 1.0 / (1.0 + e)
-    return max(z, 0.0) + _log1p(e), (p if z >= 0.0 else e * p)
+    return max(z, 0.0) + _log1p_unit(e), (p if z >= 0.0 else e * p)
 
 
-@_jit
+@_inline
+def _expm1_small(w):
+    """``exp(w) - 1`` for ``|w| <= 1/2``: Taylor degree 14 (truncation below 5e-17 relative)."""
+    c = _EXP_TAYLOR
+    p = c[14]
+    p = p * w + c[13]
+    p = p * w + c[12]
+    p = p * w + c[11]
+    p = p * w + c[10]
+    p = p * w + c[9]
+    p = p * w + c[8]
+    p = p * w + c[7]
+    p = p * w + c[6]
+    p = p * w + c[5]
+    p = p * w + c[4]
+    p = p * w + c[3]
+    p = p * w + c[2]
+    p = p * w + c[1]
+    return p * w
+
+
+@_inline
 def _tanh(z):
-    t = math.tanh(z)
+    # tanh|z| = -m / (2 + m) with m = expm1(-2|z|); below |z| = 1/4 the series keeps m exact
+    # where exp(-2|z|) - 1 would cancel.
+    w = -2.0 * abs(z)
+    m = _expm1_small(w) if w > -0.5 else _exp_neg(w) - 1.0
+    t = -m / (2.0 + m)
+    t = t if z >= 0.0 else -t
     return t, 1.0 - t * t
 
 
-@_jit
+@_inline
 def _relu(z):
     return (z, 1.0) if z > 0.0 else (0.0, 0.0)
 
@@ -149,7 +255,7 @@ def _value(kind, Z, b, F):
     elif kind == _TANH:
         for s in range(m):
             for i in range(n_hidden):
-                F[s, i] = math.tanh(Z[s, i] + b[i])
+                F[s, i] = _tanh(Z[s, i] + b[i])[0]
     else:
         for s in range(m):
             for i in range(n_hidden):
@@ -160,8 +266,26 @@ def _value(kind, Z, b, F):
 
 
 @_jit
+def _residuals(Y, c, y, scale, R):
+    """``R = scale · (Y + c - y)`` for one block; returns ``|Y + c - y|²``."""
+    m, d_out = Y.shape
+    sse = 0.0
+    for s in range(m):
+        for k in range(d_out):
+            r = Y[s, k] + c[k] - y[s, k]
+            sse += r * r
+            R[s, k] = scale * r
+    return sse
+
+
+@_jit
 def _loss_grad_shallow(kind, theta, x, y, n_hidden, block, grad):
-    """``|r|²`` returned, ``∇L`` written into ``grad`` (n_params,), zeroed by the caller."""
+    """``|r|²`` returned, ``∇L`` written into ``grad`` (n_params,), zeroed by the caller.
+
+    Per block of samples: ``Z = x Wᵀ`` (BLAS), ``F = σ(Z + b)`` and ``D = σ'(Z + b)`` in one
+    loop, ``ŷ = F Aᵀ + c``, then ``ρ``, ``δ = (ρ A) ⊙ D`` and the four gradient blocks, all
+    products by BLAS so that every elementwise loop is a vector loop.
+    """
     n, d_in = x.shape
     d_out = y.shape[1]
     n_w = n_hidden * d_in
@@ -172,39 +296,38 @@ def _loss_grad_shallow(kind, theta, x, y, n_hidden, block, grad):
     A = theta[o_a:o_c].reshape((d_out, n_hidden))
     c = theta[o_c:]
     gW = np.zeros((n_hidden, d_in))
-    gb = grad[n_w:o_a]
-    gA = grad[o_a:o_c].reshape((d_out, n_hidden))
-    gc = grad[o_c:]
+    gb = np.zeros(n_hidden)
+    gA = np.zeros((d_out, n_hidden))
+    gc = np.zeros(d_out)
     scale = 2.0 / (n * d_out)
     Z = np.empty((block, n_hidden))
     F = np.empty((block, n_hidden))
     D = np.empty((block, n_hidden))
-    rho = np.empty(d_out)
+    Y = np.empty((block, d_out))
+    R = np.empty((block, d_out))
     sse = 0.0
     for start in range(0, n, block):
         m = min(block, n - start)
         xb = x[start : start + m]
-        np.dot(xb, W.T, Z[:m])
-        _activate(kind, Z[:m], b, F[:m], D[:m])
+        Zb, Fb, Db, Rb = Z[:m], F[:m], D[:m], R[:m]
+        np.dot(xb, W.T, Zb)
+        _activate(kind, Zb, b, Fb, Db)
+        np.dot(Fb, A.T, Y[:m])
+        sse += _residuals(Y[:m], c, y[start : start + m], scale, Rb)
+        gA += np.dot(Rb.T, Fb)
         for s in range(m):
             for k in range(d_out):
-                yhat = c[k]
-                for i in range(n_hidden):
-                    yhat += A[k, i] * F[s, i]
-                r = yhat - y[start + s, k]
-                sse += r * r
-                rho[k] = scale * r
-                gc[k] += rho[k]
-                for i in range(n_hidden):
-                    gA[k, i] += rho[k] * F[s, i]
+                gc[k] += Rb[s, k]
+        np.dot(Rb, A, Zb)  # Zb is free again: it now holds ρ A
+        for s in range(m):
             for i in range(n_hidden):
-                back = 0.0
-                for k in range(d_out):
-                    back += rho[k] * A[k, i]
-                D[s, i] *= back
-                gb[i] += D[s, i]
-        gW += np.dot(D[:m].T, xb)
+                Db[s, i] *= Zb[s, i]
+                gb[i] += Db[s, i]
+        gW += np.dot(Db.T, xb)
     grad[:n_w] = gW.ravel()
+    grad[n_w:o_a] = gb
+    grad[o_a:o_c] = gA.ravel()
+    grad[o_c:] = gc
     return sse
 
 
@@ -222,18 +345,15 @@ def _sum_sq_shallow(kind, theta, x, y, n_hidden, block):
     c = theta[o_c:]
     Z = np.empty((block, n_hidden))
     F = np.empty((block, n_hidden))
+    Y = np.empty((block, d_out))
+    R = np.empty((block, d_out))
     sse = 0.0
     for start in range(0, n, block):
         m = min(block, n - start)
         np.dot(x[start : start + m], W.T, Z[:m])
         _value(kind, Z[:m], b, F[:m])
-        for s in range(m):
-            for k in range(d_out):
-                yhat = c[k]
-                for i in range(n_hidden):
-                    yhat += A[k, i] * F[s, i]
-                r = yhat - y[start + s, k]
-                sse += r * r
+        np.dot(F[:m], A.T, Y[:m])
+        sse += _residuals(Y[:m], c, y[start : start + m], 1.0, R[:m])
     return sse
 
 
