@@ -16,6 +16,7 @@ import numpy as np
 
 from ecflow.engines.base import NEAR_ZERO_LOSS
 from ecflow.errors import InputError
+from ecflow.sweep.config import SUCCESS_RMSE
 
 
 # =================================================================================================
@@ -379,7 +380,7 @@ def sweep_fig4c(results: Sequence[Mapping[str, Any]], *, threshold: float = NEAR
     return fig
 
 
-def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1e-14):
+def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = SUCCESS_RMSE):
     """Figure 5B: training RMSE after Expand-and-Cluster for every teacher and ρ.
 
     Panels are the cells of the grid (columns d_in, rows r); in a panel each row is a teacher
@@ -392,7 +393,8 @@ def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = 1
     recoveries : sequence of mapping
         Rows of ``recoveries.csv`` (``d_in, r, teacher, rho, rmse_train, recovered_size,
         teacher_size``).
-    threshold : float, default=1e-14
+    threshold : float, default=SUCCESS_RMSE
+        The RMSE of a successful recovery (:data:`ecflow.sweep.SUCCESS_RMSE`, 1e-14).
 
     Returns
     -------
