@@ -290,14 +290,19 @@ def test_every_symmetry_of_the_class(act):
     assert res.network.n_params < student.n_params
 
 
-def test_relu_flipped_teacher_neuron_is_flipped_back():
-    # Fig. A.6 last step: the student holds -v with a linear group; the reduction must flip.
+def relu_flipped_student():
+    """A relu teacher whose neuron 0 the student holds flipped, with its linear-type pair."""
     teacher = teacher_net("relu", 2, 4, seed=3)
     bld = Builder(teacher, np.random.default_rng(2))
     bld.add_teacher_neuron(0, 1, [True])
     for k in (1, 2, 3):
         bld.add_teacher_neuron(k, 1, [False])
-    student, labels, tags = bld.build(permute=False)
+    return (teacher, *bld.build(permute=False))
+
+
+def test_relu_flipped_teacher_neuron_is_flipped_back():
+    # Fig. A.6 last step: the student holds -v with a linear group; the reduction must flip.
+    teacher, student, labels, tags = relu_flipped_student()
     res = check_reduction(teacher, student, labels, tags, signed=True)
     assert res.layers[0].flipped == (0,)
     assert res.neurons[0].note == "flipped duplicate" and res.neurons[0].sign == -1
@@ -680,12 +685,7 @@ def test_notes_are_enums_that_reports_write_as_their_text():
 
     from ecflow.symmetry import NeuronNote
 
-    teacher = teacher_net("relu", 2, 4, seed=3)
-    bld = Builder(teacher, np.random.default_rng(2))
-    bld.add_teacher_neuron(0, 1, [True])
-    for k in (1, 2, 3):
-        bld.add_teacher_neuron(k, 1, [False])
-    student, _, _ = bld.build(permute=False)
+    _, student, _, _ = relu_flipped_student()
     res = reduce_network(student)
     assert all(isinstance(n.note, NeuronNote) for n in res.neurons)
     assert res.neurons[0].note is NeuronNote.FLIPPED_DUPLICATE

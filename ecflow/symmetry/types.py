@@ -64,7 +64,7 @@ class NeuronNote(enum.StrEnum):
 
     @classmethod
     def for_sign(cls, sign: int) -> NeuronNote:
-        """``DUPLICATE`` for a kept member of the group's orientation, else ``FLIPPED_DUPLICATE``."""
+        """``DUPLICATE`` for a member of the kept orientation, else ``FLIPPED_DUPLICATE``."""
         return cls.DUPLICATE if sign > 0 else cls.FLIPPED_DUPLICATE
 
 
