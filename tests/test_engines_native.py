@@ -526,3 +526,29 @@ def test_kernel_switch_and_fallback_without_numba(kernels, monkeypatch):
         derivatives._compiled.cache_clear()
     assert value == pytest.approx(expected[0], rel=1e-12)
     assert np.max(np.abs(grad - expected[1])) <= 1e-12 * np.max(np.abs(expected[1]))
+
+
+@pytest.mark.parametrize("act", KERNEL_ACTS)
+def test_kernel_activations_match_the_ufunc_kernels(kernels, act):
+    from ecflow.activations import get_activation
+
+    rng = np.random.default_rng(6)
+    z = np.concatenate(
+        [
+            rng.normal(0.0, 3.0, 20_000),
+            rng.uniform(-750.0, 750.0, 2_000),
+            np.sign(rng.normal(size=2_000)) * 10.0 ** rng.uniform(-300, 0, 2_000),
+            [0.0, -0.0, 0.25, -0.25, 1e3, -1e3, np.sqrt(2.0) - 1.0],
+        ]
+    )
+    f, df, _ = get_activation(act).fused(z)
+    F, D = np.empty((1, z.size)), np.empty((1, z.size))
+    kernels._activate(kernels.KERNEL_ACTIVATIONS[act], z[None, :], np.zeros(z.size), F, D)
+    # relative 1e-14 except where the value is below the smallest normal number (exp(-708)
+    # is kept there instead of a subnormal); an absolute 1e-15 where NumPy's σ'(z) = 1 - σ²
+    # or s (1 - s) cancels
+    assert np.all(np.abs(F[0] - f) <= 1e-14 * np.abs(f) + 1e-300)
+    assert np.all(np.abs(D[0] - df) <= 1e-14 * np.abs(df) + 1e-15)
+    V = np.empty((1, z.size))
+    kernels._value(kernels.KERNEL_ACTIVATIONS[act], z[None, :], np.zeros(z.size), V)
+    np.testing.assert_array_equal(V, F)
