@@ -156,6 +156,41 @@ class BlackBox:
             return NEAR_ZERO_LOSS
         return max(NEAR_ZERO_LOSS, (FLOOR_FACTOR * self.rmse_floor(y)) ** 2)
 
+    def known_width(self) -> int:
+        """The teacher's hidden width, for ``rho``; a real black box does not say it.
+
+        Raises
+        ------
+        InputError
+            The width is unknown; the message points to ``--hidden auto``.
+        """
+        if self.width is None:
+            raise InputError(
+                f"--rho multiplies the teacher's width, which the black box {self.name} does not "
+                "say: use --hidden auto (the width search) or --hidden N"
+            )
+        return self.width
+
+    def candidate_activations(self, given: str | None = None) -> tuple[list[str], str]:
+        """Activations the width search should try, and where they come from.
+
+        ``given`` (``--activation``) wins; else the activation the model names unambiguously;
+        else every activation of the spec.
+
+        Returns
+        -------
+        candidates : list of str
+        source : str
+            One phrase for the report.
+        """
+        from ecflow.activations import ACTIVATIONS, get_activation
+
+        if given is not None:
+            return [get_activation(given).name], "given (--activation)"
+        if self.activation is not None:
+            return [self.activation], f"read from the model: {self.activation_reason}"
+        return list(ACTIVATIONS), f"unknown ({self.activation_reason}): the width search tries all"
+
     def describe(self) -> str:
         width = "unknown" if self.width is None else str(self.width)
         return (

@@ -24,6 +24,7 @@ reached.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import enum
 import math
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "ActivationRank",
     "WidthSearch",
     "search_width",
+    "search_black_box",
     "doubling_widths",
 ]
 
@@ -471,3 +473,48 @@ def search_width(
     )
     return WidthSearch(hi, student, chosen, ranking, tuple(trials), threshold,
                        WidthStatus.FOUND, reason, seconds)
+
+
+def search_black_box(
+    teacher,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    activation: str | None = None,
+    config: WidthSearchConfig | None = None,
+    seed: int = 0,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    deadline: float | None = None,
+    progress: Progress | None = None,
+) -> WidthSearch:
+    """:func:`search_width` for a black-box teacher (``--hidden auto``): the candidates come
+    from ``activation`` (``--activation``), else from the model when it names one, else all of
+    the spec; near-zero loss is the model's own (:meth:`BlackBox.near_zero_loss`, above the
+    paper's 1e-14 for a float32 model); the reason says where the activation came from.
+
+    Parameters
+    ----------
+    teacher : ecflow.blackbox.BlackBox
+    x : ndarray of shape (n_samples, d_in), float64
+        Queries as the model saw them (:meth:`BlackBox.query`).
+    y : ndarray of shape (n_samples, d_out), float64
+        Its answers.
+    activation : str, optional
+    config, seed, engine, executor, deadline, progress
+        As :func:`search_width`.
+
+    Returns
+    -------
+    WidthSearch
+    """
+    candidates, source = teacher.candidate_activations(activation)
+    result = search_width(
+        x, y, activations=candidates, config=config, threshold=teacher.near_zero_loss(y),
+        seed=seed, engine=engine, executor=executor, deadline=deadline, progress=progress,
+    )
+    if len(candidates) == 1:
+        return dataclasses.replace(
+            result, reason=result.reason.replace("(given)", f"({source})")
+        )
+    return dataclasses.replace(result, reason=f"{result.reason}; activation {source}")

@@ -114,3 +114,17 @@ def test_network_black_box_keeps_what_metrics_need(tanh_teacher):
     assert bb.width == 4 and bb.activation == "tanh" and bb.network is tanh_teacher
     x = teachers.sample_inputs(10, 4, 0)
     np.testing.assert_array_equal(bb(x), tanh_teacher.forward(x))
+
+
+def test_width_and_activation_of_a_black_box(tanh_teacher, tmp_path):
+    onnx_bb = blackbox.from_onnx(interop.write_onnx(tmp_path / "t.onnx", tanh_teacher))
+    with pytest.raises(InputError, match="--hidden auto"):
+        onnx_bb.known_width()
+    assert blackbox.from_network(tanh_teacher).known_width() == 4
+    assert onnx_bb.candidate_activations() == (["tanh"], "read from the model: the graph's "
+                                               "only nonlinear operator is Tanh")
+    assert onnx_bb.candidate_activations("relu")[0] == ["relu"]
+    g_teacher = teachers.synthetic_teacher(teachers.TeacherConfig(2, (2,), "g"), 0)
+    g_bb = blackbox.from_onnx(interop.write_onnx(tmp_path / "g.onnx", g_teacher))
+    names, source = g_bb.candidate_activations()
+    assert len(names) == 11 and "tries all" in source

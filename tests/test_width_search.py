@@ -76,3 +76,16 @@ def test_bad_arguments(tanh_pairs):
     with pytest.raises(InputError, match="config"):
         search_width(*tanh_pairs, config=TrainConfig())
     assert doubling_widths(1) == [1] and doubling_widths(12) == [1, 2, 4, 8, 12]
+
+
+def test_black_box_search_reads_the_activation_from_the_graph(tmp_path):
+    from ecflow import blackbox, interop
+    from ecflow.width_search import search_black_box
+
+    teacher = teachers.synthetic_teacher(teachers.TeacherConfig(2, (2,), "tanh"), 0)
+    bb = blackbox.from_onnx(interop.write_onnx(tmp_path / "t.onnx", teacher, float32=True))
+    x, y = bb.query(teachers.sample_inputs(1000, 2, 0))
+    res = search_black_box(bb, x, y, config=FAST)
+    assert res.found and res.activation == "tanh" and 2 <= res.width <= 4
+    assert res.threshold == bb.near_zero_loss(y) > 1e-14
+    assert "read from the model" in res.reason
