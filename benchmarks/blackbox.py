@@ -18,7 +18,8 @@ against the float32 floor that the report states (:mod:`ecflow.blackbox`).
 Usage::
 
     python -m benchmarks.blackbox [--d-in 4,8] [--r 2,4,8] [--seeds 1] [--students 10]
-                                  [--budget 60] [--workers 2] [--rho 4] [--no-baseline]
+                                  [--budget 60] [--workers 2] [--rho 4] [--multiple 2]
+                                  [--no-baseline]
                                   [--no-float32] [--out FILE] [--note TEXT]
 
 Results go to ``benchmarks/results/blackbox.json``. The default grid is 6 teachers, each a
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,22 +42,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from benchmarks.engine import _machine  # noqa: E402  (one description of the machine)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "blackbox.json"
 SEED0 = 100  # teachers of the tests use small seeds; these are held out
-
-
-def _machine() -> dict[str, Any]:
-    try:
-        load = dict(zip(("1min", "5min", "15min"), os.getloadavg()))
-    except OSError:  # pragma: no cover - not on Linux
-        load = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": load,
-    }
 
 
 def _num(v):
@@ -132,12 +121,12 @@ def recover_known(teacher, *, rho, n_queries, n_fresh, seed, students, budget,
 
 
 def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32, out,
-        note=None, n_queries=30000, n_fresh=10000) -> dict[str, Any]:
+        note=None, multiple=2.0, n_queries=30000, n_fresh=10000) -> dict[str, Any]:
     from ecflow import blackbox, interop, teachers
     from ecflow.parallel import make_executor
     from ecflow.width_search import WidthSearchConfig
 
-    search_config = WidthSearchConfig()
+    search_config = WidthSearchConfig(multiple=multiple)
     cases = [("g", d, r, SEED0 + k, "float64") for d in d_ins for r in rs for k in range(n_seeds)]
     if float32:
         cases.append(("tanh", 4, 4, SEED0, "float32"))
@@ -202,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per E&C student")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rho", type=float, default=4.0, help="width of the baseline recovery")
+    parser.add_argument("--multiple", type=float, default=2.0,
+                        help="E&C width = ceil(multiple x width found)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-float32", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -210,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     data = run(d_ins=_ints(args.d_in), rs=_ints(args.r), n_seeds=args.seeds,
                students=args.students, budget=args.budget, workers=args.workers, rho=args.rho,
                baseline=not args.no_baseline, float32=not args.no_float32, out=args.out,
-               note=args.note)
+               note=args.note, multiple=args.multiple)
     s = data["summary"]
     print(f"{s['exact']}/{s['total']} recovered exactly in {data['seconds']:.0f} s; "
           f"wrote {args.out}", file=sys.stderr)
