@@ -23,9 +23,11 @@ size, within-cluster angles, symmetry class, contributing students).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import enum
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +41,9 @@ from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neu
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
-from ecflow.expansion import student_seeds, student_width, train_students
+from ecflow.expansion import Expansion, expand, student_seeds, student_width
 from ecflow.networks import MLP, check_array, check_xy
+from ecflow.workdir import WorkDir, manifest_for
 from ecflow.reconstruction import (
     PruneConfig,
     choose_orientations,
@@ -56,6 +59,9 @@ __all__ = [
     "Recovery",
     "reconstruct_from_students",
     "recover",
+    "run_students",
+    "cluster_saved",
+    "STUDENT_SHARE",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -105,6 +111,18 @@ class RecoverConfig:
         Tolerances of pruning.
     rmse_tol : float, default=1e-10
         RMSE (fresh queries when there are some) at or below which the status is RECOVERED.
+    student_loss : float or None, default=1e-12
+        MSE at which a student is good enough to cluster and stops (``TrainConfig.target_loss``
+        of its training; a ``train`` config that sets its own ``target_loss`` keeps it). Teacher
+        neurons are aligned in students long before zero loss; the fine-tune of the
+        reconstruction gives the machine precision. None: students train to ``loss_tol``.
+    early_stop : bool, default=True
+        Stop the students still queued or training once ``ceil(gamma N)`` have reached
+        ``student_loss``: every teacher neuron then already has a big cluster, and later
+        students could only add members to it or form small clusters.
+    max_minutes : float or None, default=None
+        One deadline for the whole recovery, shared by students (at most
+        ``STUDENT_SHARE`` of it), fine-tuning and pruning; the report says what it cut.
     """
 
     n_students: int = 10
@@ -121,6 +139,9 @@ class RecoverConfig:
     finetune: TrainConfig = field(default_factory=_default_finetune)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     rmse_tol: float = 1e-10
+    student_loss: float | None = 1e-12
+    early_stop: bool = True
+    max_minutes: float | None = None
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -155,6 +176,24 @@ class RecoverConfig:
             raise InputTypeError(f"pruning must be a PruneConfig, got {self.pruning!r}")
         if check_number(self.rmse_tol, "rmse_tol") <= 0:
             raise InputError(f"rmse_tol must be positive, got {self.rmse_tol!r}")
+        if self.student_loss is not None:
+            check_number(self.student_loss, "student_loss", positive=True)
+        if self.max_minutes is not None:
+            check_number(self.max_minutes, "max_minutes", positive=True)
+        if not isinstance(self.early_stop, bool):
+            raise InputTypeError(f"early_stop must be a bool, got {self.early_stop!r}")
+
+    @property
+    def student_train(self) -> TrainConfig:
+        """The students' training: ``train`` with ``student_loss`` as its target."""
+        if self.student_loss is None or self.train.target_loss is not None:
+            return self.train
+        return dataclasses.replace(self.train, target_loss=float(self.student_loss))
+
+    @property
+    def quorum(self) -> int:
+        """Distinct students a cluster needs to be big: ``ceil(gamma N)``."""
+        return max(1, math.ceil(self.gamma * self.n_students - 1e-9))
 
     @property
     def cluster_config(self) -> ClusterConfig:
@@ -264,6 +303,16 @@ class Recovery:
     teacher_distances : tuple of float
         Cosine distance of each teacher neuron to its match (teacher known), else ``()``.
     notes : tuple of str
+    students_trained, students_reused, students_stopped, students_skipped : int
+        Students trained by this run (to their end or stopped), read back from the work folder,
+        stopped while training because they could no longer change the outcome, and never
+        started (cancelled in the queue, or no time left).
+    stop_reason : str or None
+        Why the expansion stopped early, if it did.
+    student_status : mapping of str to int
+        How many students ended with each :class:`~ecflow.engines.base.TrainStatus` name.
+    cut : tuple of str
+        What the ``max_minutes`` deadline cut (students, fine-tune budgets, pruning tries).
     clustering : ClusterResult or None
         For the plots; not part of the report.
     """
@@ -285,6 +334,13 @@ class Recovery:
     pruned: tuple[int, ...] = ()
     teacher_distances: tuple[float, ...] = ()
     notes: tuple[str, ...] = ()
+    students_trained: int = 0
+    students_reused: int = 0
+    students_stopped: int = 0
+    students_skipped: int = 0
+    stop_reason: str | None = None
+    student_status: Mapping[str, int] = field(default_factory=dict)
+    cut: tuple[str, ...] = ()
     clustering: ClusterResult | None = field(default=None, repr=False)
 
     @property
@@ -316,6 +372,13 @@ class Recovery:
             "seconds": self.seconds,
             "phase_seconds": dict(self.phase_seconds),
             "notes": list(self.notes),
+            "students_trained": self.students_trained,
+            "students_reused": self.students_reused,
+            "students_stopped": self.students_stopped,
+            "students_skipped": self.students_skipped,
+            "stop_reason": self.stop_reason,
+            "student_status": dict(self.student_status),
+            "cut": list(self.cut),
         }
 
     def to_attrs(self) -> dict:
@@ -350,6 +413,23 @@ def _support_order(certs: Sequence[NeuronCertificate]) -> list[int]:
     )
 
 
+STUDENT_SHARE = 0.8
+"""Share of ``max_minutes`` the students may use; the rest is kept for fine-tuning and pruning
+(students that finish sooner leave more)."""
+
+
+def _within(config: TrainConfig, deadline: float | None, cut: list[str], what: str) -> TrainConfig:
+    """``config`` with its budget cut to what is left before ``deadline`` (monotonic); notes
+    the cut in ``cut``."""
+    if deadline is None:
+        return config
+    left = deadline - time.monotonic()
+    if left >= config.total_seconds:
+        return config
+    cut.append(f"{what}: budget cut from {config.total_seconds:.0f} s to {max(left, 0):.0f} s")
+    return dataclasses.replace(config, max_seconds=max(left, 0.5))
+
+
 def reconstruct_from_students(
     x: np.ndarray,
     y: np.ndarray,
@@ -361,6 +441,8 @@ def reconstruct_from_students(
     y_fresh: np.ndarray | None = None,
     teacher: MLP | None = None,
     progress: Progress | None = None,
+    deadline: float | None = None,
+    n_planned: int | None = None,
 ) -> Recovery:
     """Clustering, reconstruction, fine-tuning, pruning and metrics from trained students.
 
@@ -382,6 +464,12 @@ def reconstruct_from_students(
         When known, the recovered neurons are matched to its hidden neurons.
     progress : callable, optional
         ``progress(phase, done, total)``.
+    deadline : float, optional
+        ``time.monotonic()`` value by which fine-tuning and pruning must end; what it cuts
+        is listed in ``Recovery.cut``.
+    n_planned : int, optional
+        The ``N`` of ``gamma N`` when the students are a subset of those planned (an expansion
+        stopped early); default ``len(students)``.
 
     Returns
     -------
@@ -436,7 +524,8 @@ def reconstruct_from_students(
     tick("clustering", 0, 1)
     vectors, sid, nid = neuron_vectors(nets)
     clustering = cluster_neurons(
-        vectors, sid, act.symmetry, n_students=len(nets), config=config.cluster_config
+        vectors, sid, act.symmetry, n_students=max(len(nets), n_planned or 0),
+        config=config.cluster_config
     )
     tick("clustering", 1, 1)
     phases["clustering"] = time.monotonic() - t
@@ -489,7 +578,8 @@ def reconstruct_from_students(
 
     t = time.monotonic()
     tick("fine-tune", 0, 1)
-    tuned = eng.train(x, y, net, config.finetune)
+    cut: list[str] = []
+    tuned = eng.train(x, y, net, _within(config.finetune, deadline, cut, "fine-tune"))
     if tuned.rmse < network_rmse(net, x, y):
         net = tuned.network
     tick("fine-tune", 1, 1)
@@ -509,12 +599,18 @@ def reconstruct_from_students(
             train_config=config.finetune,
             order=order,
             config=config.pruning,
+            deadline=deadline,
             on_try=lambda done, total: tick("pruning", done, total),
         )
+        if result.tried < len(order) - 1 and len(result.kept) > 1:
+            cut.append(
+                f"pruning: {len(order) - 1 - result.tried} of {len(order) - 1} removals not "
+                "tried (deadline)"
+            )
         pruned = result.removed
         if pruned:
             net = result.network
-            final = eng.train(x, y, net, config.finetune)
+            final = eng.train(x, y, net, _within(config.finetune, deadline, cut, "final fine-tune"))
             if final.rmse < result.rmse:
                 net = final.network
             notes.append(
@@ -567,6 +663,7 @@ def reconstruct_from_students(
         pruned=tuple(int(k) for k in pruned),
         teacher_distances=dists,
         notes=tuple(notes),
+        cut=tuple(cut),
         **base,
     )
 
@@ -580,6 +677,7 @@ def recover(
     engine: str = "native",
     executor: cf.Executor | None = None,
     progress: Progress | None = None,
+    work_dir: str | os.PathLike | None = None,
 ) -> Recovery:
     """Recover a one-hidden-layer network from a teacher or from input-output pairs.
 
@@ -603,6 +701,9 @@ def recover(
         Trains the students in parallel (:func:`ecflow.parallel.make_executor`).
     progress : callable, optional
         ``progress(phase, done, total)``.
+    work_dir : path-like, optional
+        Work folder (:mod:`ecflow.workdir`): each student is saved the moment it finishes, and
+        a rerun with the same folder reuses them.
 
     Raises
     ------
@@ -655,36 +756,165 @@ def recover(
             notes.append("no activation given: students use g, the paper's default")
 
     seeds = student_seeds(config.seed, config.n_students)
+    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
     t = time.monotonic()
-    results = train_students(
-        x,
-        y,
-        hidden=(width,),
-        activation=activation,
-        seeds=seeds,
-        config=config.train,
-        engine=engine,
-        executor=executor,
-        progress=(lambda d, n: progress("students", d, n)) if progress is not None else None,
+    expansion = run_students(
+        x, y, hidden=(width,), activation=activation, seeds=seeds, config=config,
+        engine=engine, executor=executor, progress=progress, deadline=deadline,
+        work_dir=work_dir, x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher,
     )
     t_students = time.monotonic() - t
+    return _finish(
+        x, y, expansion, config=config, engine=engine, x_fresh=x_fresh, y_fresh=y_fresh,
+        teacher=teacher, progress=progress, deadline=deadline, notes=notes,
+        t_start=t_start, t_students=t_students,
+    )
+
+
+def run_students(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    hidden: tuple[int, ...],
+    activation: str,
+    seeds: Sequence[int],
+    config: RecoverConfig,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+    work_dir: str | os.PathLike | None = None,
+    x_fresh: np.ndarray | None = None,
+    y_fresh: np.ndarray | None = None,
+    teacher: MLP | None = None,
+) -> Expansion:
+    """The expansion of a recovery: students trained to ``config.student_loss``, stopped once
+    ``config.quorum`` of them reached it (``early_stop``), saved to and reused from
+    ``work_dir``, all within the students' share of the deadline (``time.monotonic()``).
+
+    Returns
+    -------
+    Expansion
+    """
+    train = config.student_train
+    store = None
+    reuse: dict[int, TrainResult] = {}
+    if work_dir is not None:
+        store = WorkDir(work_dir)
+        manifest = manifest_for(
+            hidden=hidden, activation=activation, seeds=seeds, engine=engine, train=train,
+            x=x, y=y,
+        )
+        store.start(manifest, x, y, x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher)
+        reuse = store.finished_students(manifest)
+    wall_deadline = None
+    if deadline is not None:
+        wall_deadline = time.time() + STUDENT_SHARE * (deadline - time.monotonic())
+    enough = _quorum_rule(config) if config.early_stop else None
+    return expand(
+        x, y, hidden=hidden, activation=activation, seeds=seeds, config=train, engine=engine,
+        executor=executor, reuse=reuse, enough=enough,
+        on_result=(lambda i, r: store.save_student(i, seeds[i], r)) if store else None,
+        deadline=wall_deadline,
+        progress=(lambda d, n: progress("students", d, n)) if progress is not None else None,
+    )
+
+
+def _quorum_rule(config: RecoverConfig):
+    """``enough(results)`` for :func:`ecflow.expansion.expand`: the students can stop once
+    ``quorum`` of them have reached the student loss (or converged)."""
+
+    def enough(results: Sequence[TrainResult | None]) -> str | None:
+        good = sum(r is not None and r.status.converged for r in results)
+        if good < config.quorum:
+            return None
+        return (
+            f"{good} students reached the student loss, the {config.quorum} (gamma N) a "
+            "cluster needs: each teacher neuron already has a big cluster"
+        )
+
+    return enough
+
+
+def _finish(
+    x, y, expansion: Expansion, *, config, engine, x_fresh, y_fresh, teacher, progress,
+    deadline, notes, t_start, t_students,
+) -> Recovery:
+    """Reconstruction from the students of an expansion, with its bookkeeping in the report."""
+    finished = [expansion.results[i] for i in expansion.finished]
+    if not finished:
+        raise InputError(
+            "no student finished training (the deadline came first): give more --max-minutes"
+        )
+    status_counts: dict[str, int] = {}
+    for r in expansion.results:
+        if r is not None:
+            status_counts[r.status.name] = status_counts.get(r.status.name, 0) + 1
+    cut = []
+    if expansion.stop_reason is None and expansion.n_skipped:
+        cut.append(f"students: {expansion.n_skipped} not trained (deadline)")
     rec = reconstruct_from_students(
-        x,
-        y,
-        results,
-        config=config,
-        engine=engine,
-        x_fresh=x_fresh,
-        y_fresh=y_fresh,
-        teacher=teacher,
-        progress=progress,
+        x, y, finished, config=config, engine=engine, x_fresh=x_fresh, y_fresh=y_fresh,
+        teacher=teacher, progress=progress, deadline=deadline, n_planned=config.n_students,
     )
     phases = {"students": t_students, **rec.phase_seconds}
+    stopped = expansion.n_stopped
+    if stopped or expansion.n_skipped:
+        notes = [*notes, (
+            f"{len(finished)} students clustered; {stopped} stopped while training and "
+            f"{expansion.n_skipped} never started"
+            + (f": {expansion.stop_reason}" if expansion.stop_reason else "")
+        )]
     return Recovery(
         **{
             **rec.__dict__,
             "phase_seconds": phases,
             "seconds": time.monotonic() - t_start,
             "notes": tuple(notes) + rec.notes,
+            "student_losses": tuple(float(r.loss) for r in finished),
+            "students_trained": expansion.n_trained,
+            "students_reused": expansion.n_reused,
+            "students_stopped": stopped,
+            "students_skipped": expansion.n_skipped,
+            "stop_reason": expansion.stop_reason,
+            "student_status": status_counts,
+            "cut": tuple(cut) + rec.cut,
         }
+    )
+
+
+def cluster_saved(
+    work_dir: str | os.PathLike,
+    *,
+    config: RecoverConfig,
+    engine: str = "native",
+    progress: Progress | None = None,
+) -> Recovery:
+    """Re-cluster, reconstruct, fine-tune and prune the students saved in a work folder,
+    without training (``ecflow cluster``): try other ``gamma`` and ``beta_deg`` on students
+    already trained. ``config`` gives gamma, beta, pruning, fine-tuning and the deadline;
+    N is the number of students the recovery planned.
+
+    Raises
+    ------
+    InputError
+        Not a work folder, no saved student, or a corrupt or foreign student file.
+    """
+    t_start = time.monotonic()
+    store = WorkDir(work_dir)
+    manifest = store.read_manifest()
+    x, y = store.read_queries()
+    x_fresh, y_fresh = store.read_fresh()
+    teacher = store.read_teacher()
+    students = store.finished_students(manifest)
+    if not students:
+        raise InputError(f"{store.path}: no saved student to cluster")
+    config = dataclasses.replace(config, n_students=len(manifest.seeds))
+    results = tuple(students.get(i) for i in range(len(manifest.seeds)))
+    expansion = Expansion(results, tuple(r is not None for r in results), None, 0.0)
+    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+    return _finish(
+        x, y, expansion, config=config, engine=engine, x_fresh=x_fresh, y_fresh=y_fresh,
+        teacher=teacher, progress=progress, deadline=deadline, notes=[], t_start=t_start,
+        t_students=0.0,
     )

@@ -118,7 +118,7 @@ def test_no_aligned_cluster_gives_no_network():
 def test_recover_teacher_path_end_to_end_small():
     teacher = teachers.synthetic_teacher(teachers.TeacherConfig(2, (1,), "tanh"), 3)
     config = RecoverConfig(n_students=2, n_queries=400, n_fresh=200, rho=2, train=QUICK,
-                           finetune=QUICK)
+                           finetune=QUICK, early_stop=False)
     phases = []
     rec = recover(teacher=teacher, config=config, progress=lambda p, d, n: phases.append(p))
     assert {"students", "clustering", "fine-tune", "pruning"} <= set(phases)

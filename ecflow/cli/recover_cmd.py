@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.parallel import make_executor
-from ecflow.recover import RecoverConfig, Recovery, recover
+from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 
 EXIT_NOT_RECONSTRUCTED = 1
 
@@ -64,6 +65,19 @@ def _print_report(console: Console, rec: Recovery) -> None:
         "seconds", f"{rec.seconds:.1f} (" + ", ".join(
             f"{k} {v:.1f}" for k, v in rec.phase_seconds.items()) + ")"
     )
+    summary.add_row(
+        "students trained, reused, stopped, not started",
+        f"{rec.students_trained}, {rec.students_reused}, {rec.students_stopped}, "
+        f"{rec.students_skipped}",
+    )
+    if rec.student_status:
+        summary.add_row(
+            "students ended", ", ".join(f"{k} {v}" for k, v in sorted(rec.student_status.items()))
+        )
+    if rec.stop_reason:
+        summary.add_row("early stop", rec.stop_reason)
+    for item in rec.cut:
+        summary.add_row("cut by --max-minutes", item)
     for note in rec.notes:
         summary.add_row("note", note)
     console.print(summary)
@@ -81,6 +95,10 @@ def _print_report(console: Console, rec: Recovery) -> None:
         console.print(table)
 
 
+_D = RecoverConfig()
+_T = TrainConfig()
+
+
 @app.command("recover")
 def recover_command(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher network file."),
@@ -90,14 +108,14 @@ def recover_command(
         None, "--rho", help="Student width = ceil(rho x teacher width) (needs --teacher)."
     ),
     hidden: Optional[str] = typer.Option(None, "--hidden", help="Explicit student width."),
-    students: int = typer.Option(10, "--students", help="Number of students N."),
-    gamma: float = typer.Option(0.5, "--gamma", help="Kept clusters hold >= gamma N students."),
+    students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
+    gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
     beta_deg: float = typer.Option(
-        30.0, "--beta-deg", help="Kept clusters have a median angle <= this (degrees)."
+        _D.beta_deg, "--beta-deg", help="Kept clusters have a median angle <= this (degrees)."
     ),
-    n_queries: int = typer.Option(30000, "--n-queries", help="Teacher queries for training."),
+    n_queries: int = typer.Option(_D.n_queries, "--n-queries", help="Teacher queries for training."),
     n_fresh: int = typer.Option(
-        10000, "--n-fresh", help="Fresh teacher queries for the reported RMSE (0: none)."
+        _D.n_fresh, "--n-fresh", help="Fresh teacher queries for the reported RMSE (0: none)."
     ),
     queries: Optional[Path] = typer.Option(
         None, "--queries", help="File whose /queries/x are the teacher's query inputs."
@@ -105,16 +123,32 @@ def recover_command(
     activation: Optional[str] = typer.Option(
         None, "--activation", help="Student activation (default: the teacher's, or g)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of queries and students."),
+    seed: int = typer.Option(_D.seed, "--seed", help="Seed of queries and students."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes."),
     scheduler: Optional[str] = typer.Option(
         None, "--scheduler", help="Dask scheduler address (tcp://host:8786)."
     ),
     engine: str = typer.Option("native", "--engine", help="Training engine: native or julia."),
     max_seconds: Optional[float] = typer.Option(
-        None, "--max-seconds", help="Time budget of each student (seconds)."
+        None, "--max-seconds",
+        help=f"Time budget of each student (seconds; default {_T.total_seconds:g}).",
     ),
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="Prune superfluous neurons."),
+    student_loss: float = typer.Option(
+        _D.student_loss, "--student-loss",
+        help="MSE at which a student is good enough to cluster (0: train to zero loss).",
+    ),
+    early_stop: bool = typer.Option(
+        _D.early_stop, "--early-stop/--no-early-stop",
+        help="Stop the other students once gamma N have reached --student-loss.",
+    ),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", help="One deadline for the whole recovery (minutes)."
+    ),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir",
+        help="Save each student here as it finishes; a rerun with the same folder reuses them.",
+    ),
+    prune: bool = typer.Option(_D.prune, "--prune/--no-prune", help="Prune superfluous neurons."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
 ) -> None:
@@ -134,17 +168,19 @@ def recover_command(
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be positive, got {workers}")
+    if student_loss < 0:
+        raise InputError(f"--student-loss must be >= 0, got {student_loss}")
     width = teachers.parse_hidden(hidden) if hidden is not None else None
     train = TrainConfig() if max_seconds is None else TrainConfig(max_seconds=max_seconds)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
-        prune=prune, train=train,
+        prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
+        max_minutes=max_minutes,
     )
-    for path, option in ((out, "--out"), (report, "--report")):
-        _check_writable(path, option)
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise InputError(f"--plots {plots}: exists and is not a directory")
+    _check_outputs(out, report, plots)
+    if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
+        raise InputError(f"--work-dir {work_dir}: exists and is not a directory")
 
     if teacher is not None:
         net = networks.read_network(teacher)
@@ -154,6 +190,55 @@ def recover_command(
         pairs = networks.read_pairs(data)
         inputs = dict(x=pairs.x, y=pairs.y)
 
+    with _progress_bar() as progress:
+        progress("students", 0, config.n_students)
+        with make_executor(workers, scheduler) as executor:
+            rec = recover(**inputs, config=config, engine=engine, executor=executor,
+                          progress=progress, work_dir=work_dir)
+    _write_outputs(rec, out, report, plots, config)
+
+
+@app.command("cluster")
+def cluster_command(
+    students: Path = typer.Option(
+        ..., "--students", help="Work folder of a recovery (ecflow recover --work-dir)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output network file (the recovered network)."),
+    gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
+    beta_deg: float = typer.Option(
+        _D.beta_deg, "--beta-deg", help="Kept clusters have a median angle <= this (degrees)."
+    ),
+    engine: str = typer.Option("native", "--engine", help="Engine of the fine-tunes."),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", help="Deadline for fine-tuning and pruning (minutes)."
+    ),
+    prune: bool = typer.Option(_D.prune, "--prune/--no-prune", help="Prune superfluous neurons."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
+) -> None:
+    """Re-cluster, reconstruct, fine-tune and prune the saved students of a recovery (no
+    training): try other --gamma and --beta-deg on students already trained."""
+    if not students.is_dir():
+        raise InputError(f"--students {students}: not a folder")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
+    get_engine(engine)
+    config = RecoverConfig(gamma=gamma, beta_deg=beta_deg, prune=prune, max_minutes=max_minutes)
+    _check_outputs(out, report, plots)
+    with _progress_bar() as progress:
+        rec = cluster_saved(students, config=config, engine=engine, progress=progress)
+    _write_outputs(rec, out, report, plots, config)
+
+
+def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path]) -> None:
+    for path, option in ((out, "--out"), (report, "--report")):
+        _check_writable(path, option)
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise InputError(f"--plots {plots}: exists and is not a directory")
+
+
+@contextlib.contextmanager
+def _progress_bar():
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
@@ -166,11 +251,10 @@ def recover_command(
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
-        progress("students", 0, config.n_students)
-        with make_executor(workers, scheduler) as executor:
-            rec = recover(**inputs, config=config, engine=engine, executor=executor,
-                          progress=progress)
+        yield progress
 
+
+def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfig) -> None:
     report_dict = rec.to_report()
     if rec.network is not None:
         networks.write_network(out, rec.network, attrs=rec.to_attrs())
@@ -188,4 +272,4 @@ def recover_command(
     typer.echo(f"wrote {out}: {rec.network.describe()}")
 
 
-__all__ = ["recover_command"]
+__all__ = ["recover_command", "cluster_command"]
