@@ -58,9 +58,10 @@ PHASE = "width search"
 
 
 def _short_training() -> TrainConfig:
-    # Measured on g teachers d_in 4 r 4: a student that will reach near-zero loss does so in
-    # 0.5-5 s at 3000 queries; the others are stopped early as hopeless or stalled.
-    return TrainConfig(max_seconds=8.0)
+    # Students stop at near-zero loss (search_width sets target_loss) or when the engine's stall
+    # rule finds them hopeless, which is within 1-5 s at 4000 queries for most of them; the
+    # budget is for the borderline ones, and is wall time, so it has room for a loaded machine.
+    return TrainConfig(max_seconds=20.0)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ class WidthSearchConfig:
         hundred parameters are determined many times over by 4000 queries.
     bisect : bool, default=True
         Bisect between the last failing and the first succeeding doubling width.
-    train : TrainConfig, default=TrainConfig(max_seconds=8.0)
-        Training of each short student.
+    train : TrainConfig, default=TrainConfig(max_seconds=20.0)
+        Training of each short student; without a ``target_loss`` of its own it stops at the
+        near-zero threshold of the search.
     """
 
     n_seeds: int = 3
@@ -273,7 +275,7 @@ class _Budget:
             return None
         if left >= train.total_seconds:
             return train
-        return TrainConfig(**{**train.__dict__, "max_seconds": left})
+        return dataclasses.replace(train, max_seconds=left)
 
 
 def _train_round(
@@ -418,6 +420,11 @@ def search_width(
     for a in candidates:
         get_activation(a)
     threshold = check_number(threshold, "threshold", positive=True)
+    if config.train.target_loss is None:
+        # Polishing below near-zero loss would tell the search nothing more.
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, target_loss=threshold)
+        )
     budget = _Budget(deadline)
     trials: list[WidthTrial] = []
     counter = [0]
