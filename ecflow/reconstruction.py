@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecflow.activations import Activation
+from ecflow.activations import Activation, Compensation
 from ecflow.clustering import ClusterResult, neuron_angles_deg
 from ecflow.engines.base import Engine, TrainConfig, TrainResult
 from ecflow.errors import InputError
@@ -138,9 +138,38 @@ def collapse_clusters(
 
     Raises
     ------
-    ValueError
+    InputError
         No kept cluster, or inconsistent inputs.
     """
+    act = _check_collapse(students, losses, clustering)
+    losses_arr = np.asarray(losses, dtype=np.float64)
+    bias = students[int(np.argmin(losses_arr))].layers[1].bias.copy()
+    rows, out_cols, sources = [], [], []
+    for cl in clustering.kept:
+        owners = student[cl.members]
+        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
+        hid, out = students[s_best].layers
+        idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
+        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
+        new_v, comp = _merge_copies(act, v, ref, out.weight[:, idx])
+        bias = bias + comp.bias
+        rows.append(new_v)
+        out_cols.append(comp.output_weight.reshape(students[0].d_out))
+        sources.append(s_best)
+    V = np.vstack(rows)
+    hidden = Layer(V[:, :-1].copy(), V[:, -1].copy(), act)
+    output = Layer(np.column_stack(out_cols), bias, students[0].layers[1].activation)
+    return Collapsed(
+        network=MLP((hidden, output)),
+        cluster=tuple(c.label for c in clustering.kept),
+        source_student=tuple(sources),
+    )
+
+
+def _check_collapse(
+    students: Sequence[MLP], losses: Sequence[float], clustering: ClusterResult
+) -> Activation:
+    """Validate :func:`collapse_clusters`' inputs; return the students' hidden activation."""
     if len(students) != len(losses):
         raise InputError(f"need one loss per student, got {len(losses)} for {len(students)}")
     for s, net in enumerate(students):
@@ -149,73 +178,78 @@ def collapse_clusters(
     # Compared by name: students trained in worker processes hold unpickled copies.
     if any(net.layers[0].activation.name != act.name for net in students):
         raise InputError("all students must share one hidden activation")
-    sym = act.symmetry
-    if sym is not clustering.symmetry:
+    if act.symmetry is not clustering.symmetry:
         raise InputError(
             f"clustering used symmetry {clustering.symmetry.value}, the students' activation "
-            f"{act.name} has {sym.value}"
+            f"{act.name} has {act.symmetry.value}"
         )
-    kept = clustering.kept
-    if not kept:
+    if not clustering.kept:
         raise InputError(
             "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
             "students longer or wider"
         )
-    losses_arr = np.asarray(losses, dtype=np.float64)
-    best_overall = int(np.argmin(losses_arr))
-    d_out = students[0].d_out
-    rows, out_cols = [], []
-    bias = students[best_overall].layers[1].bias.copy()
-    sources = []
-    for cl in kept:
-        owners = student[cl.members]
-        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
-        # The medoid (least median angle to the other members) marks the cluster's core. Of
-        # the chosen student's members, the one nearest to it is the reference and only its
-        # copies are merged: a neuron that the loose beta let into the cluster (e.g. a relu
-        # linear-type pair at another hyperplane) must not be averaged in.
-        core = clustering.angles_deg[np.ix_(cl.members, cl.members)]
-        medoid = cl.members[int(np.argmin(np.median(core, axis=1)))]
-        mine = cl.members[owners == s_best]
-        nearest = mine[int(np.argmin(clustering.angles_deg[medoid, mine]))]
-        hid, out = students[s_best].layers
-        idx = neuron[mine]
-        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
-        ref = np.append(hid.weight[neuron[nearest]], hid.bias[neuron[nearest]])
-        copies = neuron_angles_deg(np.vstack([ref, v]), sym)[0, 1:] <= _COPY_DEG
-        idx, v = idx[copies], v[copies]
-        a = out.weight[:, idx]  # (d_out, n_members)
-        signs = sym.signs(v, ref)
-        if sym.flip_leaves_linear:
-            # Members flipped against the orientation leave a linear term proportional to
-            # their summed output weights; orient the neuron the way that leaves the smaller
-            # one (none at all when a linear-type pair sits in the cluster with a duplicate).
-            gain = act.output_weight(a, 1, np.linalg.norm(v, axis=1))
-            against = gain[:, signs < 0].sum(axis=1)
-            if np.linalg.norm(gain.sum(axis=1) - against) < np.linalg.norm(against):
-                signs = -signs
-        oriented = v * signs[:, None]
-        norms = np.linalg.norm(oriented, axis=1)
-        if sym.scale_invariant:
-            unit = oriented / np.where(norms > 0, norms, 1.0)[:, None]
-            mean = unit.mean(axis=0)
-            new_v = mean / max(np.linalg.norm(mean), np.finfo(np.float64).tiny)
-        else:
-            new_v = oriented.mean(axis=0)
-        comp = act.compensate(a, signs, norms, new_v)
-        new_a = comp.output_weight
-        bias = bias + comp.bias
-        rows.append(new_v)
-        out_cols.append(new_a.reshape(d_out))
-        sources.append(s_best)
-    V = np.vstack(rows)
-    hidden = Layer(V[:, :-1].copy(), V[:, -1].copy(), act)
-    output = Layer(np.column_stack(out_cols), bias, students[0].layers[1].activation)
-    return Collapsed(
-        network=MLP((hidden, output)),
-        cluster=tuple(c.label for c in kept),
-        source_student=tuple(sources),
-    )
+    return act
+
+
+def _copies(
+    clustering: ClusterResult,
+    members: np.ndarray,
+    chosen: np.ndarray,
+    neuron: np.ndarray,
+    hid: Layer,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen student's copies of a cluster's core neuron, and the reference ``[w, b]``.
+
+    The medoid (least median angle to the other ``members``) marks the cluster's core. Of the
+    chosen student's members (mask ``chosen``), the one nearest to it is the reference and only its
+    copies are merged: a neuron that the loose beta let into the cluster (e.g. a relu
+    linear-type pair at another hyperplane) must not be averaged in.
+
+    Returns
+    -------
+    idx : ndarray of shape (k,), int
+        In-student indices of the copies.
+    ref : ndarray of shape (d_in + 1,), float64
+    """
+    mine = members[chosen]
+    core = clustering.angles_deg[np.ix_(members, members)]
+    medoid = members[int(np.argmin(np.median(core, axis=1)))]
+    nearest = mine[int(np.argmin(clustering.angles_deg[medoid, mine]))]
+    idx = neuron[mine]
+    v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
+    ref = np.append(hid.weight[neuron[nearest]], hid.bias[neuron[nearest]])
+    sym = clustering.symmetry
+    copies = neuron_angles_deg(np.vstack([ref, v]), sym)[0, 1:] <= _COPY_DEG
+    return idx[copies], ref
+
+
+def _merge_copies(
+    act: Activation, v: np.ndarray, ref: np.ndarray, a: np.ndarray
+) -> tuple[np.ndarray, Compensation]:
+    """One neuron for copies ``v`` (k, d_in + 1) with output weights ``a`` (d_out, k).
+
+    Copies are brought to the orientation of ``ref`` (:meth:`Symmetry.signs`); for the
+    even+linear classes the whole group is flipped when that leaves the smaller linear term
+    (none at all when a linear-type pair sits in the cluster with a duplicate). The neuron is
+    the mean copy (the mean direction for the scale-invariant class, with the scales moved
+    into the output weight) and the class's algebra gives its output weight and bias.
+    """
+    sym = act.symmetry
+    signs = sym.signs(v, ref)
+    if sym.flip_leaves_linear:
+        gain = act.output_weight(a, 1, np.linalg.norm(v, axis=1))
+        against = gain[:, signs < 0].sum(axis=1)
+        if np.linalg.norm(gain.sum(axis=1) - against) < np.linalg.norm(against):
+            signs = -signs
+    oriented = v * signs[:, None]
+    norms = np.linalg.norm(oriented, axis=1)
+    if sym.scale_invariant:
+        unit = oriented / np.where(norms > 0, norms, 1.0)[:, None]
+        mean = unit.mean(axis=0)
+        new_v = mean / max(np.linalg.norm(mean), np.finfo(np.float64).tiny)
+    else:
+        new_v = oriented.mean(axis=0)
+    return new_v, act.compensate(a, signs, norms, new_v)
 
 
 def _design(net: MLP, x: np.ndarray) -> np.ndarray:
