@@ -314,6 +314,11 @@ def choose_orientations(
 
     Other classes are returned with a refit output layer and unchanged orientations.
 
+    This is the second flip search of the package, on purpose: the first,
+    :func:`ecflow.symmetry.flips.search_flips`, cancels the exact linear remainder Θ of one
+    zero-loss student, whereas a collapsed network gathers neurons from several students that
+    are not at zero loss, has no exact Θ, and can only be scored against the queries.
+
     Parameters
     ----------
     network : MLP
