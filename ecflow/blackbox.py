@@ -156,6 +156,28 @@ class BlackBox:
             return NEAR_ZERO_LOSS
         return max(NEAR_ZERO_LOSS, (FLOOR_FACTOR * self.rmse_floor(y)) ** 2)
 
+    def precision_report(self, y: np.ndarray, rmse_tol: float) -> dict:
+        """The report's lines on precision: the model's dtype, its rounding floor and the RMSE a
+        recovery is judged against, with the reason.
+
+        Parameters
+        ----------
+        y : ndarray of shape (n_samples, d_out), float64
+            Answers of this model.
+        rmse_tol : float
+            The tolerance asked for (``RecoverConfig.rmse_tol``).
+        """
+        floor = self.rmse_floor(y)
+        tol = self.rmse_tolerance(y, rmse_tol)
+        if self.precision == "float64":
+            why = f"a float64 model: judged against rmse_tol {tol:.3g}"
+        else:
+            why = (f"a {self.precision} model answers with rounding noise: floor {floor:.3g} "
+                   f"(RMSE of rounding its answers), judged against {FLOOR_FACTOR:g} x floor = "
+                   f"{tol:.3g}")
+        return {"precision": self.precision, "rmse_floor": floor, "rmse_tol": tol,
+                "precision_reason": why}
+
     def known_width(self) -> int:
         """The teacher's hidden width, for ``rho``; a real black box does not say it.
 

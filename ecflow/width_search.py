@@ -495,14 +495,16 @@ def search_black_box(
     deadline: float | None = None,
     progress: Progress | None = None,
 ) -> WidthSearch:
-    """:func:`search_width` for a black-box teacher (``--hidden auto``): the candidates come
-    from ``activation`` (``--activation``), else from the model when it names one, else all of
-    the spec; near-zero loss is the model's own (:meth:`BlackBox.near_zero_loss`, above the
-    paper's 1e-14 for a float32 model); the reason says where the activation came from.
+    """:func:`search_width` for ``--hidden auto``: the candidates come from ``activation``
+    (``--activation``), else from the model when it names one, else all of the spec;
+    near-zero loss is the model's own (:meth:`BlackBox.near_zero_loss`, above the paper's
+    1e-14 for a float32 model); the reason says where the activation came from.
 
     Parameters
     ----------
-    teacher : ecflow.blackbox.BlackBox
+    teacher : ecflow.blackbox.BlackBox or None
+        None for given pairs (``--data``): the activation is ``activation`` or searched, and
+        near-zero loss is the paper's.
     x : ndarray of shape (n_samples, d_in), float64
         Queries as the model saw them (:meth:`BlackBox.query`).
     y : ndarray of shape (n_samples, d_out), float64
@@ -515,9 +517,17 @@ def search_black_box(
     -------
     WidthSearch
     """
-    candidates, source = teacher.candidate_activations(activation)
+    if teacher is not None:
+        candidates, source = teacher.candidate_activations(activation)
+        threshold = teacher.near_zero_loss(y)
+    elif activation is not None:
+        candidates, source = [get_activation(activation).name], "given (--activation)"
+        threshold = NEAR_ZERO_LOSS
+    else:
+        candidates, source = list(ACTIVATIONS), "unknown (pairs): the width search tries all"
+        threshold = NEAR_ZERO_LOSS
     result = search_width(
-        x, y, activations=candidates, config=config, threshold=teacher.near_zero_loss(y),
+        x, y, activations=candidates, config=config, threshold=threshold,
         seed=seed, engine=engine, executor=executor, deadline=deadline, progress=progress,
     )
     if len(candidates) == 1:

@@ -40,6 +40,9 @@ def test_onnx_float32_floor(tanh_teacher, tmp_path):
     # The model's own float32 arithmetic is within the tolerance it is judged against.
     assert floor < noise < bb.rmse_tolerance(y, 1e-10) < 1e-5
     assert bb.near_zero_loss(y) == pytest.approx(bb.rmse_tolerance(y, 1e-10) ** 2)
+    rep = bb.precision_report(y, 1e-10)
+    assert rep["precision"] == "float32" and rep["rmse_floor"] == floor
+    assert rep["rmse_tol"] == bb.rmse_tolerance(y, 1e-10) and "floor" in rep["precision_reason"]
 
 
 def model_file(path, nodes, inputs, outputs, inits=None):

@@ -89,3 +89,11 @@ def test_black_box_search_reads_the_activation_from_the_graph(tmp_path):
     assert res.found and res.activation == "tanh" and 2 <= res.width <= 4
     assert res.threshold == bb.near_zero_loss(y) > 1e-14
     assert "read from the model" in res.reason
+
+
+def test_search_on_pairs_with_a_given_activation(tanh_pairs):
+    from ecflow.width_search import search_black_box
+
+    res = search_black_box(None, *tanh_pairs, activation="tanh", config=FAST)
+    assert res.found and res.activation == "tanh" and res.threshold == 1e-14
+    assert "given (--activation)" in res.reason
