@@ -46,6 +46,7 @@ from ecflow.engines.native.problem import (
     dense_bytes,
 )
 from ecflow.engines.native.quasi_newton import minimize_phase
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_xy
 
 __all__ = ["NativeEngine"]
@@ -90,16 +91,16 @@ _FINAL = ("loss_tol", "grad_tol", "hopeless", "stopped")
 
 def _check_inputs(x, y, init, config, progress, stop):
     if not isinstance(init, MLP):
-        raise TypeError(f"init must be an MLP, got {type(init).__name__}")
+        raise InputTypeError(f"init must be an MLP, got {type(init).__name__}")
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+        raise InputTypeError(f"progress must be callable or None, got {type(progress).__name__}")
     if stop is not None and not callable(stop):
-        raise TypeError(f"stop must be callable or None, got {type(stop).__name__}")
+        raise InputTypeError(f"stop must be callable or None, got {type(stop).__name__}")
     x, y = check_xy(x, y)
     if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
-        raise ValueError(
+        raise InputError(
             f"pairs x {x.shape}, y {y.shape} do not match the initial network "
             f"{init.d_in} -> {init.d_out}"
         )
@@ -156,7 +157,7 @@ class NativeEngine:
         theta0 = init.flatten()
         loss0 = problem.sum_sq(theta0) / problem.n_residuals
         if not np.isfinite(loss0):
-            raise ValueError("the initial network's outputs overflow on x (loss is not finite)")
+            raise InputError("the initial network's outputs overflow on x (loss is not finite)")
         stall = None
         if config.stall_factor > 0:
             stall = StallRule(
