@@ -10,19 +10,9 @@ other copies of that neuron when it holds several (members farther than ``_COPY_
 strays let in by the loose ``β`` and left out). Copies are first brought to a common
 orientation, ``s_j = sign(v_j · v_ref)``, and
 the output weights of the student's members are summed with the compensation of the class
-(``symmetry`` below, ``c0 = σ(0)``, ``c1`` the linear slope):
-
-=========================  ==============================================  =======================
-class                      identity                                        output weight, bias
-=========================  ==============================================  =======================
-``NONE``                   (no flip)                                       ``a += a_j``
-``ODD``                    ``σ(-z) = -σ(z)``                               ``a += s_j a_j``
-``ODD_CONSTANT``           ``σ(-z) = 2 c0 - σ(z)``                         ``a += s_j a_j``; a flip
-                                                                           adds ``2 c0 a_j`` to c
-``EVEN_LINEAR``            ``σ(-z) = σ(z) - 2 c1 z``                       ``a += a_j``
-``EVEN_LINEAR_SCALING``    the above and ``σ(λz) = λσ(z)``, ``λ > 0``      ``a += ‖v_j‖ a_j`` on
-                                                                           the unit neuron
-=========================  ==============================================  =======================
+(the table of :mod:`ecflow.activations`, applied by
+:meth:`~ecflow.activations.Activation.compensate`; for the scale-invariant class the neuron is
+the unit mean direction and each member's norm moves into its output weight).
 
 For the even+linear classes a flip leaves the linear term ``-2 c1 a_j z_j``, which a plain MLP
 of the same width cannot hold (the paper keeps a separate affine map ``Θx + β``). The collapse

@@ -20,17 +20,8 @@ few neuron types, each removed by one exact identity of σ's symmetry class (``S
     must cancel against the others'.
 ``neuron``
     A member of a kept group of duplicates ``v_i = s_i λ_i v_g`` (sign ``s_i``, scale ``λ_i``),
-    merged into one neuron ``A_g σ(v_g·[x, 1])`` with the identity of its class:
-
-    ===========================  ================================================================
-    class                        member contribution ``a_i σ(s_i λ_i z_g)``
-    ===========================  ================================================================
-    ``NONE``                     ``s_i = λ_i = 1``: ``a_i σ(z_g)``
-    ``ODD``                      ``s_i a_i σ(z_g)``
-    ``ODD_CONSTANT``             ``s_i a_i σ(z_g) + [s_i = -1] 2 c0 a_i``
-    ``EVEN_LINEAR``              ``a_i σ(z_g) - [s_i = -1] 2 c1 a_i z_g``
-    ``EVEN_LINEAR_SCALING``      as even+linear with ``a_i`` replaced by ``λ_i a_i``
-    ===========================  ================================================================
+    merged into one neuron ``A_g σ(v_g·[x, 1])`` with the identity of its class (the table
+    of the compensation algebra in :mod:`ecflow.activations`).
 
 The linear terms accumulate into ``Θ x + β`` (``Θ`` of shape ``(d_out, d_in)``). β joins the
 bias; Θ must vanish for the reduced network to keep the plain MLP form. For even+linear classes
@@ -67,7 +58,8 @@ module                          stage
 ==============================  ===============================================================
 
 What a flip or a rescaling does to the output weight, the next bias and Θ is not written here:
-it is the activation's own algebra (:meth:`ecflow.activations.Activation.compensate`).
+it is the activation's own algebra (:meth:`ecflow.activations.Activation.compensate`), which
+clustering and reconstruction call too.
 """
 
 from __future__ import annotations
