@@ -237,7 +237,9 @@ def _check_outputs(y, n: int, d_out: int | None, name: str) -> np.ndarray:
     try:
         y = np.asarray(y)
     except Exception as exc:  # a framework tensor that numpy cannot read
-        raise InputError(f"{name}: answered with {type(y).__name__}, not an array ({exc})") from None
+        raise InputError(
+            f"{name}: answered with {type(y).__name__}, not an array ({exc})"
+        ) from None
     if y.dtype.kind not in "fiu":
         raise InputError(f"{name}: answered with dtype {y.dtype}; expected floats")
     if y.ndim == 1 and y.shape[0] == n:

@@ -164,7 +164,9 @@ class OnnxInfo:
             "operators": ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())),
             "activation": f"{self.activation or 'unknown'} ({self.activation_reason})",
             "plain MLP": (
-                " -> ".join(map(str, self.mlp_sizes)) if self.mlp_sizes else f"no ({self.mlp_reason})"
+                " -> ".join(map(str, self.mlp_sizes))
+                if self.mlp_sizes
+                else f"no ({self.mlp_reason})"
             ),
         }
 
@@ -295,7 +297,8 @@ def _erf_nodes(b: _GraphBuilder, x: str) -> str:
     u2 = b.op("Mul", u, u)
     acc = b.const(1.0)
     for n in range(_ERF_TERMS, 0, -1):
-        acc = b.op("Add", b.const(1.0), b.op("Mul", b.op("Mul", u2, acc), b.const(2.0 / (2 * n + 1))))
+        term = b.op("Mul", b.op("Mul", u2, acc), b.const(2.0 / (2 * n + 1)))
+        acc = b.op("Add", b.const(1.0), term)
     scale = b.op("Mul", b.op("Exp", b.op("Neg", u2)), b.const(2.0 / np.sqrt(np.pi)))
     return b.op("Mul", b.op("Sign", x), b.op("Mul", b.op("Mul", scale, u), acc))
 
@@ -329,7 +332,9 @@ _EXPORTERS: dict[str, Callable[[_GraphBuilder, str], str]] = {
     "relu": lambda b, z: b.op("Relu", z),
     "leaky_relu": _leaky_relu_nodes,
     "softplus": _softplus_nodes,
-    "g": lambda b, z: b.op("Add", _softplus_nodes(b, z), b.op("Sigmoid", b.op("Mul", z, b.const(4.0)))),
+    "g": lambda b, z: b.op(
+        "Add", _softplus_nodes(b, z), b.op("Sigmoid", b.op("Mul", z, b.const(4.0)))
+    ),
     "silu": lambda b, z: b.op("Mul", z, b.op("Sigmoid", z)),
     "mish": lambda b, z: b.op("Mul", z, b.op("Tanh", _softplus_nodes(b, z))),
     "selu": _selu_nodes,
@@ -637,13 +642,17 @@ def onnx_to_network(model) -> MLP:
             if not users:
                 raise InputError(f"tensor {h!r} is not used and is not the output")
             names = ", ".join(_label(n) for n in users)
-            raise InputError(f"tensor {h!r} feeds {len(users)} nodes ({names}); a plain MLP is a chain")
+            raise InputError(
+                f"tensor {h!r} feeds {len(users)} nodes ({names}); a plain MLP is a chain"
+            )
         node = users[0]
         if node.op_type in ("Identity", "Cast", "Flatten") and not layers:
             h = node.output[0]
             continue
         if node.op_type not in _DENSE_OPS:
-            raise InputError(f"{_label(node)} is not supported in a plain MLP (expected Gemm or MatMul)")
+            raise InputError(
+                f"{_label(node)} is not supported in a plain MLP (expected Gemm or MatMul)"
+            )
         W, bias, z = _dense(g, node, h)
         block, h = _activation_block(g, z, outputs)
         act = _match_activation(g, block, z, h)

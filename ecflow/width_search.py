@@ -465,7 +465,8 @@ def search_width(
     if hi is None:
         status = WidthStatus.DEADLINE if out_of_time else WidthStatus.NOT_FOUND
         best = f"; best MSE {ranking[0].best_loss:.2g}" if ranking else ""
-        reason = f"{status.message} (widths up to {max((t.width for t in trials), default=0)}{best})"
+        widest = max((t.width for t in trials), default=0)
+        reason = f"{status.message} (widths up to {widest}{best})"
         if ranking:
             reason += "; " + _explain(ranking, len(candidates))
         return WidthSearch(None, None, chosen, ranking, tuple(trials), threshold, status,

@@ -46,8 +46,8 @@ def test_onnx_float32_floor(tanh_teacher, tmp_path):
 
 
 def model_file(path, nodes, inputs, outputs, inits=None):
-    g = helper.make_graph(nodes, "m", inputs, outputs,
-                          initializer=[numpy_helper.from_array(v, k) for k, v in (inits or {}).items()])
+    inits = [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()]
+    g = helper.make_graph(nodes, "m", inputs, outputs, initializer=inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     path.write_bytes(m.SerializeToString())
     return path
@@ -75,7 +75,8 @@ def test_bad_onnx_models(tmp_path):
     with pytest.raises(InputError, match="NaN or Inf"):
         blackbox.from_onnx(nan)
     ints = model_file(tmp_path / "int.onnx", [helper.make_node("Identity", ["a"], ["y"])],
-                      [vec("a", ["N", 2], TensorProto.INT64)], [vec("y", ["N", 2], TensorProto.INT64)])
+                      [vec("a", ["N", 2], TensorProto.INT64)],
+                      [vec("y", ["N", 2], TensorProto.INT64)])
     with pytest.raises(InputError, match="not float32 or float64"):
         blackbox.from_onnx(ints)
 

@@ -114,7 +114,8 @@ def test_import_native_activation_operators(op, attrs, name):
 
 def test_import_pytorch_style_silu_and_gemm_attributes():
     rng = np.random.default_rng(5)
-    W1, b1, W2, b2 = rng.normal(size=(4, 3)), rng.normal(size=4), rng.normal(size=(4, 1)), rng.normal(size=1)
+    W1, b1 = rng.normal(size=(4, 3)), rng.normal(size=4)
+    W2, b2 = rng.normal(size=(4, 1)), rng.normal(size=1)
     nodes = [
         helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"], name="fc1", transB=1, alpha=2.0),
         helper.make_node("Sigmoid", ["z1"], ["s1"], name="sig"),
@@ -141,7 +142,8 @@ def test_unsupported_activation_names_the_node(op, attrs, fragment):
 def test_non_mlp_graphs_are_rejected():
     rng = np.random.default_rng(7)
     conv = graph(
-        [helper.make_node("Conv", ["x", "K"], ["y"], name="conv0")], dict(K=rng.normal(size=(1, 1, 3))),
+        [helper.make_node("Conv", ["x", "K"], ["y"], name="conv0")],
+        dict(K=rng.normal(size=(1, 1, 3))),
         inputs=[helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 1, 3])],
     )
     with pytest.raises(InputError, match="not a batch of vectors"):
