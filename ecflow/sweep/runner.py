@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,47 +288,85 @@ def _pending_per_teacher(units: Sequence[StudentUnit | RecoveryUnit]) -> dict[Te
     return remaining
 
 
+@dataclass(eq=False)
+class _Schedule:
+    """What the scheduling steps share: the units still to submit and those in flight.
+
+    Attributes
+    ----------
+    students : list of StudentUnit
+        Unfinished students, in scheduling order; ``next_student`` is the first not submitted.
+    waiting : set of RecoveryUnit
+        Unfinished recoveries not submitted yet (their students are not all finished).
+    remaining : dict of TeacherKey to int
+        Units still to finish per teacher: its queries stay in memory until the count is 0.
+    in_flight : dict of Future to unit
+    """
+
+    students: list[StudentUnit]
+    waiting: set[RecoveryUnit]
+    remaining: dict[TeacherKey, int]
+    in_flight: dict[cf.Future, StudentUnit | RecoveryUnit] = field(default_factory=dict)
+    next_student: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.next_student < len(self.students) or bool(self.in_flight)
+
+
+def _submit_recovery_if_ready(
+    run: _SweepRun, ex: cf.Executor, sched: _Schedule, g: RecoveryUnit
+) -> None:
+    if g in sched.waiting and run.store.group_complete(g):
+        sched.waiting.discard(g)
+        sched.in_flight[run.submit_recovery(ex, g)] = g
+
+
+def _unit_finished(run: _SweepRun, sched: _Schedule, key: TeacherKey) -> None:
+    sched.remaining[key] -= 1
+    if sched.remaining[key] == 0:
+        run.teacher_cache.pop(key, None)
+
+
+def _fill(run: _SweepRun, ex: cf.Executor, sched: _Schedule, slots: int) -> None:
+    """Submit students until ``slots`` units are in flight."""
+    while sched.next_student < len(sched.students) and len(sched.in_flight) < slots:
+        u = sched.students[sched.next_student]
+        sched.in_flight[run.submit_student(ex, u)] = u
+        sched.next_student += 1
+
+
+def _collect(run: _SweepRun, ex: cf.Executor, sched: _Schedule) -> None:
+    """Wait for the next finished units, store them, submit the recoveries they complete."""
+    done, _ = cf.wait(list(sched.in_flight), return_when=cf.FIRST_COMPLETED)
+    for fut in sorted(done, key=lambda f: sched.in_flight[f].name):
+        unit = sched.in_flight.pop(fut)
+        result = fut.result()
+        if isinstance(unit, StudentUnit):
+            run.finish_student(unit, result)
+            _unit_finished(run, sched, unit.group.teacher_key)
+            _submit_recovery_if_ready(run, ex, sched, unit.group)
+        else:
+            run.finish_recovery(unit, result)
+            _unit_finished(run, sched, unit.teacher_key)
+
+
 def _execute(run: _SweepRun, ex: cf.Executor, slots: int) -> None:
     """Run every unfinished unit, ``slots`` at most in flight, recoveries as soon as ready."""
     store = run.store
     todo_students = [u for u in store.students if u not in store.student_records]
     todo_groups = [g for g in store.recoveries if g not in store.recovery_records]
-    remaining = _pending_per_teacher([*todo_students, *todo_groups])
-    in_flight: dict[cf.Future, StudentUnit | RecoveryUnit] = {}
-    waiting = set(todo_groups)
-
-    def submit_recovery_if_ready(g: RecoveryUnit) -> None:
-        if g in waiting and store.group_complete(g):
-            waiting.discard(g)
-            in_flight[run.submit_recovery(ex, g)] = g
-
-    def finished(key: TeacherKey) -> None:
-        remaining[key] -= 1
-        if remaining[key] == 0:
-            run.teacher_cache.pop(key, None)
-
+    sched = _Schedule(
+        todo_students, set(todo_groups), _pending_per_teacher([*todo_students, *todo_groups])
+    )
     for g in todo_groups:
-        submit_recovery_if_ready(g)
-    next_student = 0
+        _submit_recovery_if_ready(run, ex, sched, g)
     try:
-        while next_student < len(todo_students) or in_flight:
-            while next_student < len(todo_students) and len(in_flight) < slots:
-                u = todo_students[next_student]
-                in_flight[run.submit_student(ex, u)] = u
-                next_student += 1
-            done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: in_flight[f].name):
-                unit = in_flight.pop(fut)
-                result = fut.result()
-                if isinstance(unit, StudentUnit):
-                    run.finish_student(unit, result)
-                    finished(unit.group.teacher_key)
-                    submit_recovery_if_ready(unit.group)
-                else:
-                    run.finish_recovery(unit, result)
-                    finished(unit.teacher_key)
+        while sched.busy:
+            _fill(run, ex, sched, slots)
+            _collect(run, ex, sched)
     finally:
-        for fut in in_flight:
+        for fut in sched.in_flight:
             fut.cancel()
 
 
