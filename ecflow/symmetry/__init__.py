@@ -64,34 +64,10 @@ clustering and reconstruction call too.
 
 from __future__ import annotations
 
+from ecflow.symmetry import types
 from ecflow.symmetry.mapping import map_to_teacher
 from ecflow.symmetry.reduce import reduce_network
 from ecflow.symmetry.steps import reduction_steps
-from ecflow.symmetry.types import (
-    LayerReduction,
-    NeuronClass,
-    NeuronMapping,
-    NeuronNote,
-    NeuronType,
-    ReductionResult,
-    ReductionStatus,
-    ReductionStep,
-    SymmetryConfig,
-    TeacherMapping,
-)
+from ecflow.symmetry.types import *  # noqa: F403 - the result types are the package's API
 
-__all__ = [
-    "NeuronType",
-    "NeuronNote",
-    "ReductionStatus",
-    "SymmetryConfig",
-    "NeuronClass",
-    "LayerReduction",
-    "NeuronMapping",
-    "TeacherMapping",
-    "ReductionResult",
-    "ReductionStep",
-    "reduce_network",
-    "reduction_steps",
-    "map_to_teacher",
-]
+__all__ = [*types.__all__, "reduce_network", "reduction_steps", "map_to_teacher"]
