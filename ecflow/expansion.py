@@ -236,13 +236,13 @@ def expand(
             raise InputError(f"reuse names student {i}, outside the {total} seeds")
         results[i], reused[i] = res, True
     done = sum(reused)
-    if progress is not None and done:
-        progress(done, total)
     todo = [i for i in range(total) if not reused[i]]
     reason = enough(results) if enough is not None else None
     if reason is not None or not todo:
         return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
 
+    if progress is not None:
+        progress(done, total)
     flag = make_stop_flag(executor)
     kwargs = dict(
         hidden=hidden, activation=activation, config=config, engine=engine,

@@ -34,7 +34,9 @@ def test_recover_a_small_teacher_end_to_end(teacher_file, tmp_path):
     assert rep["hidden_sizes"] == [2]
     assert rep["rmse_fresh"] <= 1e-10
     assert rep["max_cosine_distance"] <= 1e-8
-    assert len(rep["student_losses"]) == 4 and len(rep["neurons"]) == 2
+    # the expansion stops at the quorum (gamma N = 2): how many finished depends on timing
+    assert 2 <= len(rep["student_losses"]) <= 4 and len(rep["neurons"]) == 2
+    assert rep["students_trained"] + rep["students_skipped"] == 4
     assert {"students", "clustering", "fine-tune"} <= set(rep["phase_seconds"])
     rec = networks.read_network_file(out)
     assert rec.network.sizes == (2, 2, 1)

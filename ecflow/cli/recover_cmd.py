@@ -191,7 +191,6 @@ def recover_command(
         inputs = dict(x=pairs.x, y=pairs.y)
 
     with _progress_bar() as progress:
-        progress("students", 0, config.n_students)
         with make_executor(workers, scheduler) as executor:
             rec = recover(**inputs, config=config, engine=engine, executor=executor,
                           progress=progress, work_dir=work_dir)
@@ -239,19 +238,26 @@ def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path]) -> 
 
 @contextlib.contextmanager
 def _progress_bar():
-    console = Console(stderr=True)
-    with Progress(
+    # Started at the first report, so that bad input found before any work (a corrupt
+    # student file, another recovery's folder) prints its one line without a bar around it.
+    bar = Progress(
         TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as bar:
-        tasks: dict[str, int] = {}
+        TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+    )
+    tasks: dict[str, int] = {}
 
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
+    def progress(phase: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
 
+    try:
         yield progress
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfig) -> None:
