@@ -225,8 +225,8 @@ def _check_inputs(x, d_in: int) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind != "f" or x.ndim != 2 or x.shape[1] != d_in or x.shape[0] == 0:
         raise InputError(
-            f"query inputs must be a non-empty float array of shape (n, {d_in}), got "
-            f"{x.dtype} {x.shape}"
+            f"query inputs must be a non-empty float array of shape (n, d_in) with d_in = "
+            f"{d_in}, got {x.dtype} {x.shape}"
         )
     if not np.all(np.isfinite(x)):
         raise InputError("query inputs contain NaN or Inf")

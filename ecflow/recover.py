@@ -37,12 +37,14 @@ import numpy as np
 from ecflow._checks import check_int, check_number
 from ecflow import metrics, teachers
 from ecflow.activations import get_activation
+from ecflow.blackbox import BlackBox, from_callable, from_network
 from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neuron_vectors
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import Expansion, expand, student_seeds, student_width
 from ecflow.networks import MLP, check_array, check_xy
+from ecflow.width_search import WidthSearch, WidthSearchConfig, search_black_box
 from ecflow.workdir import WorkDir, manifest_for
 from ecflow.reconstruction import (
     PruneConfig,
@@ -93,8 +95,10 @@ class RecoverConfig:
     rho : float, optional
         Overparameterisation: student width ``ceil(rho * r)`` for a teacher of width ``r``.
         Needs a teacher. Exclusive with ``hidden``.
-    hidden : int or tuple of one int, optional
-        Explicit student width (the black-box case). Exclusive with ``rho``.
+    hidden : int, tuple of one int or "auto", optional
+        Explicit student width, or ``"auto"``: the width search (paper step 1,
+        :mod:`ecflow.width_search`) finds it, and the activation too when neither
+        ``activation`` nor the teacher names one. Exclusive with ``rho``.
     activation : str, optional
         Student activation; default the teacher's (the paper assumes it known), or ``g`` when
         only pairs are given.
@@ -120,8 +124,11 @@ class RecoverConfig:
         Stop the students still queued or training once ``ceil(gamma N)`` have reached
         ``student_loss``: every teacher neuron then already has a big cluster, and later
         students could only add members to it or form small clusters.
+    width_search : WidthSearchConfig
+        Settings of the width search (``hidden="auto"``).
     max_minutes : float or None, default=None
-        One deadline for the whole recovery, shared by students (at most
+        One deadline for the whole recovery, shared by the width search (at most
+        ``SEARCH_SHARE`` of it), students (at most
         ``STUDENT_SHARE`` of it), fine-tuning and pruning; the report says what it cut.
     """
 
@@ -131,7 +138,7 @@ class RecoverConfig:
     n_queries: int = 30000
     n_fresh: int = 10000
     rho: float | None = None
-    hidden: int | tuple[int, ...] | None = None
+    hidden: int | tuple[int, ...] | str | None = None
     activation: str | None = None
     seed: int = 0
     prune: bool = True
@@ -142,6 +149,7 @@ class RecoverConfig:
     student_loss: float | None = 1e-12
     early_stop: bool = True
     max_minutes: float | None = None
+    width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -154,7 +162,9 @@ class RecoverConfig:
             if rho <= 0:
                 raise InputError(f"rho must be positive, got {self.rho!r}")
             object.__setattr__(self, "rho", rho)
-        if self.hidden is not None:
+        if isinstance(self.hidden, str) and self.hidden != "auto":
+            raise InputError(f"hidden must be a positive width or 'auto', got {self.hidden!r}")
+        if self.hidden is not None and self.hidden != "auto":
             hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
             hidden = tuple(hidden)
             if isinstance(self.hidden, bool) or len(hidden) != 1:
@@ -167,6 +177,9 @@ class RecoverConfig:
             raise InputError("give rho or hidden, not both")
         if self.activation is not None:
             get_activation(self.activation)
+        if not isinstance(self.width_search, WidthSearchConfig):
+            raise InputTypeError(f"width_search must be a WidthSearchConfig, got "
+                                 f"{self.width_search!r}")
         if not isinstance(self.prune, bool):
             raise InputTypeError(f"prune must be a bool, got {self.prune!r}")
         for name in ("train", "finetune"):
@@ -211,6 +224,10 @@ class RecoverStatus(enum.Enum):
     NO_CLUSTERS = (
         "no cluster is both big and aligned: lower --gamma, raise --beta-deg, or train the "
         "students longer or wider"
+    )
+    NO_WIDTH = (
+        "the width search found no width at which students reach near-zero loss: give "
+        "--activation if it is known, more --max-minutes, or --hidden"
     )
 
     @property
@@ -315,6 +332,11 @@ class Recovery:
         What the ``max_minutes`` deadline cut (students, fine-tune budgets, pruning tries).
     clustering : ClusterResult or None
         For the plots; not part of the report.
+    width_search : WidthSearch or None
+        The width search of ``hidden="auto"`` (its loss-versus-width curve is a figure).
+    precision : mapping
+        For a black-box teacher: its precision, its rounding floor and the RMSE it was judged
+        against, with the reason (:meth:`BlackBox.precision_report`).
     """
 
     network: MLP | None
@@ -342,6 +364,8 @@ class Recovery:
     student_status: Mapping[str, int] = field(default_factory=dict)
     cut: tuple[str, ...] = ()
     clustering: ClusterResult | None = field(default=None, repr=False)
+    width_search: WidthSearch | None = field(default=None, repr=False)
+    precision: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def recovered(self) -> bool:
@@ -379,6 +403,8 @@ class Recovery:
             "stop_reason": self.stop_reason,
             "student_status": dict(self.student_status),
             "cut": list(self.cut),
+            **dict(self.precision),
+            "width_search": self.width_search.to_report() if self.width_search else None,
         }
 
     def to_attrs(self) -> dict:
@@ -670,7 +696,9 @@ def reconstruct_from_students(
 
 def recover(
     *,
-    teacher: MLP | None = None,
+    teacher: MLP | BlackBox | None = None,
+    query: Callable[[np.ndarray], np.ndarray] | None = None,
+    d_in: int | None = None,
     x: np.ndarray | None = None,
     y: np.ndarray | None = None,
     config: RecoverConfig,
@@ -681,18 +709,27 @@ def recover(
 ) -> Recovery:
     """Recover a one-hidden-layer network from a teacher or from input-output pairs.
 
-    Teacher path: ``teacher`` given (``y`` not); it is queried at ``x`` when given, else at
-    ``config.n_queries`` inputs ``teachers.sample_inputs(n_queries, d_in, config.seed)``, and
-    at ``config.n_fresh`` fresh inputs for the reported RMSE. The student width is
-    ``ceil(rho r)`` or ``hidden``.
+    Teacher path: ``teacher`` (an ecflow network or a :class:`~ecflow.blackbox.BlackBox`,
+    e.g. an ONNX model) or ``query`` (any function from ``(n, d_in)`` arrays to
+    ``(n, d_out)`` arrays, with ``d_in``) given, ``y`` not; it is queried at ``x`` when given,
+    else at ``config.n_queries`` inputs ``teachers.sample_inputs(n_queries, d_in,
+    config.seed)``, and at ``config.n_fresh`` fresh inputs for the reported RMSE; a float32
+    model is judged against its rounding floor (:meth:`BlackBox.rmse_tolerance`). The student
+    width is ``ceil(rho r)`` (a teacher whose width is known), ``hidden``, or found by the
+    width search (``hidden="auto"``), which also finds the activation when neither
+    ``config.activation`` nor the model names it.
 
-    Data path: ``x`` and ``y`` given, no teacher; ``config.hidden`` is required, nothing is
-    held out.
+    Data path: ``x`` and ``y`` given, no teacher; ``config.hidden`` is required (a width or
+    ``"auto"``), nothing is held out.
 
     Parameters
     ----------
-    teacher : MLP, optional
-        One hidden layer.
+    teacher : MLP or BlackBox, optional
+        One hidden layer (an MLP).
+    query : callable, optional
+        ``query(x) -> y`` for ``x`` of shape ``(n, d_in)``, float64; exclusive with ``teacher``.
+    d_in : int, optional
+        Input dimension of ``query``.
     x : ndarray of shape (n_samples, d_in), float64, optional
     y : ndarray of shape (n_samples, d_out), float64, optional
     config : RecoverConfig
@@ -707,41 +744,42 @@ def recover(
 
     Raises
     ------
-    ValueError
-        Inconsistent inputs: neither or both of teacher and pairs, ``rho`` without a teacher,
-        no width, a deep teacher.
+    InputError
+        Inconsistent inputs: neither or both of teacher and pairs, ``rho`` without a known
+        width, no width, a deep teacher, a query function that answers badly.
     """
     t_start = time.monotonic()
     if not isinstance(config, RecoverConfig):
         raise InputTypeError(f"config must be a RecoverConfig, got {type(config).__name__}")
     notes: list[str] = []
     x_fresh = y_fresh = None
-    if teacher is not None:
+    precision: dict = {}
+    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+    box = _black_box(teacher, query, d_in)
+    if box is not None:
         if y is not None:
             raise InputError("give a teacher or pairs (x, y), not both")
-        if len(teacher.layers) != 2:
-            raise InputError(
-                f"the teacher must have one hidden layer (issue 5), got sizes {teacher.sizes}"
-            )
-        d_in = teacher.d_in
         if x is None:
-            x = teachers.sample_inputs(config.n_queries, d_in, config.seed)
-        x = check_array(x, "x", ndim=2)
-        if x.shape[1] != d_in:
-            raise InputError(f"queries must have d_in = {d_in} columns, got shape {x.shape}")
-        y = teachers.query(teacher, x)
+            x = teachers.sample_inputs(config.n_queries, box.d_in, config.seed)
+        x, y = box.query(x)
         if config.n_fresh > 0:
-            x_fresh = teachers.sample_inputs(
-                config.n_fresh, d_in, np.random.default_rng([config.seed, 1])
-            )
-            y_fresh = teachers.query(teacher, x_fresh)
+            x_fresh, y_fresh = box.query(teachers.sample_inputs(
+                config.n_fresh, box.d_in, np.random.default_rng([config.seed, 1])
+            ))
+        precision = box.precision_report(y, config.rmse_tol)
+        if precision["rmse_tol"] != config.rmse_tol:
+            config = dataclasses.replace(config, rmse_tol=precision["rmse_tol"])
+            notes.append(precision["precision_reason"])
+        teacher = box.network
         if config.rho is not None:
-            width = student_width(teacher.hidden_sizes[0], config.rho)
-        elif config.hidden is not None:
+            width = student_width(box.known_width(), config.rho)
+        elif config.hidden is None:
+            raise InputError(
+                "give rho (a multiple of the teacher's width) or hidden (a width, or 'auto')"
+            )
+        elif config.hidden != "auto":
             width = config.hidden[0]
-        else:
-            raise InputError("give rho (a multiple of the teacher's width) or hidden (a width)")
-        activation = config.activation or teacher.layers[0].activation.name
+        activation = config.activation or box.activation
     else:
         if x is None or y is None:
             raise InputError("give a teacher, or input-output pairs x and y")
@@ -749,14 +787,30 @@ def recover(
         if config.rho is not None:
             raise InputError("rho needs a teacher (its width); with pairs give hidden")
         if config.hidden is None:
-            raise InputError("with pairs, give hidden (the student width)")
-        width = config.hidden[0]
-        activation = config.activation or "g"
-        if config.activation is None:
-            notes.append("no activation given: students use g, the paper's default")
+            raise InputError("with pairs, give hidden (the student width, or 'auto')")
+        if config.hidden != "auto":
+            width = config.hidden[0]
+        activation = config.activation
+
+    search = None
+    if config.hidden == "auto":
+        t = time.monotonic()
+        search = search_black_box(
+            box, x, y, activation=config.activation, config=config.width_search,
+            seed=config.seed, engine=engine, executor=executor, progress=progress,
+            deadline=None if deadline is None else t + SEARCH_SHARE * (deadline - t),
+        )
+        t_search = time.monotonic() - t
+        if not search.found:
+            return _no_width(search, config=config, precision=precision, notes=notes,
+                             t_start=t_start, t_search=t_search)
+        width, activation = search.student_width, search.activation
+        notes.append(f"width search: {search.reason}")
+    elif activation is None:
+        activation = "g"
+        notes.append("no activation given: students use g, the paper's default")
 
     seeds = student_seeds(config.seed, config.n_students)
-    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
     t = time.monotonic()
     expansion = run_students(
         x, y, hidden=(width,), activation=activation, seeds=seeds, config=config,
@@ -764,10 +818,67 @@ def recover(
         work_dir=work_dir, x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher,
     )
     t_students = time.monotonic() - t
-    return _finish(
+    rec = _finish(
         x, y, expansion, config=config, engine=engine, x_fresh=x_fresh, y_fresh=y_fresh,
         teacher=teacher, progress=progress, deadline=deadline, notes=notes,
         t_start=t_start, t_students=t_students,
+    )
+    if search is None and not precision:
+        return rec
+    phases = dict(rec.phase_seconds)
+    if search is not None:
+        phases = {"width search": t_search, **phases}
+    return dataclasses.replace(
+        rec, width_search=search, precision=precision, phase_seconds=phases
+    )
+
+
+SEARCH_SHARE = 0.4
+"""Share of ``max_minutes`` the width search may use; the students and what follows keep the
+rest (a search that finishes sooner leaves more)."""
+
+
+def _black_box(teacher, query, d_in) -> BlackBox | None:
+    """The teacher as a black box: an MLP (one hidden layer) keeps its weights for the
+    metrics; a query function is checked on a probe; None on the data path."""
+    if query is not None:
+        if teacher is not None:
+            raise InputError("give a teacher or a query function, not both")
+        if d_in is None:
+            raise InputError("a query function needs d_in, the width of its inputs")
+        return from_callable(query, d_in)
+    if teacher is None or isinstance(teacher, BlackBox):
+        return teacher
+    if not isinstance(teacher, MLP):
+        raise InputTypeError(
+            f"teacher must be an MLP or a BlackBox, got {type(teacher).__name__}"
+        )
+    if len(teacher.layers) != 2:
+        raise InputError(
+            f"the teacher must have one hidden layer (issue 5), got sizes {teacher.sizes}"
+        )
+    return from_network(teacher)
+
+
+def _no_width(search: WidthSearch, *, config, precision, notes, t_start, t_search) -> Recovery:
+    """The recovery that stops after a width search that found no width."""
+    return Recovery(
+        network=None,
+        hidden_sizes=(),
+        rmse_train=None,
+        rmse_fresh=None,
+        student_losses=(),
+        neurons=(),
+        max_cosine_distance=None,
+        status=RecoverStatus.NO_WIDTH,
+        reason=f"{RecoverStatus.NO_WIDTH.message} ({search.reason})",
+        seconds=time.monotonic() - t_start,
+        phase_seconds={"width search": t_search},
+        student_width=0,
+        activation=search.activation or (config.activation or ""),
+        notes=tuple(notes),
+        width_search=search,
+        precision=precision,
     )
 
 
