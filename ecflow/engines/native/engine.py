@@ -285,7 +285,7 @@ class _Run:
         # progress shows the subset's loss meanwhile (an estimate of the full loss)
         tracker = Tracker(
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
-            loss_tol=max(self.config.loss_tol, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
+            loss_tol=max(self.config.goal, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
             progress=self.tracker.progress, start=self.tracker.start,
             stop=self.tracker.stop_flag,
         )
