@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecflow import networks, teachers
+from ecflow import blackbox, networks, teachers
 from ecflow.cli._app import app, error
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
@@ -78,9 +78,13 @@ def _print_report(console: Console, rec: Recovery) -> None:
         summary.add_row("early stop", rec.stop_reason)
     for item in rec.cut:
         summary.add_row("cut by --max-minutes", item)
+    if rec.precision:
+        summary.add_row("precision", rec.precision["precision_reason"])
     for note in rec.notes:
         summary.add_row("note", note)
     console.print(summary)
+    if rec.width_search is not None:
+        _print_width_search(console, rec.width_search)
     if rec.neurons:
         table = Table(title="Identifiability certificate per recovered neuron")
         for col in ("neuron", "cluster size", "students", "median angle °", "max angle °",
@@ -95,19 +99,39 @@ def _print_report(console: Console, rec: Recovery) -> None:
         console.print(table)
 
 
+def _print_width_search(console: Console, search) -> None:
+    """Candidates ranked, each with its loss-versus-width curve (paper Fig. A.2B)."""
+    table = Table(title=f"Width search: {search.status.name}, {search.reason}")
+    for col in ("activation", "near-zero at width", "best MSE", "best MSE per width"):
+        table.add_column(col)
+    for rank in search.ranking:
+        widths, best = search.curve(rank.activation)
+        table.add_row(
+            rank.activation, "-" if rank.width is None else str(rank.width),
+            _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
+        )
+    console.print(table)
+
+
 _D = RecoverConfig()
 _T = TrainConfig()
 
 
 @app.command("recover")
 def recover_command(
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher network file."),
+    teacher: Optional[Path] = typer.Option(
+        None, "--teacher",
+        help="Teacher: a network file (HDF5), or an ONNX model queried as a black box.",
+    ),
     data: Optional[Path] = typer.Option(None, "--data", help="Input-output pairs file."),
     out: Path = typer.Option(..., "--out", help="Output network file (the recovered network)."),
     rho: Optional[float] = typer.Option(
         None, "--rho", help="Student width = ceil(rho x teacher width) (needs --teacher)."
     ),
-    hidden: Optional[str] = typer.Option(None, "--hidden", help="Explicit student width."),
+    hidden: Optional[str] = typer.Option(
+        None, "--hidden",
+        help="Student width, or 'auto': found by the width search (paper step 1).",
+    ),
     students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
     beta_deg: float = typer.Option(
@@ -170,7 +194,7 @@ def recover_command(
         raise InputError(f"--workers must be positive, got {workers}")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
-    width = teachers.parse_hidden(hidden) if hidden is not None else None
+    width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
     train = TrainConfig() if max_seconds is None else TrainConfig(max_seconds=max_seconds)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
@@ -183,7 +207,10 @@ def recover_command(
         raise InputError(f"--work-dir {work_dir}: exists and is not a directory")
 
     if teacher is not None:
-        net = networks.read_network(teacher)
+        if teacher.suffix.lower() == ".onnx":
+            net = blackbox.from_onnx(teacher)
+        else:
+            net = networks.read_network(teacher)
         x = _read_query_inputs(queries) if queries is not None else None
         inputs = dict(teacher=net, x=x)
     else:
