@@ -179,7 +179,14 @@ struct Settings
     max_steps::Int
     patience::Int
     memory_budget_mb::Float64
+    # recovery-grade stop (ecflow's target_loss); stall_factor and normal_above tune the
+    # native engine's stall rule and LM steps, which MLPGradientFlow.jl has no counterpart of
+    target_loss::Union{Nothing,Float64}
+    stall_factor::Float64
+    normal_above::Float64
 end
+
+goal(s::Settings) = something(s.target_loss, s.loss_tol)
 
 total_seconds(s::Settings) = something(s.max_seconds, s.flow_seconds + s.polish_seconds)
 
@@ -249,7 +256,10 @@ function read_job(path::AbstractString)
                      max_seconds,
                      setting(a, "max_steps", Int; default = 100_000),
                      setting(a, "patience", Int; default = 50),
-                     setting(a, "memory_budget_mb", Float64; default = 2048.0))
+                     setting(a, "memory_budget_mb", Float64; default = 2048.0),
+                     haskey(a, "target_loss") ? setting(a, "target_loss", Float64) : nothing,
+                     setting(a, "stall_factor", Float64; default = 3.0),
+                     setting(a, "normal_above", Float64; default = 1e-10))
         s.schedule in ("lm-first", "flow-first") || throw(ArgumentError("job file: unknown schedule \"$(s.schedule)\""))
         s.optimizer in ("lm", "trust-exact", "bfgs") || throw(ArgumentError("job file: unknown optimizer \"$(s.optimizer)\""))
         x, y, layers, s
@@ -292,7 +302,7 @@ end
 # outputs, ours the MSE averaged over them: minloss = loss_tol · d_out. Its gradient test is
 # ‖∇(SSE/N)‖_∞ ≤ min_gnorm, ours ‖∇MSE‖₂ ≤ grad_tol; since ‖v‖₂ ≤ √P ‖v‖_∞, the bound
 # min_gnorm = grad_tol · d_out / √P guarantees ours.
-mlpgf_minloss(s, d_out) = s.loss_tol * d_out
+mlpgf_minloss(s, d_out) = goal(s) * d_out
 mlpgf_min_gnorm(s, d_out, P) = s.grad_tol * d_out / sqrt(P)
 
 # MLPGradientFlow.jl's patience counts loss evaluations, ours steps; a KenCarp58 or trust-region
@@ -367,7 +377,9 @@ function phase!(r::Run, p; ode::Bool, solver, ode_alg, label)
 end
 
 function status_name(r::Run, loss, grad_norm)
-    (loss <= r.s.loss_tol || r.last_rule == "loss_tol") && return "CONVERGED_LOSS"
+    loss <= r.s.loss_tol && return "CONVERGED_LOSS"
+    r.s.target_loss !== nothing && loss <= r.s.target_loss && return "REACHED_TARGET"
+    r.last_rule == "loss_tol" && return "CONVERGED_LOSS"
     (grad_norm <= r.s.grad_tol || r.last_rule == "grad_tol") && return "CONVERGED_GRAD"
     r.last_rule == "max_seconds" && return "MAX_TIME"
     r.last_rule == "max_steps" && return "MAX_STEPS"

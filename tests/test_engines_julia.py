@@ -182,7 +182,7 @@ def test_worker_writes_the_result_fields_read_by_python():
 
 def test_worker_reads_every_setting_python_writes():
     read = set(re.findall(r'setting\(a, "(\w+)"', WORKER))
-    written = set(jobs.config_to_settings(TrainConfig(max_seconds=1.0)))
+    written = set(jobs.config_to_settings(TrainConfig(max_seconds=1.0, target_loss=1e-8)))
     assert read == written
     for value in ("lm-first", "flow-first", "lm", "trust-exact", "bfgs"):
         assert f'"{value}"' in WORKER

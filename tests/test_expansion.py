@@ -54,7 +54,7 @@ def test_train_students_in_process_and_in_an_executor_agree():
     seeds = student_seeds(3, 2)
     local = train_students(X, Y, hidden=(2,), activation="tanh", seeds=seeds, config=QUICK,
                            progress=lambda d, n: calls.append((d, n)))
-    assert calls == [(1, 2), (2, 2)]
+    assert calls == [(0, 2), (1, 2), (2, 2)]
     with cf.ThreadPoolExecutor(2) as ex:
         threaded = train_students(X, Y, hidden=(2,), activation="tanh", seeds=seeds,
                                   config=QUICK, executor=ex)
