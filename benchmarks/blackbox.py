@@ -65,7 +65,9 @@ def recover_black_box(bb, *, teacher, n_queries, n_fresh, seed, students, budget
     xf, yf = bb.query(teachers.sample_inputs(n_fresh, bb.d_in, np.random.default_rng([seed, 1])))
     tol = bb.rmse_tolerance(y, 1e-10)
     t = time.monotonic()
-    search = search_black_box(bb, x, y, config=search_config, seed=seed, executor=executor)
+    # Near-zero as in `ecflow recover`: the loss at which its students are good to cluster.
+    search = search_black_box(bb, x, y, near_zero=RecoverConfig().student_loss,
+                              config=search_config, seed=seed, executor=executor)
     search_s = time.monotonic() - t
     row: dict[str, Any] = {
         "precision": bb.precision,

@@ -796,7 +796,8 @@ def recover(
     if config.hidden == "auto":
         t = time.monotonic()
         search = search_black_box(
-            box, x, y, activation=config.activation, config=config.width_search,
+            box, x, y, activation=config.activation, near_zero=config.student_loss,
+            config=config.width_search,
             seed=config.seed, engine=engine, executor=executor, progress=progress,
             deadline=None if deadline is None else t + SEARCH_SHARE * (deadline - t),
         )
