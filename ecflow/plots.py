@@ -183,6 +183,9 @@ def width_search_curve(search: Any):
         ax.axvline(search.width, color="black", linestyle=":",
                    label=f"width found: {search.width} ({search.activation})")
     ax.set_xscale("log", base=2)
+    widths = sorted({t.width for t in search.trials})
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("student width")
     ax.set_ylabel("training MSE of short students")
