@@ -40,7 +40,7 @@ from ecflow.activations import get_activation
 from ecflow.blackbox import BlackBox, from_callable, from_network
 from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neuron_vectors
 from ecflow.engines import get_engine
-from ecflow.engines.base import TrainConfig, TrainResult
+from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import Expansion, expand, student_seeds, student_width
 from ecflow.networks import MLP, check_array, check_xy
@@ -115,11 +115,14 @@ class RecoverConfig:
         Tolerances of pruning.
     rmse_tol : float, default=1e-10
         RMSE (fresh queries when there are some) at or below which the status is RECOVERED.
-    student_loss : float or None, default=1e-12
+    student_loss : float or None, default=1e-14
         MSE at which a student is good enough to cluster and stops (``TrainConfig.target_loss``
-        of its training; a ``train`` config that sets its own ``target_loss`` keeps it). Teacher
-        neurons are aligned in students long before zero loss; the fine-tune of the
-        reconstruction gives the machine precision. None: students train to ``loss_tol``.
+        of its training; a ``train`` config that sets its own ``target_loss`` keeps it): the
+        paper's near-zero loss. Students that reach it do so fast and carry every teacher
+        neuron; the fine-tune of the reconstruction gives the machine precision. Measured on
+        g teachers (d_in 4, r 4): students that creep down to 1e-10 can still stand in for a
+        teacher neuron with several of theirs, so 1e-10 failed when only γN students were
+        clustered, and 1e-6 failed outright. None: students train to ``loss_tol``.
     early_stop : bool, default=True
         Stop the students still queued or training once ``ceil(gamma N)`` have reached
         ``student_loss``: every teacher neuron then already has a big cluster, and later
@@ -146,7 +149,7 @@ class RecoverConfig:
     finetune: TrainConfig = field(default_factory=_default_finetune)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     rmse_tol: float = 1e-10
-    student_loss: float | None = 1e-12
+    student_loss: float | None = NEAR_ZERO_LOSS
     early_stop: bool = True
     max_minutes: float | None = None
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)

@@ -273,13 +273,14 @@ class _Run:
     def _polish_deadline(self) -> float:
         return min(self.total_deadline, time.perf_counter() + self.config.polish_seconds)
 
-    def _subset_lm(self, theta0) -> np.ndarray:
-        """LM on a subset of the samples; returns its best point (``theta0`` when skipped)."""
+    def _subset_lm(self, theta0) -> tuple[np.ndarray, str | None]:
+        """LM on a subset of the samples; returns its best point (``theta0`` when skipped) and
+        the rule that ended it when that ends the whole training (``stopped``, ``hopeless``)."""
         p = self.problem
         n = p.x.shape[0]
         n_sub = max(_SUBSET_MIN_SAMPLES, _SUBSET_SAMPLES_PER_PARAM * p.arch.n_params)
         if n < 2 * n_sub:
-            return theta0
+            return theta0, None
         idx = np.linspace(0, n - 1, n_sub).round().astype(np.int64)
         sub = Problem(p.arch, p.x[idx], p.y[idx])
         # progress shows the subset's loss meanwhile (an estimate of the full loss)
@@ -287,7 +288,7 @@ class _Run:
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
             loss_tol=max(self.config.goal, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
             progress=self.tracker.progress, start=self.tracker.start,
-            stop=self.tracker.stop_flag,
+            stop=self.tracker.stop_flag, stall=self.tracker.stall,
         )
         # keep a fifth of the budget for the full data in case the subset never settles
         deadline = tracker.start + _SUBSET_SHARE * (self.total_deadline - tracker.start)
@@ -297,12 +298,16 @@ class _Run:
             normal_above=self.config.normal_above,
         )
         self.steps += out.steps
-        if out.rule == "stopped":
-            self.tracker.stop_rule = "stopped"
-        return tracker.best_theta
+        return tracker.best_theta, (out.rule if out.rule in ("stopped", "hopeless") else None)
 
     def lm_first(self, theta0) -> None:
-        theta0 = self._subset_lm(theta0)
+        theta0, ended = self._subset_lm(theta0)
+        if ended is not None:
+            # the subset's best point is the training's result; its loss on all samples
+            self.tracker.observe(theta0, self.problem.sum_sq(theta0) / self.problem.n_residuals)
+            self.tracker.stop_rule = ended
+            self._record("lm-subset", PhaseOutcome(ended, 0))
+            return
         out = self.lm(theta0, self.total_deadline)
         while out.rule in ("patience", "stalled") and self.left() > _MIN_PHASE_SECONDS:
             before = self.tracker.best_loss

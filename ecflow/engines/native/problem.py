@@ -101,7 +101,9 @@ class StallRule:
 
     The rate is the slope of ``log10`` of the best loss over the last ``window`` share of the
     elapsed time (at least ``min_window`` seconds). A training is hopeless when, at that rate,
-    reaching ``goal`` would take more than ``factor`` times the time it has left. Nothing is
+    reaching ``goal`` would take more than ``factor`` times the time it has left, or than
+    ``factor`` times the time it has already run (students that converge do so superlinearly;
+    those that creep rarely end aligned with the teacher). Nothing is
     judged before ``warmup`` seconds, nor once the best loss is at ``goal``: LM's progress
     comes in bursts after plateaus (saddles), so a short look would stop good students.
 
@@ -149,7 +151,11 @@ class StallRule:
         needed = np.log10(best) - np.log10(self.goal)
         if gained <= 0:
             return True
-        return needed / (gained / span) > self.factor * left
+        # Judged against the time already spent as well as the time left: a student that
+        # needs several times longer than it has run is creeping along a valley (several
+        # neurons standing in for one teacher neuron), and such students are not aligned
+        # with the teacher even when their loss is small.
+        return needed / (gained / span) > self.factor * min(left, max(t, self.warmup))
 
 
 class Tracker:
@@ -191,7 +197,7 @@ class Tracker:
         self._history = [(0.0, loss0)]
         self._last_report = -np.inf
         self.stop_flag = stop
-        self._stall = stall
+        self.stall = stall
         self._last_check = -np.inf
         self.stop_rule: str | None = None
         self.improvements = 0
@@ -211,7 +217,7 @@ class Tracker:
         self._last_check = t
         if self.stop_flag is not None and self.stop_flag():
             self.stop_rule = "stopped"
-        elif self._stall is not None and self._stall.hopeless(
+        elif self.stall is not None and self.stall.hopeless(
             self._history, t, self.best_loss, self.improvements
         ):
             self.stop_rule = "hopeless"
