@@ -12,7 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
+from ecflow.activations import get_activation
 from ecflow.engines import TrainConfig, get_engine, jobs
+from ecflow.expansion import train_student
 from ecflow.errors import InputError
 
 
@@ -40,14 +42,12 @@ def train(
         raise InputError(f"--seed must be non-negative, got {seed}")
     sizes = teachers.parse_hidden(hidden)
     config = TrainConfig(schedule=schedule, optimizer=optimizer, max_seconds=max_seconds)
-    trainer = get_engine(engine)
+    get_engine(engine)  # a missing optional engine fails before the data is read
+    get_activation(activation)
     networks.check_destination(out)
     pairs = networks.read_pairs(data)
-    d_in, d_out = pairs.x.shape[1], pairs.y.shape[1]
-    init = networks.glorot_normal(
-        (d_in, *sizes, d_out), [activation] * len(sizes) + ["identity"], seed
-    )
     budget = config.total_seconds
+    sizes_text = "-".join(map(str, (pairs.x.shape[1], *sizes, pairs.y.shape[1])))
     console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]training[/bold] {task.description}"),
@@ -58,12 +58,16 @@ def train(
         disable=quiet,
         transient=False,
     ) as bar:
-        task = bar.add_task(init.describe(), total=budget, loss=np.nan, rmse=np.nan)
+        task = bar.add_task(f"{sizes_text} ({activation})", total=budget, loss=np.nan,
+                            rmse=np.nan)
 
         def progress(elapsed: float, loss: float) -> None:
             bar.update(task, completed=min(elapsed, budget), loss=loss, rmse=np.sqrt(loss))
 
-        result = trainer.train(pairs.x, pairs.y, init, config, progress=progress)
+        result = train_student(
+            pairs.x, pairs.y, hidden=sizes, activation=activation, seed=seed, config=config,
+            engine=engine, progress=progress,
+        )
         bar.update(task, completed=budget)
     jobs.write_result_file(out, result, attrs={"seed": np.int64(seed)})
     typer.echo(
