@@ -238,15 +238,21 @@ def _jacobian_qr(
     y: np.ndarray,
     chunk: int,
     deadline=None,
+    columns: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Triangular factor ``R`` ((P+1, P+1)) of ``[J | r] = Q R``, built chunk by chunk.
 
     Each chunk's rows ``[J_c | r_c]`` are stacked under the running ``R`` and the stack is
     re-factorised, so memory is ``O(P²)`` plus one chunk and ``JᵀJ`` is never formed.
     Returns None if ``deadline()`` turns true between chunks.
+
+    ``columns`` (int array of shape (P_free + 1,), increasing, ending with ``P``) keeps only
+    those columns of ``[J | r]`` (the free parameters and the residual, when others are
+    frozen); ``R`` is then (P_free+1, P_free+1).
     """
     params = arch.unpack(theta)
     n, d, P = x.shape[0], arch.d_out, arch.n_params
+    n_cols = P + 1 if columns is None else columns.size
     R = None
     for start in range(0, n, chunk):
         if deadline is not None and start > 0 and deadline():
@@ -260,10 +266,12 @@ def _jacobian_qr(
         block = A.reshape(m, d, P + 1)
         _jacobian_into(arch, params, hs, dfs, block)
         block[:, :, P] = hs[-1] - ys
+        if columns is not None:
+            A = A[:, columns]
         if R is None:
             R = _triangular_factor(A)
-            if R.shape[0] < P + 1:  # zero rows keep R triangular and RᵀR unchanged
-                R = np.vstack([R, np.zeros((P + 1 - R.shape[0], P + 1))])
+            if R.shape[0] < n_cols:  # zero rows keep R triangular and RᵀR unchanged
+                R = np.vstack([R, np.zeros((n_cols - R.shape[0], n_cols))])
         else:
             R = _stack_factor(R, A)
     return R
@@ -276,17 +284,21 @@ def _jacobian_normal(
     y: np.ndarray,
     chunk: int,
     deadline=None,
+    columns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
     """``(JᵀJ, Jᵀr, |r|²)`` accumulated chunk by chunk (``JᵀJ`` is (P, P), ``Jᵀr`` (P,)).
 
     One GEMM per chunk: about a sixth of the time of :func:`_jacobian_qr` on the same rows,
     at the price of squaring the condition number, so it serves only far from zero loss.
-    Returns None if ``deadline()`` turns true between chunks.
+    Returns None if ``deadline()`` turns true between chunks. ``columns`` (int array of shape
+    (P_free,)) keeps only those columns of ``J`` (the free parameters): ``JᵀJ`` is then
+    (P_free, P_free) and ``Jᵀr`` (P_free,).
     """
     params = arch.unpack(theta)
     n, d, P = x.shape[0], arch.d_out, arch.n_params
-    G = np.zeros((P, P))
-    g = np.zeros(P)
+    n_cols = P if columns is None else columns.size
+    G = np.zeros((n_cols, n_cols))
+    g = np.zeros(n_cols)
     sse = 0.0
     for start in range(0, n, chunk):
         if deadline is not None and start > 0 and deadline():
@@ -297,6 +309,8 @@ def _jacobian_normal(
         J = np.empty((m, d, P))
         _jacobian_into(arch, params, hs, dfs, J)
         J = J.reshape(m * d, P)
+        if columns is not None:
+            J = J[:, columns]
         r = (hs[-1] - ys).ravel()
         G += J.T @ J
         g += J.T @ r

@@ -43,7 +43,7 @@ def gradient_flow(
     Parameters
     ----------
     problem : Problem
-    theta : ndarray of shape (n_params,), float64
+    theta : ndarray of shape (problem.n_params,), float64
     tracker : Tracker
     method : OdeMethod
     deadline : float

@@ -26,7 +26,6 @@ import time
 import numpy as np
 import scipy.linalg
 
-from ecflow.engines.native.derivatives import _jacobian_normal, _jacobian_qr
 from ecflow.engines.native.problem import PhaseOutcome, Problem, Tracker
 
 __all__ = ["levenberg_marquardt"]
@@ -58,9 +57,10 @@ rounding); their components of the step are dropped."""
 
 
 def _factor_qr(problem: Problem, theta: np.ndarray, out_of_time):
-    """``(Vᵀ, s, g, |r|², Jᵀr)`` at ``theta`` from the chunked QR of ``[J | r]``."""
-    P = problem.arch.n_params
-    R = _jacobian_qr(problem.arch, theta, problem.x, problem.y, problem.qr_chunk, out_of_time)
+    """``(Vᵀ, s, g, |r|², Jᵀr)`` at ``theta`` from the chunked QR of ``[J | r]`` (the columns
+    of the free parameters only, when some are frozen)."""
+    P = problem.n_params
+    R = problem.jacobian_qr(theta, out_of_time)
     if R is None:
         return None
     RJ, q = R[:P, :P], R[:P, P]
@@ -70,9 +70,7 @@ def _factor_qr(problem: Problem, theta: np.ndarray, out_of_time):
 
 def _factor_normal(problem: Problem, theta: np.ndarray, out_of_time):
     """The same quantities from the eigendecomposition of ``JᵀJ`` (no QR: ~4x cheaper)."""
-    out = _jacobian_normal(
-        problem.arch, theta, problem.x, problem.y, problem.qr_chunk, out_of_time
-    )
+    out = problem.jacobian_normal(theta, out_of_time)
     if out is None:
         return None
     G, Jtr, sse = out
@@ -100,7 +98,7 @@ def levenberg_marquardt(
     ----------
     problem : Problem
         Pairs and architecture.
-    theta : ndarray of shape (n_params,), float64
+    theta : ndarray of shape (problem.n_params,), float64
         Starting point (not modified).
     tracker : Tracker
         Records the best point, the history and reports progress.

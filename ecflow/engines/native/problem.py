@@ -18,6 +18,8 @@ from ecflow.engines.native.derivatives import (
     _hessian,
     _hessian_row_bytes,
     _hessian_rows,
+    _jacobian_normal,
+    _jacobian_qr,
     _loss_grad,
     _sum_sq_residuals,
 )
@@ -46,28 +48,80 @@ def dense_bytes(arch: Architecture, n_samples: int) -> float:
 
 
 class Problem:
-    """Pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)`` and the architecture (trusted)."""
+    """Pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)`` and the architecture (trusted).
 
-    def __init__(self, arch: Architecture, x: np.ndarray, y: np.ndarray):
+    With ``free`` (increasing int64 indices of shape (n_free,)) and ``fixed`` (the full θ of
+    shape (n_params,) whose other entries stay as they are), the optimisers see only the free
+    parameters: every method takes the reduced ``θ_free`` of shape (n_free,), evaluates at
+    :meth:`full` and returns the columns of ``J`` and the rows (and columns) of ``∇L``, ``∇²L``
+    of the free parameters. Without them (None) ``θ`` is the full vector and nothing is copied.
+    """
+
+    def __init__(
+        self,
+        arch: Architecture,
+        x: np.ndarray,
+        y: np.ndarray,
+        free: np.ndarray | None = None,
+        fixed: np.ndarray | None = None,
+    ):
         self.arch = arch
         self.x = np.ascontiguousarray(x)
         self.y = np.ascontiguousarray(y)
         self.n_residuals = y.size
         self.qr_chunk = max(1, _qr_chunk_rows(arch.n_params + 1) // arch.d_out)
+        self.free = free
+        self.fixed = None if free is None else np.array(fixed, dtype=np.float64)
+        self.n_params = arch.n_params if free is None else free.size
+        # the residual column of [J | r] is kept with the free ones
+        self._qr_columns = None if free is None else np.append(free, arch.n_params)
+
+    def full(self, theta: np.ndarray) -> np.ndarray:
+        """The full θ (n_params,) of a reduced ``θ_free`` (n_free,), frozen entries from ``fixed``."""
+        if self.free is None:
+            return theta
+        out = self.fixed.copy()
+        out[self.free] = theta
+        return out
+
+    def reduce(self, theta: np.ndarray) -> np.ndarray:
+        """The free entries (n_free,) of a full θ (n_params,)."""
+        return theta if self.free is None else theta[self.free]
+
+    def subset(self, idx: np.ndarray) -> Problem:
+        """The same problem (and frozen parameters) on the samples ``idx``."""
+        return Problem(self.arch, self.x[idx], self.y[idx], self.free, self.fixed)
 
     def sum_sq(self, theta: np.ndarray) -> float:
         """``|r|²``; ``inf`` when the forward pass overflows."""
         with np.errstate(over="ignore", invalid="ignore"):
-            v = _sum_sq_residuals(self.arch, theta, self.x, self.y)
+            v = _sum_sq_residuals(self.arch, self.full(theta), self.x, self.y)
         return v if np.isfinite(v) else np.inf
 
     def loss_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(L, ∇L)``, the gradient over the free parameters (n_free,)."""
         with np.errstate(over="ignore", invalid="ignore"):
-            return _loss_grad(self.arch, theta, self.x, self.y)
+            value, grad = _loss_grad(self.arch, self.full(theta), self.x, self.y)
+        return value, self.reduce(grad)
 
     def hessian(self, theta: np.ndarray) -> np.ndarray:
+        """``∇²L`` over the free parameters, (n_free, n_free)."""
         with np.errstate(over="ignore", invalid="ignore"):
-            return _hessian(self.arch, theta, self.x, self.y)
+            H = _hessian(self.arch, self.full(theta), self.x, self.y)
+        return H if self.free is None else H[np.ix_(self.free, self.free)]
+
+    def jacobian_qr(self, theta: np.ndarray, deadline=None) -> np.ndarray | None:
+        """``R`` (n_free+1, n_free+1) of ``[J_free | r] = Q R`` (see ``_jacobian_qr``)."""
+        return _jacobian_qr(
+            self.arch, self.full(theta), self.x, self.y, self.qr_chunk, deadline,
+            self._qr_columns,
+        )
+
+    def jacobian_normal(self, theta: np.ndarray, deadline=None):
+        """``(J_freeᵀJ_free, J_freeᵀr, |r|²)`` (see ``_jacobian_normal``); None at the deadline."""
+        return _jacobian_normal(
+            self.arch, self.full(theta), self.x, self.y, self.qr_chunk, deadline, self.free
+        )
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def minimize_phase(
     Parameters
     ----------
     problem : Problem
-    theta : ndarray of shape (n_params,), float64
+    theta : ndarray of shape (problem.n_params,), float64
     tracker : Tracker
     method : {"trust-exact", "bfgs", "l-bfgs"}
     deadline : float
