@@ -54,6 +54,7 @@ __all__ = [
     "write_job",
     "read_job",
     "glorot_normal",
+    "parameter_mask",
 ]
 
 FORMAT_VERSION = 1
@@ -716,3 +717,55 @@ def glorot_normal(
         weights.append(rng.normal(0.0, std, size=(n_out, n_in)))
         biases.append(np.zeros(n_out))
     return MLP.from_arrays(weights, biases, activations)
+
+
+_PARTS = {"weight": ("weight",), "bias": ("bias",), "all": ("weight", "bias")}
+"""Names of a layer's parts accepted by :func:`parameter_mask`."""
+
+
+def parameter_mask(network: MLP, frozen: Mapping[int, str | Sequence[str]]) -> np.ndarray:
+    """Which entries of ``network.flatten()`` train when the given layer parts are frozen.
+
+    Parameters
+    ----------
+    network : MLP
+    frozen : mapping of int to {"weight", "bias", "all"} or a sequence of them
+        Layer index (negative counts from the output layer) -> the parts held fixed, e.g.
+        ``{0: "weight"}`` freezes the first layer's weights and leaves its biases free.
+
+    Returns
+    -------
+    free : ndarray of shape (n_params,), bool
+        True where a parameter trains, in :meth:`MLP.flatten` order (the ``free`` argument of
+        the engines' ``train``).
+    """
+    if not isinstance(network, MLP):
+        raise InputTypeError(f"network must be an MLP, got {type(network).__name__}")
+    if not isinstance(frozen, Mapping):
+        raise InputTypeError(
+            f"frozen must map layer indices to parts, got {type(frozen).__name__}"
+        )
+    n_layers = len(network.layers)
+    free = np.ones(network.n_params, dtype=bool)
+    offsets = np.cumsum([0] + [l.weight.size + l.bias.size for l in network.layers])
+    for index, parts in frozen.items():
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not (
+            -n_layers <= index < n_layers
+        ):
+            raise InputError(
+                f"frozen layer indices must be integers in [-{n_layers}, {n_layers}), got {index!r}"
+            )
+        names = (parts,) if isinstance(parts, str) else tuple(parts)
+        unknown = [p for p in names if p not in _PARTS]
+        if unknown or not names:
+            raise InputError(
+                f"frozen parts must be among {', '.join(_PARTS)}, got {parts!r} for layer {index}"
+            )
+        layer = network.layers[index]
+        start = offsets[index % n_layers]
+        for name in {n for p in names for n in _PARTS[p]}:
+            if name == "weight":
+                free[start : start + layer.weight.size] = False
+            else:
+                free[start + layer.weight.size : start + layer.weight.size + layer.n_out] = False
+    return free

@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Engine",
+    "check_free",
 ]
 
 
@@ -205,7 +206,8 @@ class TrainResult:
     rmse : float
         ``sqrt(loss)``.
     grad_norm : float
-        Euclidean norm of the gradient of ``loss`` at ``network``.
+        Euclidean norm of the gradient of ``loss`` at ``network`` with respect to the trained
+        parameters (all of them unless some were frozen by ``free``).
     status : TrainStatus
     stopped_by : str
         Which phase/rule stopped training, e.g. ``"lm: loss_tol"``.
@@ -268,11 +270,44 @@ class Engine(Protocol):
         *,
         progress=None,
         stop=None,
+        free=None,
     ) -> TrainResult:
         """Train ``init`` on pairs ``x (n_samples, d_in)``, ``y (n_samples, d_out)``.
 
         ``progress``, if given, is called as ``progress(elapsed_seconds, loss)`` now and then.
         ``stop``, if given, is a cooperative stop flag: a callable polled now and then; when it
         returns True the training ends with ``STOPPED`` and its best point so far.
+        ``free``, if given, is a boolean mask of shape ``(init.n_params,)`` over
+        ``init.flatten()`` (see :func:`~ecflow.networks.parameter_mask`): parameters where it
+        is False keep their initial values exactly, the others train.
         """
         ...
+
+
+def check_free(free, n_params: int) -> np.ndarray | None:
+    """Validate a mask of trainable parameters.
+
+    Parameters
+    ----------
+    free : array-like of shape (n_params,), bool, or None
+        True where a parameter of ``MLP.flatten()`` trains; None: all train.
+    n_params : int
+
+    Returns
+    -------
+    ndarray of shape (n_free,), int64, or None
+        Increasing indices of the trainable parameters; None when every parameter trains (the
+        engines then take their unrestricted path).
+    """
+    if free is None:
+        return None
+    mask = np.asarray(free)
+    if mask.dtype != np.bool_:
+        raise InputError(f"free must be a boolean mask, got dtype {mask.dtype}")
+    if mask.shape != (n_params,):
+        raise InputError(
+            f"free must have shape ({n_params},) (one entry per parameter), got {mask.shape}"
+        )
+    if not mask.any():
+        raise InputError("free freezes every parameter: nothing is left to train")
+    return None if mask.all() else np.flatnonzero(mask)

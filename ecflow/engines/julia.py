@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecflow.engines.base import TrainConfig, TrainResult
+from ecflow.engines.base import TrainConfig, TrainResult, check_free
 from ecflow.engines.jobs import read_result_file, write_job_file
 from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_xy
@@ -200,11 +200,13 @@ class JuliaEngine:
         config: TrainConfig,
         *,
         progress: Callable[[float, float], None] | None = None,
+        free: np.ndarray | None = None,
     ) -> TrainResult:
         """Train ``init`` on ``x (n_samples, d_in)``, ``y (n_samples, d_out)`` in Julia.
 
         ``progress`` is called at the start and at the end only: the worker runs as one
-        blocking Julia call.
+        blocking Julia call. ``free`` (a mask of shape (n_params,), bool) is accepted only when
+        it frees every parameter: the worker cannot freeze parameters yet.
         """
         x, y = check_xy(x, y)
         if not isinstance(init, MLP):
@@ -215,6 +217,10 @@ class JuliaEngine:
             raise InputError(
                 f"pairs x {x.shape}, y {y.shape} do not match the network "
                 f"{init.d_in} -> {init.d_out}"
+            )
+        if check_free(free, init.n_params) is not None:
+            raise InputError(
+                "the julia engine cannot freeze parameters yet: train with engine 'native'"
             )
         if progress is not None:
             progress(0.0, _mse(init, x, y))

@@ -34,6 +34,7 @@ from ecflow.engines.base import (
     TrainConfig,
     TrainResult,
     TrainStatus,
+    check_free,
 )
 from ecflow.engines.native.derivatives import Architecture
 from ecflow.engines.native.gradient_flow import gradient_flow
@@ -121,6 +122,7 @@ class NativeEngine:
         *,
         progress=None,
         stop=None,
+        free=None,
     ) -> TrainResult:
         """Train ``init`` on pairs by minimising the MSE.
 
@@ -137,24 +139,32 @@ class NativeEngine:
         stop : callable, optional
             Cooperative stop flag, polled about every 0.2 s: when ``stop()`` is True training
             ends with ``STOPPED`` and the best point so far.
+        free : ndarray of shape (init.n_params,), bool, optional
+            Trainable parameters in ``init.flatten()`` order (:func:`ecflow.networks.parameter_mask`
+            builds one by layer and part); those where it is False keep their initial values
+            bit for bit. Every phase then works on the free parameters only: the Jacobian
+            columns, gradient and Hessian are restricted to them. None: all train.
 
         Returns
         -------
         TrainResult
-            The best network seen, with its loss, gradient norm, status and history.
+            The best network seen, with its loss, gradient norm (over the free parameters),
+            status and history.
         """
         x, y = _check_inputs(x, y, init, config, progress, stop)
+        free = check_free(free, init.n_params)
         if init.n_params < _MULTITHREAD_PARAMS:
             # QRs of ~100-column blocks run slower on several BLAS threads than on one, and
             # collapse when the cores are shared with other trainings.
             with threadpool_limits(limits=1, user_api="blas"):
-                return self._train(x, y, init, config, progress, stop)
-        return self._train(x, y, init, config, progress, stop)
+                return self._train(x, y, init, config, progress, stop, free)
+        return self._train(x, y, init, config, progress, stop, free)
 
-    def _train(self, x, y, init, config, progress, stop) -> TrainResult:
+    def _train(self, x, y, init, config, progress, stop, free=None) -> TrainResult:
         arch = Architecture.of(init)
-        problem = Problem(arch, x, y)
-        theta0 = init.flatten()
+        problem = Problem(arch, x, y, free, init.flatten())
+        # the optimisers and the tracker work on the free parameters only
+        theta0 = problem.reduce(init.flatten())
         loss0 = problem.sum_sq(theta0) / problem.n_residuals
         if not np.isfinite(loss0):
             raise InputError("the initial network's outputs overflow on x (loss is not finite)")
@@ -200,7 +210,7 @@ class NativeEngine:
             rule = outcome.rule if outcome.rule not in _CONVERGED else "stalled"
             status = _STATUS[rule]
         return TrainResult(
-            network=init.unflatten(best),
+            network=init.unflatten(problem.full(best)),
             loss=float(loss),
             rmse=float(np.sqrt(loss)),
             grad_norm=grad_norm,
@@ -282,7 +292,7 @@ class _Run:
         if n < 2 * n_sub:
             return theta0, None
         idx = np.linspace(0, n - 1, n_sub).round().astype(np.int64)
-        sub = Problem(p.arch, p.x[idx], p.y[idx])
+        sub = p.subset(idx)
         # progress shows the subset's loss meanwhile (an estimate of the full loss)
         tracker = Tracker(
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
