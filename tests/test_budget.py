@@ -277,3 +277,27 @@ def test_recover_config_validates_the_budget_fields():
     assert RecoverConfig(student_loss=None).student_train.target_loss is None
     assert RecoverConfig(gamma=0.5, n_students=10).quorum == 5
     assert RecoverConfig(gamma=0.8, n_students=10).quorum == 8
+
+
+def test_expand_on_dask_stops_through_a_distributed_event():
+    distributed = pytest.importorskip("distributed")
+    from ecflow.parallel import DaskStopFlag
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, distributed.Client(cluster) as client:
+        executor = client.get_executor()
+        flag = make_stop_flag(executor)
+        assert isinstance(flag, DaskStopFlag)
+        # the flag travels to a worker by name and is read there
+        assert client.submit(flag).result() is False
+        flag.set()
+        assert client.submit(flag).result() is True
+        out = expand(
+            X, Y, hidden=(4,), activation="tanh", seeds=student_seeds(2, 6),
+            config=dataclasses_replace(QUICK, target_loss=1e-10), executor=executor,
+            enough=_enough_after(1),
+        )
+    assert out.stop_reason is not None
+    assert out.n_trained + out.n_skipped == 6 and len(out.finished) >= 1
