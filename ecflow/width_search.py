@@ -275,7 +275,7 @@ def _merge(trials: list[WidthTrial], new: WidthTrial) -> list[WidthTrial]:
     return trials + [new]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Budget:
     """Wall-clock deadline shared by the rounds; None means no limit."""
 
