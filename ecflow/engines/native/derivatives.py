@@ -231,6 +231,24 @@ def _triangular_factor(A: np.ndarray) -> np.ndarray:
     return np.triu(qr[: min(A.shape)])
 
 
+def _jacobian_chunks(arch: Architecture, theta, x, y, chunk: int, deadline=None):
+    """Yield ``(J_c, r_c)`` for consecutive chunks of ``chunk`` samples: the Jacobian rows
+    ((m · d_out, P), C order, the order reverse mode produces them) and the residuals
+    ((m · d_out,)). Yields None, and stops, when ``deadline()`` turns true between chunks."""
+    params = arch.unpack(theta)
+    n, d, P = x.shape[0], arch.d_out, arch.n_params
+    for start in range(0, n, chunk):
+        if deadline is not None and start > 0 and deadline():
+            yield None
+            return
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        m = xs.shape[0]
+        hs, dfs, _ = _forward(arch, params, xs)
+        J = np.empty((m, d, P))
+        _jacobian_into(arch, params, hs, dfs, J)
+        yield J.reshape(m * d, P), (hs[-1] - ys).ravel()
+
+
 def _jacobian_qr(
     arch: Architecture,
     theta: np.ndarray,
@@ -250,24 +268,17 @@ def _jacobian_qr(
     those columns of ``[J | r]`` (the free parameters and the residual, when others are
     frozen); ``R`` is then (P_free+1, P_free+1).
     """
-    params = arch.unpack(theta)
-    n, d, P = x.shape[0], arch.d_out, arch.n_params
+    P = arch.n_params
+    keep = None if columns is None else columns[:-1]
     n_cols = P + 1 if columns is None else columns.size
     R = None
-    for start in range(0, n, chunk):
-        if deadline is not None and start > 0 and deadline():
+    for part in _jacobian_chunks(arch, theta, x, y, chunk, deadline):
+        if part is None:
             return None
-        xs, ys = x[start : start + chunk], y[start : start + chunk]
-        m = xs.shape[0]
-        hs, dfs, _ = _forward(arch, params, xs)
-        # Filled in C order (contiguous rows, the order the Jacobian is produced in); LAPACK
-        # then works on its own Fortran copy.
-        A = np.empty((m * d, P + 1))
-        block = A.reshape(m, d, P + 1)
-        _jacobian_into(arch, params, hs, dfs, block)
-        block[:, :, P] = hs[-1] - ys
-        if columns is not None:
-            A = A[:, columns]
+        J, r = part
+        A = np.empty((J.shape[0], n_cols))
+        A[:, :-1] = J if keep is None else J[:, keep]
+        A[:, -1] = r
         if R is None:
             R = _triangular_factor(A)
             if R.shape[0] < n_cols:  # zero rows keep R triangular and RᵀR unchanged
@@ -294,24 +305,16 @@ def _jacobian_normal(
     (P_free,)) keeps only those columns of ``J`` (the free parameters): ``JᵀJ`` is then
     (P_free, P_free) and ``Jᵀr`` (P_free,).
     """
-    params = arch.unpack(theta)
-    n, d, P = x.shape[0], arch.d_out, arch.n_params
-    n_cols = P if columns is None else columns.size
+    n_cols = arch.n_params if columns is None else columns.size
     G = np.zeros((n_cols, n_cols))
     g = np.zeros(n_cols)
     sse = 0.0
-    for start in range(0, n, chunk):
-        if deadline is not None and start > 0 and deadline():
+    for part in _jacobian_chunks(arch, theta, x, y, chunk, deadline):
+        if part is None:
             return None
-        xs, ys = x[start : start + chunk], y[start : start + chunk]
-        m = xs.shape[0]
-        hs, dfs, _ = _forward(arch, params, xs)
-        J = np.empty((m, d, P))
-        _jacobian_into(arch, params, hs, dfs, J)
-        J = J.reshape(m * d, P)
+        J, r = part
         if columns is not None:
             J = J[:, columns]
-        r = (hs[-1] - ys).ravel()
         G += J.T @ J
         g += J.T @ r
         sse += float(r @ r)
