@@ -55,49 +55,34 @@ def _num(v):
 
 def recover_black_box(bb, *, teacher, n_queries, n_fresh, seed, students, budget, executor,
                       search_config) -> dict[str, Any]:
-    """Width search, then Expand-and-Cluster on the black box's answers; judged on fresh ones."""
-    from ecflow import metrics, teachers
+    """``recover(teacher=bb, hidden="auto")``: width search, then Expand-and-Cluster on the
+    black box's answers, judged on fresh ones; ``teacher`` only for the cosine distance."""
+    from ecflow import metrics
     from ecflow.engines.base import TrainConfig
     from ecflow.recover import RecoverConfig, recover
-    from ecflow.width_search import search_black_box
 
-    x, y = bb.query(teachers.sample_inputs(n_queries, bb.d_in, seed))
-    xf, yf = bb.query(teachers.sample_inputs(n_fresh, bb.d_in, np.random.default_rng([seed, 1])))
-    tol = bb.rmse_tolerance(y, 1e-10)
-    t = time.monotonic()
-    # Near-zero as in `ecflow recover`: the loss at which its students are good to cluster.
-    search = search_black_box(bb, x, y, near_zero=RecoverConfig().student_loss,
-                              config=search_config, seed=seed, executor=executor)
-    search_s = time.monotonic() - t
+    config = RecoverConfig(hidden="auto", n_students=students, n_queries=n_queries,
+                           n_fresh=n_fresh, seed=seed, width_search=search_config,
+                           train=TrainConfig(max_seconds=budget))
+    rec = recover(teacher=bb, config=config, executor=executor)
+    search = rec.width_search
     row: dict[str, Any] = {
-        "precision": bb.precision,
-        "rmse_floor": bb.rmse_floor(y) if bb.precision != "float64" else None,
-        "rmse_tol": tol,
+        **{k: _num(v) if isinstance(v, float) else v for k, v in rec.precision.items()},
         "search_status": search.status.name,
         "width_found": search.width,
         "student_width": search.student_width,
         "activation": search.activation,
         "activation_ranking": [r.to_dict() for r in search.ranking],
         "search_reason": search.reason,
-        "search_seconds": search_s,
+        "search_seconds": rec.phase_seconds.get("width search"),
+        "recover_seconds": rec.seconds,
+        "status": rec.status.name,
+        "recovered_hidden": list(rec.hidden_sizes),
+        "rmse_fresh": _num(rec.rmse_fresh),
     }
-    if not search.found:
-        return row
-    config = RecoverConfig(hidden=search.student_width, activation=search.activation,
-                           n_students=students, rmse_tol=tol,
-                           train=TrainConfig(max_seconds=budget))
-    t = time.monotonic()
-    rec = recover(x=x, y=y, config=config, executor=executor)
-    row["recover_seconds"] = time.monotonic() - t
-    row["status"] = rec.status.name
-    row["recovered_hidden"] = list(rec.hidden_sizes)
     if rec.network is not None:
-        row["rmse_fresh"] = metrics.rmse(rec.network, xf, yf)
         row["max_cosine_distance"] = _num(metrics.match_neurons(rec.network, teacher).max_distance)
-        row["exact"] = bool(rec.hidden_sizes == teacher.hidden_sizes
-                            and row["rmse_fresh"] <= tol)
-    else:
-        row["exact"] = False
+    row["exact"] = bool(rec.recovered and rec.hidden_sizes == teacher.hidden_sizes)
     return row
 
 
