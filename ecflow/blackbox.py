@@ -387,8 +387,10 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
     outputs = {t.name: t for t in info.outputs}
     if output is None:
         if len(outputs) != 1:
-            raise InputError(f"{p}: the model has {len(outputs)} outputs ({', '.join(outputs)}); "
-                             "choose one")
+            raise InputError(
+                f"{p}: the model has {len(outputs)} outputs ({', '.join(outputs)}); ecflow "
+                "queries one (in Python: blackbox.from_onnx(path, output=name))"
+            )
         output = next(iter(outputs))
     if output not in outputs:
         raise InputError(f"{p}: no output {output!r}; outputs: {', '.join(outputs)}")

@@ -81,6 +81,18 @@ def test_bad_onnx_models(tmp_path):
         blackbox.from_onnx(ints)
 
 
+def test_several_outputs_need_a_choice(tmp_path):
+    two = model_file(tmp_path / "two.onnx", [helper.make_node("Tanh", ["a"], ["y"]),
+                                             helper.make_node("Sigmoid", ["a"], ["z"])],
+                     [vec("a", ["N", 2])], [vec("y", ["N", 2]), vec("z", ["N", 2])])
+    with pytest.raises(InputError, match="2 outputs"):
+        blackbox.from_onnx(two)
+    x = teachers.sample_inputs(4, 2, 0)
+    np.testing.assert_allclose(blackbox.from_onnx(two, output="z")(x), 1 / (1 + np.exp(-x)))
+    with pytest.raises(InputError, match="no output 'w'"):
+        blackbox.from_onnx(two, output="w")
+
+
 def test_fixed_batch_models_are_queried_in_chunks(tmp_path):
     fixed = model_file(tmp_path / "fixed.onnx", [helper.make_node("Tanh", ["a"], ["y"])],
                        [vec("a", [7, 3])], [vec("y", [7, 3])])
