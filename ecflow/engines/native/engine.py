@@ -298,7 +298,7 @@ class _Run:
             theta0, sub.sum_sq(theta0) / sub.n_residuals,
             loss_tol=max(self.config.goal, _SUBSET_LOSS), grad_tol=self.config.grad_tol,
             progress=self.tracker.progress, start=self.tracker.start,
-            stop=self.tracker.stop_flag, stall=self.tracker.stall,
+            stop=self.tracker.stop_flag, stall=self.tracker.stall, trend=self.tracker.trend,
         )
         # keep a fifth of the budget for the full data in case the subset never settles
         deadline = tracker.start + _SUBSET_SHARE * (self.total_deadline - tracker.start)
@@ -308,6 +308,7 @@ class _Run:
             normal_above=self.config.normal_above,
         )
         self.steps += out.steps
+        self.tracker.improvements += tracker.improvements
         return tracker.best_theta, (out.rule if out.rule in ("stopped", "hopeless") else None)
 
     def lm_first(self, theta0) -> None:
