@@ -193,8 +193,9 @@ def test_recovery_stops_its_students_at_the_quorum_and_says_so():
 
 
 def test_max_minutes_cuts_and_reports():
-    rec = recover(teacher=TEACHER, config=RecoverConfig(**SMALL, max_minutes=0.05))
-    assert rec.seconds < 3 * 60 * 0.05 + 5
+    # students get 80 % of 6 s; the rest and the fine-tune budgets are cut to what is left
+    rec = recover(teacher=TEACHER, config=RecoverConfig(**SMALL, max_minutes=0.1))
+    assert rec.seconds < 6.0 + 20.0  # generous: the suite shares two cores
     assert rec.network is not None
 
 
