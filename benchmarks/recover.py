@@ -2,8 +2,8 @@
 
 Each case draws a g teacher (``ecflow teacher synthetic``) and recovers it at ρ 4 with the
 defaults through the real command, two worker processes; ``--prototype`` also runs the same
-teacher the way a plain Expand-and-Cluster prototype does (every student trained for 60 s,
-no recovery-grade stop, no early stop of the expansion), side by side, for the ratio the
+teacher the way a plain Expand-and-Cluster prototype does (every student trained for 60 s or
+to zero loss: no recovery-grade stop, no stall rule, no early stop of the expansion), side by side, for the ratio the
 README quotes. Results go to ``benchmarks/results/recover.json`` (merged by case, so parts can
 run at different times); ``--note`` adds a remark to the file.
 
@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "recover.json"
 TEACHER_SEEDS = (101, 102, 103)
 TARGETS = {"4x4_median_seconds": 120.0, "exact": "every recovery RECOVERED at the teacher's size"}
-PROTOTYPE = ("--student-loss", "0", "--no-early-stop", "--max-seconds", "60")
+PROTOTYPE = ("--student-loss", "0", "--no-early-stop", "--stall-factor", "0", "--max-seconds", "60")
 
 
 def _machine() -> dict[str, Any]:
@@ -109,6 +109,7 @@ def bench_recover(
     cases: tuple[str, ...] = ("4x4", "8x4", "16x8"),
     teachers: int = 3,
     prototype: tuple[str, ...] = ("4x4",),
+    prototype_teachers: int | None = None,
     workers: int = 2,
     out: Path = OUT,
     note: str | None = None,
@@ -121,7 +122,8 @@ def bench_recover(
             rows = []
             t0 = time.perf_counter()
             machine = _machine()
-            for seed in TEACHER_SEEDS[:teachers]:
+            n = teachers if kind == "default" or prototype_teachers is None else prototype_teachers
+            for seed in TEACHER_SEEDS[:n]:
                 row = run_case(d_in, r, seed, workers=workers, extra=extra)
                 print(json.dumps({k: row[k] for k in ("d_in", "r", "teacher_seed", "wall_seconds",
                                                         "status", "hidden_sizes", "rmse_fresh")}),
@@ -149,9 +151,14 @@ def bench_recover(
     proto = data.get("cases", {}).get("prototype-4x4")
     default = data.get("cases", {}).get("default-4x4")
     if proto and default:
-        data["speedup_4x4_vs_prototype"] = round(
-            proto["median_wall_seconds"] / default["median_wall_seconds"], 2
-        )
+        # side by side: the same teachers in both runs
+        walls = {r["teacher_seed"]: r["wall_seconds"] for r in default["runs"]}
+        pairs = [(r["wall_seconds"], walls[r["teacher_seed"]]) for r in proto["runs"]
+                 if r["teacher_seed"] in walls]
+        data["prototype_over_default_4x4"] = [
+            {"prototype_seconds": p, "default_seconds": d, "ratio": round(p / d, 2)}
+            for p, d in pairs
+        ]
         _write(data, out)
     return data
 
@@ -162,13 +169,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default="4x4,8x4,16x8", help="d_inxr, comma-separated ('' for none)")
     parser.add_argument("--teachers", type=int, default=3)
     parser.add_argument("--prototype", default="4x4", help="cases also run as the prototype ('' for none)")
+    parser.add_argument("--prototype-teachers", type=int, default=None,
+                        help="teachers of the prototype runs (default: --teachers)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--note", default=None, help="remark stored in the file's notes")
     args = parser.parse_args(argv)
     split = lambda s: tuple(v for v in s.split(",") if v)  # noqa: E731
     bench_recover(cases=split(args.cases), teachers=args.teachers,
-                  prototype=split(args.prototype), workers=args.workers, out=args.out,
+                  prototype=split(args.prototype), prototype_teachers=args.prototype_teachers,
+                  workers=args.workers, out=args.out,
                   note=args.note)
 
 

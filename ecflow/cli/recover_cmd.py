@@ -161,6 +161,10 @@ def recover_command(
         _D.student_loss, "--student-loss",
         help="MSE at which a student is good enough to cluster (0: train to zero loss).",
     ),
+    stall_factor: float = typer.Option(
+        _T.stall_factor, "--stall-factor",
+        help="Give up on a student whose goal is out of reach at its recent rate (0: never).",
+    ),
     early_stop: bool = typer.Option(
         _D.early_stop, "--early-stop/--no-early-stop",
         help="Stop the other students once gamma N have reached --student-loss.",
@@ -195,7 +199,7 @@ def recover_command(
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
-    train = TrainConfig() if max_seconds is None else TrainConfig(max_seconds=max_seconds)
+    train = TrainConfig(max_seconds=max_seconds, stall_factor=stall_factor)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,

@@ -181,6 +181,11 @@ class StallRule:
         take seconds per step, and a rate over a handful of steps says nothing.
     elapsed_factor : float
         Safety factor on the projected time against the time already run.
+    creep_steps : int
+        Improving steps before a student is judged against the time it has run: aligned
+        students converge in 50-700 LM steps, creeping ones take thousands, and a large student
+        (500+ parameters, ~0.3 s a step) is still far from zero loss after its first 60 steps
+        without creeping.
     """
 
     goal: float
@@ -191,6 +196,7 @@ class StallRule:
     min_window: float = 5.0
     min_steps: int = 50
     elapsed_factor: float = 1.0
+    creep_steps: int = 200
 
     def hopeless(self, history: list, t: float, best: float, steps: int) -> bool:
         if t < self.warmup or steps < self.min_steps or best <= self.goal:
@@ -217,9 +223,9 @@ class StallRule:
         # standing in for one teacher neuron), and such students are not aligned with the
         # teacher even when their loss is small (measured: misaligned at MSE 1e-14 after
         # 4000 LM steps, where aligned students converge in 100-700 steps).
-        return projected > self.factor * left or projected > self.elapsed_factor * max(
-            t, self.warmup
-        )
+        if projected > self.factor * left:
+            return True
+        return steps >= self.creep_steps and projected > self.elapsed_factor * max(t, self.warmup)
 
 
 class Tracker:
