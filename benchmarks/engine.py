@@ -527,7 +527,7 @@ def bench_engine(
         if part == "convergence":
             section = _convergence(students=students, budget=budget, workers=workers)
         elif part == "large_student":
-            section = _large_student(workers=workers)
+            section = _large_student(students=students, budget=budget, workers=workers)
         else:
             section = PARTS[part]()
         section["machine"] = _machine()
