@@ -430,7 +430,7 @@ def _large_student(
             "blas_threads_per_student": 1,
         },
         "median_seconds_to_rmse_1e-6": median if np.isfinite(median) else None,
-        "reached_rmse_1e-6": sum(np.isfinite(times)),
+        "reached_rmse_1e-6": int(np.sum(np.isfinite(times))),
         "students": len(runs),
         "target_median_seconds": 60.0,
         "wall_seconds": time.perf_counter() - t0,
