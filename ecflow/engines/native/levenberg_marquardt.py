@@ -57,7 +57,7 @@ rounding); their components of the step are dropped."""
 
 
 def _factor_qr(problem: Problem, theta: np.ndarray, out_of_time):
-    """``(Vᵀ, s, g, |r|², Jᵀr)`` at ``theta`` from the chunked QR of ``[J | r]`` (the columns
+    """``(Vᵀ, s, g, Jᵀr)`` at ``theta`` from the chunked QR of ``[J | r]`` (the columns
     of the free parameters only, when some are frozen)."""
     P = problem.n_params
     R = problem.jacobian_qr(theta, out_of_time)
@@ -65,7 +65,7 @@ def _factor_qr(problem: Problem, theta: np.ndarray, out_of_time):
         return None
     RJ, q = R[:P, :P], R[:P, P]
     U, s, Vt = _svd(RJ)
-    return Vt, s, U.T @ q, None, RJ.T @ q
+    return Vt, s, U.T @ q, RJ.T @ q
 
 
 def _factor_normal(problem: Problem, theta: np.ndarray, out_of_time):
@@ -73,13 +73,13 @@ def _factor_normal(problem: Problem, theta: np.ndarray, out_of_time):
     out = problem.jacobian_normal(theta, out_of_time)
     if out is None:
         return None
-    G, Jtr, sse = out
+    G, Jtr, _ = out
     w, V = np.linalg.eigh(G)
     s = np.sqrt(np.clip(w, 0.0, None))
     a = V.T @ Jtr
     resolved = s > _NORMAL_RESOLVE * (s.max() if s.size else 0.0)
     g = np.where(resolved, a / np.where(resolved, s, 1.0), 0.0)
-    return V.T, s, g, sse, Jtr
+    return V.T, s, g, Jtr
 
 
 def levenberg_marquardt(
@@ -152,7 +152,7 @@ def levenberg_marquardt(
         factors = (_factor_normal if normal else _factor_qr)(problem, theta, out_of_time)
         if factors is None:
             return PhaseOutcome("max_seconds", steps)
-        Vt, s, g, _, Jtr = factors
+        Vt, s, g, Jtr = factors
         grad = (2.0 / nd) * Jtr
         if float(np.linalg.norm(grad)) <= tracker.grad_tol:
             if leave_normal():
