@@ -32,7 +32,7 @@ import numpy as np
 
 from ecflow import networks
 from ecflow.engines.base import TrainResult
-from ecflow.engines.jobs import config_to_settings, read_result_file, write_result_file
+from ecflow.engines.jobs import config_to_settings, result_from_file, write_result_file
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.networks import MLP
@@ -233,8 +233,9 @@ class WorkDir:
         if not self.students_path.is_dir():
             return out
         for p in sorted(self.students_path.glob("student-*.h5")):
-            res = read_result_file(p)
-            attrs = networks.read_network_file(p).attrs
+            nf = networks.read_network_file(p)
+            res = result_from_file(nf, p)
+            attrs = nf.attrs
             index = _int_attr(attrs, "student", p)
             seed = _int_attr(attrs, "seed", p)
             if not 0 <= index < len(manifest.seeds) or manifest.seeds[index] != seed:

@@ -38,6 +38,7 @@ __all__ = [
     "write_result_file",
     "result_attrs",
     "read_result_file",
+    "result_from_file",
     "thin_history",
     "run_job",
 ]
@@ -277,7 +278,12 @@ def read_result_file(path: str | os.PathLike) -> TrainResult:
         a history that is not a (n, 2) float array.
     """
     p = Path(path)
-    nf = networks.read_network_file(p)
+    return result_from_file(networks.read_network_file(p), p)
+
+
+def result_from_file(nf: networks.NetworkFile, p: Path) -> TrainResult:
+    """The :class:`TrainResult` of a network file already read (``nf``, read from ``p``), for
+    callers that also need the file's other attributes; validation as :func:`read_result_file`."""
     attrs = nf.attrs
     scalars = {key: _number(attrs, key, p) for key in _RESULT_SCALARS}
     steps = _number(attrs, "steps", p, integer=True)
