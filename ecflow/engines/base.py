@@ -128,10 +128,12 @@ class TrainConfig:
         Give up (``STALLED``) when, at the rate of the recent log-loss decrease, reaching the
         goal (``target_loss``, or near-zero loss 1e-14 when it is None) would take more than
         ``stall_factor`` times the time left. 0 disables the rule.
-    normal_above : float, default=1e-10
+    normal_above : float, default=1e-15
         While the MSE is above this, LM steps come from the normal equations ``JᵀJ`` (one
-        GEMM per step, ~4x cheaper than the QR at 500+ parameters, precise to RMSE ~1e-9);
-        below it from the QR. 0: always the QR.
+        GEMM per step, ~4x cheaper than the QR at 500+ parameters, precise to RMSE ~1e-9,
+        i.e. MSE ~1e-18); below it, or when they stall, from the QR. Recovery students
+        (``target_loss`` 1e-14) thus never pay for a QR; fine-tuning to machine precision
+        does. 0: always the QR.
     """
 
     schedule: Schedule | str = Schedule.LM_FIRST
@@ -147,7 +149,7 @@ class TrainConfig:
     memory_budget_mb: float = 2048.0
     target_loss: float | None = None
     stall_factor: float = 3.0
-    normal_above: float = 1e-10
+    normal_above: float = 1e-15
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
