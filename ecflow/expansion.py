@@ -24,7 +24,7 @@ from ecflow.activations import get_activation
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
-from ecflow.networks import check_xy, glorot_normal
+from ecflow.networks import MLP, Layer, check_xy, glorot_normal, parameter_mask
 from ecflow.parallel import make_stop_flag
 
 __all__ = [
@@ -80,6 +80,7 @@ def train_student(
     stop: Callable[[], bool] | None = None,
     deadline: float | None = None,
     progress: Callable[[float, float], object] | None = None,
+    fixed: Sequence[Layer] = (),
 ) -> TrainResult | None:
     """Initialise one student from ``seed`` and train it on ``(x, y)``.
 
@@ -102,6 +103,12 @@ def train_student(
         end: the student's budget is cut to what is left when it starts.
     progress : callable, optional
         ``progress(elapsed_seconds, loss)``, passed to the engine.
+    fixed : sequence of Layer, optional
+        Reconstructed layers under the student's own (the layer-wise recovery of a deep
+        teacher, :mod:`ecflow.layerwise`): the student is ``fixed`` followed by Glorot-normal
+        layers of widths ``hidden`` and the output; the weights of ``fixed`` are frozen (the
+        engine's ``free`` mask, :func:`~ecflow.networks.parameter_mask`) and their biases
+        train with the rest.
 
     Returns
     -------
@@ -112,6 +119,7 @@ def train_student(
     x, y = check_xy(x, y)
     hidden = _check_hidden(hidden)
     get_activation(activation)
+    fixed = _check_fixed(fixed, x.shape[1])
     if stop is not None and stop():
         return None
     if deadline is not None:
@@ -120,9 +128,25 @@ def train_student(
             return None
         if left < config.total_seconds:
             config = dataclasses.replace(config, max_seconds=left)
-    sizes = (x.shape[1], *hidden, y.shape[1])
+    n_in = fixed[-1].n_out if fixed else x.shape[1]
+    sizes = (n_in, *hidden, y.shape[1])
     init = glorot_normal(sizes, [activation] * len(hidden) + ["identity"], seed)
-    return get_engine(engine).train(x, y, init, config, stop=stop, progress=progress)
+    free = None
+    if fixed:
+        init = MLP(tuple(fixed) + init.layers)
+        free = parameter_mask(init, {i: "weight" for i in range(len(fixed))})
+    return get_engine(engine).train(x, y, init, config, stop=stop, progress=progress, free=free)
+
+
+def _check_fixed(fixed, d_in: int) -> tuple[Layer, ...]:
+    fixed = tuple(fixed)
+    if any(not isinstance(layer, Layer) for layer in fixed):
+        raise InputTypeError("fixed must be a sequence of Layer")
+    if fixed:
+        MLP(fixed)  # consecutive sizes agree
+        if fixed[0].n_in != d_in:
+            raise InputError(f"fixed layers take {fixed[0].n_in} inputs, x has {d_in} columns")
+    return fixed
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,12 +214,13 @@ def expand(
     on_result: Callable[[int, TrainResult], None] | None = None,
     deadline: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fixed: Sequence[Layer] = (),
 ) -> Expansion:
     """Train one student per seed, stopping early once more students cannot matter.
 
     Parameters
     ----------
-    x, y, hidden, activation, config, engine
+    x, y, hidden, activation, config, engine, fixed
         As :func:`train_student`.
     seeds : sequence of int
         One initialisation seed per student.
@@ -225,6 +250,7 @@ def expand(
     x, y = check_xy(x, y)
     hidden = _check_hidden(hidden)
     get_activation(activation)
+    fixed = _check_fixed(fixed, x.shape[1])
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise InputError("seeds must name at least one student")
@@ -246,7 +272,7 @@ def expand(
     flag = make_stop_flag(executor)
     kwargs = dict(
         hidden=hidden, activation=activation, config=config, engine=engine,
-        stop=flag, deadline=deadline,
+        stop=flag, deadline=deadline, fixed=fixed,
     )
 
     def finish(i: int, res: TrainResult | None) -> str | None:

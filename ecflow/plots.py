@@ -142,6 +142,71 @@ def recovery_student_losses(losses: Sequence[float]):
     return fig
 
 
+def recovery_layer(report: Any, *, beta_deg: float | None = None, bias_std_max: float = 0.1):
+    """One layer of a deep (layer-wise) recovery: its clusters, its students, the bias rule.
+
+    Parameters
+    ----------
+    report : ecflow.layerwise.LayerReport
+    beta_deg : float, optional
+        Alignment threshold drawn on the cluster panel.
+    bias_std_max : float, default=0.1
+        The bias rule's threshold, drawn on the bias panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: distinct students per cluster against its median angle (kept green, too few
+        students blue, unaligned red). Middle: the stage's student losses, sorted. Right: the
+        spread across students of the learned bias of each neuron of the layer below, with
+        the threshold above which a neuron is dropped (layers above the first).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    ax_c, ax_l, ax_b = fig.subplots(1, 3)
+    clustering = report.clustering
+    if clustering is not None:
+        for fate, colour in (("kept", _KEPT), ("too few students", _SMALL),
+                             ("unaligned", _UNALIGNED)):
+            cs = [c for c in clustering.clusters if c.reason == fate]
+            if cs:
+                ang = np.maximum([c.median_angle_deg for c in cs], 1e-12)
+                ax_c.scatter(ang, [len(c.students) for c in cs], s=[12 + 4 * c.size for c in cs],
+                             color=colour, alpha=0.7, label=f"{fate} ({len(cs)})")
+        if beta_deg is not None:
+            ax_c.axvline(beta_deg, color=_UNALIGNED, linestyle=":", label=f"β = {beta_deg:g}°")
+        ax_c.set_xscale("log")
+        ax_c.legend(loc="best", fontsize="small")
+    ax_c.set_xlabel("median within-cluster angle (degrees)")
+    ax_c.set_ylabel("distinct students in the cluster")
+    ax_c.set_title(f"layer {report.layer}: {report.n_kept_clusters} clusters kept, "
+                   f"size {report.size}")
+    v = np.asarray(report.student_losses, dtype=np.float64)
+    shown = np.where(np.isfinite(v), np.maximum(v, 1e-33), np.nan)
+    ax_l.scatter(np.arange(v.size), np.sort(shown), color=_KEPT)
+    ax_l.set_yscale("log")
+    ax_l.set_xlabel("student (sorted by loss)")
+    ax_l.set_ylabel("final training MSE")
+    ax_l.set_title("students " + "-".join(map(str, report.student_hidden)))
+    if report.bias_std:
+        s = np.maximum(np.asarray(report.bias_std, dtype=np.float64), 1e-18)
+        colours = [_UNALIGNED if k in report.dropped_below else _KEPT for k in range(s.size)]
+        ax_b.bar(np.arange(s.size), s, color=colours)
+        ax_b.axhline(bias_std_max, color=_UNALIGNED, linestyle=":",
+                     label=f"drop above {bias_std_max:g}")
+        ax_b.set_yscale("log")
+        ax_b.legend(loc="best", fontsize="small")
+        ax_b.set_xlabel(f"neuron of layer {report.layer - 1}")
+        ax_b.set_ylabel("std of its learned bias across students")
+        ax_b.set_title(f"bias rule: {len(report.dropped_below)} dropped")
+    else:
+        ax_b.text(0.5, 0.5, "first layer: nothing frozen below", ha="center", va="center",
+                  transform=ax_b.transAxes)
+        ax_b.set_axis_off()
+    return fig
+
+
 def width_search_curve(search: Any):
     """Loss against student width, one curve per candidate activation (paper figure A.2B).
 
@@ -195,7 +260,7 @@ def width_search_curve(search: Any):
 
 
 def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
-                         beta_deg: float | None = None) -> list[Path]:
+                         beta_deg: float | None = None, bias_std_max: float = 0.1) -> list[Path]:
     """Write the recovery figures as PNGs into ``folder`` (created if missing).
 
     Parameters
@@ -204,12 +269,16 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     folder : path-like
     beta_deg : float, optional
         Alignment threshold to draw on the cluster figure.
+    bias_std_max : float, default=0.1
+        The bias rule's threshold (deep recoveries).
 
     Returns
     -------
     list of Path
-        ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering),
-        ``student_losses.png`` and ``width_search.png`` (after ``--hidden auto``).
+        ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering; the first
+        layer's for a deep recovery), ``student_losses.png``, ``width_search.png`` (after
+        ``--hidden auto``) and one ``layer-<l>.png`` per hidden layer of a deep recovery
+        (:func:`recovery_layer`).
     """
     from ecflow.networks import atomic_path
 
@@ -225,6 +294,9 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     search = getattr(recovery, "width_search", None)
     if search is not None:
         figures.append(("width_search.png", width_search_curve(search)))
+    for report in getattr(recovery, "layers", ()):
+        figures.append((f"layer-{report.layer}.png",
+                        recovery_layer(report, beta_deg=beta_deg, bias_std_max=bias_std_max)))
     written = []
     for name, fig in figures:
         path = folder / name

@@ -53,7 +53,9 @@ from ecflow.metrics import rmse as network_rmse
 from ecflow.networks import MLP, Layer, check_xy
 
 __all__ = [
+    "NeuronCertificate",
     "Collapsed",
+    "collapse_layer",
     "PruneConfig",
     "PruneResult",
     "collapse_clusters",
@@ -71,6 +73,58 @@ _COPY_DEG = 1.0
 symmetries) are copies of one neuron: at zero loss they coincide, and on a g teacher
 (d_in 4, r 4) the copies of a teacher neuron in different students were within 1e-4 degrees,
 far below the angle to any other neuron."""
+
+
+@dataclass(frozen=True)
+class NeuronCertificate:
+    """Why a recovered neuron is trusted: the cluster it came from.
+
+    Attributes
+    ----------
+    neuron : int
+        Index in the recovered hidden layer.
+    cluster : int
+        Cluster label (:class:`~ecflow.clustering.ClusterResult`).
+    cluster_size : int
+        Neurons in the cluster.
+    n_students : int
+        Distinct students in the cluster.
+    median_angle_deg, max_angle_deg : float
+        Within-cluster angles between ``[w, b]`` vectors.
+    symmetry : str
+        Symmetry class of the activation (``Symmetry.value``).
+    students : tuple of int
+        Contributing students.
+    source_student : int
+        Student whose neuron(s) were taken (the lowest loss in the cluster).
+    layer : int, default=1
+        Hidden layer of the neuron (1 for the first; a deep recovery has several).
+    """
+
+    neuron: int
+    cluster: int
+    cluster_size: int
+    n_students: int
+    median_angle_deg: float
+    max_angle_deg: float
+    symmetry: str
+    students: tuple[int, ...]
+    source_student: int
+    layer: int = 1
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "neuron": self.neuron,
+            "cluster": self.cluster,
+            "cluster_size": self.cluster_size,
+            "n_students": self.n_students,
+            "median_angle_deg": self.median_angle_deg,
+            "max_angle_deg": self.max_angle_deg,
+            "symmetry": self.symmetry,
+            "students": list(self.students),
+            "source_student": self.source_student,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +208,68 @@ def collapse_clusters(
         cluster=tuple(c.label for c in clustering.kept),
         source_student=tuple(sources),
     )
+
+
+def collapse_layer(
+    layers: Sequence[Layer],
+    next_weights: Sequence[np.ndarray],
+    losses: Sequence[float],
+    clustering: ClusterResult,
+    student: np.ndarray,
+    neuron: np.ndarray,
+) -> tuple[Layer, tuple[int, ...]]:
+    """One neuron per kept cluster of one hidden layer of deep students, incoming side only.
+
+    The layer-wise recovery of a deep teacher (:mod:`ecflow.layerwise`) keeps only the
+    incoming ``[w, b]`` of each cluster, as :func:`collapse_clusters` does (the lowest-loss
+    contributor's copies of the core neuron, oriented and merged by the class's algebra); the
+    layer above is retrained or refit on it, so no output weight is carried over.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        The clustered layer of each student, ``(n_hidden, p)`` weights in a basis common to
+        all students (the input, or the frozen reconstructed layer under it).
+    next_weights : sequence of ndarray of shape (n_next, n_hidden), float64
+        Each student's weights of the layer above (they orient an even+linear neuron).
+    losses : sequence of float
+        Final training loss of each student (the lowest wins each cluster).
+    clustering : ClusterResult
+        Of the ``[w, b]`` rows of ``layers``.
+    student, neuron : ndarray of shape (n_neurons,), int
+        Student and in-student index of each clustered neuron.
+
+    Returns
+    -------
+    layer : Layer
+        ``(n_kept, p)`` weights, ``(n_kept,)`` biases, the students' activation.
+    source_student : tuple of int
+        Student each neuron was taken from.
+    """
+    if not (len(layers) == len(next_weights) == len(losses)):
+        raise InputError(
+            f"need one layer, next weight and loss per student, got {len(layers)}, "
+            f"{len(next_weights)} and {len(losses)}"
+        )
+    if not clustering.kept:
+        raise InputError(
+            "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
+            "students longer or wider"
+        )
+    act: Activation = layers[0].activation
+    losses_arr = np.asarray(losses, dtype=np.float64)
+    rows, sources = [], []
+    for cl in clustering.kept:
+        owners = student[cl.members]
+        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
+        hid = layers[s_best]
+        idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
+        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
+        new_v, _ = _merge_copies(act, v, ref, np.asarray(next_weights[s_best])[:, idx])
+        rows.append(new_v)
+        sources.append(s_best)
+    V = np.vstack(rows)
+    return Layer(V[:, :-1].copy(), V[:, -1].copy(), act), tuple(sources)
 
 
 def _check_collapse(

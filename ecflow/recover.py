@@ -43,10 +43,19 @@ from ecflow.engines import get_engine
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import Expansion, expand, student_seeds, student_width
+from ecflow.layerwise import (
+    LayerReport,
+    LayerwiseConfig,
+    is_deep_work_dir,
+    layer_dir,
+    match_layers,
+    recover_layers,
+)
 from ecflow.networks import MLP, check_array, check_xy
 from ecflow.width_search import WidthSearch, WidthSearchConfig, search_black_box
 from ecflow.workdir import WorkDir, manifest_for
 from ecflow.reconstruction import (
+    NeuronCertificate,
     PruneConfig,
     choose_orientations,
     collapse_clusters,
@@ -95,9 +104,10 @@ class RecoverConfig:
     rho : float, optional
         Overparameterisation: student width ``ceil(rho * r)`` for a teacher of width ``r``.
         Needs a teacher. Exclusive with ``hidden``.
-    hidden : int, tuple of one int or "auto", optional
-        Explicit student width, or ``"auto"``: the width search (paper step 1,
-        :mod:`ecflow.width_search`) finds it, and the activation too when neither
+    hidden : int, tuple of int or "auto", optional
+        Explicit student width, one per hidden layer (two or more: the layer-wise recovery of
+        a deep network, :mod:`ecflow.layerwise`), or ``"auto"``: the width search (paper step
+        1, :mod:`ecflow.width_search`) finds one width, and the activation too when neither
         ``activation`` nor the teacher names one. Exclusive with ``rho``.
     activation : str, optional
         Student activation; default the teacher's (the paper assumes it known), or ``g`` when
@@ -129,6 +139,16 @@ class RecoverConfig:
         students could only add members to it or form small clusters.
     width_search : WidthSearchConfig
         Settings of the width search (``hidden="auto"``).
+    bias_std_max : float, default=0.1
+        Deep networks: a reconstructed neuron whose learned bias varies across the students
+        retrained on it by more than this (standard deviation) is dropped (the paper's rule,
+        appendix A.3; :mod:`ecflow.layerwise`).
+    deep_student_loss : float or None, default=1e-8
+        Deep networks: the ``student_loss`` of every stage's students. Measured on g 8-4-2-1
+        and tanh 6-6-4-1 teachers at rho 4: a student at MSE 1e-8 already has its first layer
+        within cosine distance 1e-8 of the teacher's, and takes ~200 s to get there, while
+        1e-14 took more than the students' whole budget; the fine-tune of the assembled
+        network supplies the machine precision. None: ``student_loss``.
     max_minutes : float or None, default=None
         One deadline for the whole recovery, shared by the width search (at most
         ``SEARCH_SHARE`` of it), students (at most
@@ -153,6 +173,8 @@ class RecoverConfig:
     early_stop: bool = True
     max_minutes: float | None = None
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
+    bias_std_max: float = 0.1
+    deep_student_loss: float | None = 1e-8
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -170,12 +192,11 @@ class RecoverConfig:
         if self.hidden is not None and self.hidden != "auto":
             hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
             hidden = tuple(hidden)
-            if isinstance(self.hidden, bool) or len(hidden) != 1:
+            if isinstance(self.hidden, bool) or len(hidden) == 0:
                 raise InputError(
-                    f"hidden must be one positive width (one hidden layer), got {self.hidden!r}"
+                    f"hidden must be positive widths, one per hidden layer, got {self.hidden!r}"
                 )
-            width = check_int(hidden[0], "hidden", 1)
-            object.__setattr__(self, "hidden", (width,))
+            object.__setattr__(self, "hidden", tuple(check_int(h, "hidden", 1) for h in hidden))
         if self.rho is not None and self.hidden is not None:
             raise InputError("give rho or hidden, not both")
         if self.activation is not None:
@@ -198,6 +219,9 @@ class RecoverConfig:
             check_number(self.max_minutes, "max_minutes", positive=True)
         if not isinstance(self.early_stop, bool):
             raise InputTypeError(f"early_stop must be a bool, got {self.early_stop!r}")
+        check_number(self.bias_std_max, "bias_std_max", positive=True)
+        if self.deep_student_loss is not None:
+            check_number(self.deep_student_loss, "deep_student_loss", positive=True)
 
     @property
     def student_train(self) -> TrainConfig:
@@ -236,54 +260,6 @@ class RecoverStatus(enum.Enum):
     @property
     def message(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class NeuronCertificate:
-    """Why a recovered neuron is trusted: the cluster it came from.
-
-    Attributes
-    ----------
-    neuron : int
-        Index in the recovered hidden layer.
-    cluster : int
-        Cluster label (:class:`~ecflow.clustering.ClusterResult`).
-    cluster_size : int
-        Neurons in the cluster.
-    n_students : int
-        Distinct students in the cluster.
-    median_angle_deg, max_angle_deg : float
-        Within-cluster angles between ``[w, b]`` vectors.
-    symmetry : str
-        Symmetry class of the activation (``Symmetry.value``).
-    students : tuple of int
-        Contributing students.
-    source_student : int
-        Student whose neuron(s) were taken (the lowest loss in the cluster).
-    """
-
-    neuron: int
-    cluster: int
-    cluster_size: int
-    n_students: int
-    median_angle_deg: float
-    max_angle_deg: float
-    symmetry: str
-    students: tuple[int, ...]
-    source_student: int
-
-    def to_dict(self) -> dict:
-        return {
-            "neuron": self.neuron,
-            "cluster": self.cluster,
-            "cluster_size": self.cluster_size,
-            "n_students": self.n_students,
-            "median_angle_deg": self.median_angle_deg,
-            "max_angle_deg": self.max_angle_deg,
-            "symmetry": self.symmetry,
-            "students": list(self.students),
-            "source_student": self.source_student,
-        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -340,6 +316,12 @@ class Recovery:
     precision : mapping
         For a black-box teacher: its precision, its rounding floor and the RMSE it was judged
         against, with the reason (:meth:`BlackBox.precision_report`).
+    layers : tuple of LayerReport
+        A deep (layer-wise) recovery: one report per hidden layer (size, certificates,
+        retraining statistics, bias spreads, dropped and pruned neurons, teacher distances);
+        ``()`` for one hidden layer. Then ``neurons`` and ``teacher_distances`` hold every
+        layer's in order, and ``student_losses``, ``student_width`` and ``clustering`` are the
+        first layer's.
     """
 
     network: MLP | None
@@ -369,6 +351,7 @@ class Recovery:
     clustering: ClusterResult | None = field(default=None, repr=False)
     width_search: WidthSearch | None = field(default=None, repr=False)
     precision: Mapping[str, object] = field(default_factory=dict)
+    layers: tuple[LayerReport, ...] = ()
 
     @property
     def recovered(self) -> bool:
@@ -408,6 +391,7 @@ class Recovery:
             "cut": list(self.cut),
             **dict(self.precision),
             "width_search": self.width_search.to_report() if self.width_search else None,
+            "layers": [layer.to_dict() for layer in self.layers],
         }
 
     def to_attrs(self) -> dict:
@@ -774,14 +758,21 @@ def recover(
             config = dataclasses.replace(config, rmse_tol=precision["rmse_tol"])
             notes.append(precision["precision_reason"])
         teacher = box.network
+        deep_teacher = teacher is not None and len(teacher.layers) > 2
         if config.rho is not None:
-            width = student_width(box.known_width(), config.rho)
+            known = teacher.hidden_sizes if deep_teacher else (box.known_width(),)
+            widths = tuple(student_width(r, config.rho) for r in known)
         elif config.hidden is None:
             raise InputError(
                 "give rho (a multiple of the teacher's width) or hidden (a width, or 'auto')"
             )
         elif config.hidden != "auto":
-            width = config.hidden[0]
+            widths = config.hidden
+        elif deep_teacher:
+            raise InputError(
+                f"the width search finds one hidden layer's width, the teacher has "
+                f"{len(teacher.layers) - 1}: give rho, or hidden with one width per layer"
+            )
         activation = config.activation or box.activation
     else:
         if x is None or y is None:
@@ -792,7 +783,7 @@ def recover(
         if config.hidden is None:
             raise InputError("with pairs, give hidden (the student width, or 'auto')")
         if config.hidden != "auto":
-            width = config.hidden[0]
+            widths = config.hidden
         activation = config.activation
 
     search = None
@@ -808,12 +799,26 @@ def recover(
         if not search.found:
             return _no_width(search, config=config, precision=precision, notes=notes,
                              t_start=t_start, t_search=t_search)
-        width, activation = search.student_width, search.activation
+        widths, activation = (search.student_width,), search.activation
         notes.append(f"width search: {search.reason}")
     elif activation is None:
         activation = "g"
         notes.append("no activation given: students use g, the paper's default")
 
+    if len(widths) > 1:
+        rec = _recover_deep(
+            x, y, widths=widths, activation=activation, config=config, engine=engine,
+            executor=executor, progress=progress, deadline=deadline, work_dir=work_dir,
+            x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher, notes=notes, t_start=t_start,
+        )
+        return dataclasses.replace(rec, precision=precision) if precision else rec
+    if teacher is not None and len(teacher.layers) != 2:
+        notes.append(
+            f"the teacher has {len(teacher.layers) - 1} hidden layers, the students one: "
+            "their neurons are not matched with the teacher's"
+        )
+        teacher = None
+    width = widths[0]
     seeds = student_seeds(config.seed, config.n_students)
     t = time.monotonic()
     expansion = run_students(
@@ -857,10 +862,8 @@ def _black_box(teacher, query, d_in) -> BlackBox | None:
         raise InputTypeError(
             f"teacher must be an MLP or a BlackBox, got {type(teacher).__name__}"
         )
-    if len(teacher.layers) != 2:
-        raise InputError(
-            f"the teacher must have one hidden layer (issue 5), got sizes {teacher.sizes}"
-        )
+    if len(teacher.layers) < 2:
+        raise InputError(f"the teacher must have a hidden layer, got sizes {teacher.sizes}")
     return from_network(teacher)
 
 
@@ -998,6 +1001,107 @@ def _finish(
     )
 
 
+def _recover_deep(
+    x, y, *, widths, activation, config: RecoverConfig, engine, executor, progress, deadline,
+    work_dir, x_fresh, y_fresh, teacher, notes, t_start, train: bool = True,
+) -> Recovery:
+    """The layer-wise recovery of a deep network (:func:`ecflow.layerwise.recover_layers`),
+    measured and reported as a :class:`Recovery` with one :class:`LayerReport` per layer."""
+    train = config.student_train
+    if config.deep_student_loss is not None and config.train.target_loss is None:
+        train = dataclasses.replace(config.train, target_loss=float(config.deep_student_loss))
+    layered = LayerwiseConfig(
+        n_students=config.n_students, cluster=config.cluster_config, train=train,
+        finetune=config.finetune, pruning=config.pruning, prune=config.prune,
+        early_stop=config.early_stop, bias_std_max=config.bias_std_max,
+    )
+    res = recover_layers(
+        x, y, widths=widths, activation=activation,
+        seeds=student_seeds(config.seed, config.n_students), config=layered, engine=engine,
+        executor=executor, progress=progress, deadline=deadline, work_dir=work_dir, train=train,
+        x_fresh=x_fresh, y_fresh=y_fresh, teacher=teacher,
+    )
+    reports = list(res.layers)
+    first = reports[0]
+    status_counts: dict[str, int] = {}
+    base = dict(
+        student_losses=first.student_losses,
+        student_width=int(widths[0]),
+        activation=activation,
+        n_kept_clusters=sum(r.n_kept_clusters for r in reports),
+        notes=tuple(notes) + res.notes,
+        students_trained=sum(r.students_trained for r in reports),
+        students_reused=sum(r.students_reused for r in reports),
+        students_stopped=sum(r.students_stopped for r in reports),
+        students_skipped=sum(r.students_skipped for r in reports),
+        stop_reason=first.stop_reason,
+        student_status=status_counts,
+        cut=res.cut,
+        clustering=first.clustering,
+        phase_seconds=dict(res.phase_seconds),
+    )
+    if res.network is None:
+        return Recovery(
+            network=None, hidden_sizes=(), rmse_train=None, rmse_fresh=None, neurons=(),
+            max_cosine_distance=None, status=RecoverStatus.NO_CLUSTERS,
+            reason=(
+                f"{RecoverStatus.NO_CLUSTERS.message} (layer {res.failed_layer}; best student "
+                f"loss {min(reports[-1].student_losses):.3g})"
+            ),
+            seconds=time.monotonic() - t_start, layers=tuple(reports), **base,
+        )
+    net = res.network
+    t = time.monotonic()
+    rmse_train = metrics.rmse(net, x, y)
+    rmse_fresh = metrics.rmse(net, x_fresh, y_fresh) if x_fresh is not None else None
+    if x_fresh is None:
+        base["notes"] += ("no held-out queries: the RMSE is on the training queries only",)
+    max_cos, dists = None, ()
+    if teacher is not None and len(teacher.layers) == len(net.layers):
+        matches = match_layers(net, teacher)
+        all_dists = []
+        for i, match in enumerate(matches):
+            sym = teacher.layers[i].activation.symmetry
+            per_teacher = np.full(teacher.layers[i].n_out, metrics.max_distance_of(sym))
+            per_teacher[match.teacher] = match.distances
+            reports[i] = dataclasses.replace(
+                reports[i], teacher_distances=tuple(float(d) for d in per_teacher),
+                max_cosine_distance=match.max_distance,
+            )
+            all_dists.extend(float(d) for d in per_teacher)
+        max_cos, dists = max(m.max_distance for m in matches), tuple(all_dists)
+    base["phase_seconds"]["metrics"] = time.monotonic() - t
+    judged = rmse_fresh if rmse_fresh is not None else rmse_train
+    where = "fresh" if rmse_fresh is not None else "training"
+    sizes = ", ".join(str(r.size) for r in reports)
+    if judged <= config.rmse_tol:
+        status = RecoverStatus.RECOVERED
+        reason = (f"{status.message} (sizes {sizes}, {where} RMSE {judged:.3g} <= "
+                  f"{config.rmse_tol:.3g})")
+    else:
+        status = RecoverStatus.INEXACT
+        reason = (
+            f"{status.message} (sizes {sizes}, {where} RMSE {judged:.3g} > "
+            f"{config.rmse_tol:.3g}; best first-layer student loss "
+            f"{min(first.student_losses):.3g})"
+        )
+    return Recovery(
+        network=net,
+        hidden_sizes=net.hidden_sizes,
+        rmse_train=rmse_train,
+        rmse_fresh=rmse_fresh,
+        neurons=tuple(c for r in reports for c in r.neurons),
+        max_cosine_distance=max_cos,
+        status=status,
+        reason=reason,
+        seconds=time.monotonic() - t_start,
+        pruned=(),
+        teacher_distances=dists,
+        layers=tuple(reports),
+        **base,
+    )
+
+
 def cluster_saved(
     work_dir: str | os.PathLike,
     *,
@@ -1016,6 +1120,21 @@ def cluster_saved(
         Not a work folder, no saved student, or a corrupt or foreign student file.
     """
     t_start = time.monotonic()
+    if is_deep_work_dir(work_dir):
+        # A deep recovery: one work folder per layer (ecflow.layerwise); the students of each
+        # layer are reused when they were retrained on the layers reconstructed now.
+        store = WorkDir(layer_dir(work_dir, 1))
+        manifest = store.read_manifest()
+        x, y = store.read_queries()
+        x_fresh, y_fresh = store.read_fresh()
+        config = dataclasses.replace(config, n_students=len(manifest.seeds))
+        deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+        return _recover_deep(
+            x, y, widths=manifest.hidden, activation=manifest.activation, config=config,
+            engine=engine, executor=None, progress=progress, deadline=deadline,
+            work_dir=work_dir, x_fresh=x_fresh, y_fresh=y_fresh, teacher=store.read_teacher(),
+            notes=[], t_start=t_start, train=False,
+        )
     store = WorkDir(work_dir)
     manifest = store.read_manifest()
     x, y = store.read_queries()

@@ -37,7 +37,9 @@ def as_result(net, loss):
         (dict(rho=-2), "rho"),
         (dict(rho=float("inf")), "rho"),
         (dict(hidden=0), "hidden"),
-        (dict(hidden=(4, 2)), "hidden"),
+        (dict(hidden=(4, 0)), "hidden"),
+        (dict(hidden=()), "hidden"),
+        (dict(bias_std_max=0.0), "bias_std_max"),
         (dict(rho=2, hidden=8), "rho or hidden"),
         (dict(activation="nope"), "activation"),
         (dict(seed=-1), "seed"),
@@ -145,8 +147,9 @@ def test_recover_rejects_inconsistent_inputs():
         recover(teacher=teacher, config=RecoverConfig())
     deep = MLP.from_arrays([np.ones((2, 2)), np.ones((2, 2)), np.ones((1, 2))],
                            [np.zeros(2), np.zeros(2), np.zeros(1)], ["g", "g", "identity"])
-    with pytest.raises(ValueError, match="one hidden layer"):
-        recover(teacher=deep, config=RecoverConfig(rho=2))
+    with pytest.raises(ValueError, match="one hidden layer's width"):
+        recover(teacher=deep, config=RecoverConfig(hidden="auto"))
+    assert RecoverConfig(hidden=(4, 2)).hidden == (4, 2)
     with pytest.raises(TypeError, match="RecoverConfig"):
         recover(teacher=teacher, config={"rho": 2})
     with pytest.raises(ValueError, match="d_in"):

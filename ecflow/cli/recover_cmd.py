@@ -85,18 +85,42 @@ def _print_report(console: Console, rec: Recovery) -> None:
     console.print(summary)
     if rec.width_search is not None:
         _print_width_search(console, rec.width_search)
+    if rec.layers:
+        _print_layers(console, rec)
     if rec.neurons:
         table = Table(title="Identifiability certificate per recovered neuron")
-        for col in ("neuron", "cluster size", "students", "median angle °", "max angle °",
-                    "symmetry", "from student"):
+        for col in ("layer", "neuron", "cluster size", "students", "median angle °",
+                    "max angle °", "symmetry", "from student"):
             table.add_column(col)
+        n_students = {r.layer: len(r.student_losses) for r in rec.layers}
         for c in rec.neurons:
             table.add_row(
-                str(c.neuron), str(c.cluster_size), f"{c.n_students}/{len(rec.student_losses)}",
+                str(c.layer), str(c.neuron), str(c.cluster_size),
+                f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
                 f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
                 str(c.source_student),
             )
         console.print(table)
+
+
+def _print_layers(console: Console, rec: Recovery) -> None:
+    """A deep recovery, layer by layer: size, students, clusters, bias rule, pruning, match."""
+    table = Table(title="Layer by layer (students retrained on the layers below)")
+    for col in ("layer", "size", "student widths", "students (trained, reused, stopped)",
+                "best / median student MSE", "kept clusters", "bias std of layer below (max)",
+                "dropped below", "pruned", "max cosine distance"):
+        table.add_column(col)
+    for r in rec.layers:
+        losses = sorted(r.student_losses)
+        table.add_row(
+            str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)),
+            f"{len(losses)} ({r.students_trained}, {r.students_reused}, {r.students_stopped})",
+            f"{_fmt(losses[0])} / {_fmt(losses[len(losses) // 2])}" if losses else "n/a",
+            str(r.n_kept_clusters), _fmt(max(r.bias_std)) if r.bias_std else "-",
+            ", ".join(map(str, r.dropped_below)) or "-", ", ".join(map(str, r.pruned)) or "-",
+            _fmt(r.max_cosine_distance),
+        )
+    console.print(table)
 
 
 def _print_width_search(console: Console, search) -> None:
@@ -130,7 +154,8 @@ def recover_command(
     ),
     hidden: Optional[str] = typer.Option(
         None, "--hidden",
-        help="Student width, or 'auto': found by the width search (paper step 1).",
+        help="Student width, one per hidden layer ('16,8': a deep network, recovered layer by "
+        "layer), or 'auto': found by the width search (paper step 1).",
     ),
     students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
@@ -301,7 +326,8 @@ def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfi
     if plots is not None:
         from ecflow.plots import write_recovery_plots
 
-        write_recovery_plots(rec, plots, beta_deg=config.beta_deg)
+        write_recovery_plots(rec, plots, beta_deg=config.beta_deg,
+                             bias_std_max=config.bias_std_max)
     _print_report(Console(), rec)
     if rec.network is None:
         error(f"nothing reconstructed, {out} not written: {rec.reason}")

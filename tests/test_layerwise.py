@@ -1,0 +1,138 @@
+"""Layer-wise recovery of deep networks: the refit, pruning, teacher match and frozen students."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecflow import metrics
+from ecflow.engines import get_engine
+from ecflow.engines.base import TrainConfig
+from ecflow.errors import InputError
+from ecflow.expansion import train_student
+from ecflow.layerwise import (
+    LayerwiseConfig,
+    match_layers,
+    prune_layers,
+    recover_layers,
+    refit_top,
+    remove_hidden_neuron,
+)
+from ecflow.networks import MLP, Layer
+from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
+
+
+def _teacher(act="g", hidden=(3, 2), d_in=3, seed=1):
+    t = synthetic_teacher(TeacherConfig(d_in=d_in, hidden=hidden, activation=act), seed=seed)
+    x = sample_inputs(800, d_in, 0)
+    return t, x, t.forward(x)
+
+
+def _with_duplicate(net: MLP, layer: int, neuron: int, share: float) -> MLP:
+    """``net`` with neuron ``neuron`` of hidden layer ``layer`` copied, its outgoing weights split
+    ``share`` / ``1 - share`` between the copies: the same function, one neuron more."""
+    lyr, above = net.layers[layer], net.layers[layer + 1]
+    w = np.vstack([lyr.weight, lyr.weight[neuron]])
+    b = np.append(lyr.bias, lyr.bias[neuron])
+    a = np.hstack([above.weight, share * above.weight[:, [neuron]]])
+    a[:, neuron] *= 1 - share
+    layers = list(net.layers)
+    layers[layer] = Layer(w, b, lyr.activation)
+    layers[layer + 1] = Layer(a, above.bias, above.activation)
+    return MLP(tuple(layers))
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_removing_a_duplicate_with_the_refit_is_exact(layer):
+    t, x, y = _teacher()
+    wide = _with_duplicate(t, layer, 1, 0.3)
+    assert metrics.rmse(wide, x, y) < 1e-14
+    smaller = remove_hidden_neuron(wide, layer, 1, x, y)
+    assert smaller.hidden_sizes == t.hidden_sizes
+    assert metrics.rmse(smaller, x, y) < 1e-12
+    # A neuron the function needs cannot go.
+    assert metrics.rmse(remove_hidden_neuron(t, layer, 0, x, y), x, y) > 1e-3
+
+
+def test_remove_hidden_neuron_rejects_bad_indices():
+    t, x, y = _teacher()
+    with pytest.raises(InputError, match="hidden layer index"):
+        remove_hidden_neuron(t, 2, 0, x, y)
+    with pytest.raises(InputError, match="neurons"):
+        remove_hidden_neuron(t, 0, 3, x, y)
+    one = synthetic_teacher(TeacherConfig(d_in=2, hidden=(2, 1)), seed=0)
+    with pytest.raises(InputError, match="last neuron"):
+        remove_hidden_neuron(one, 1, 0, x[:, :2], y)
+
+
+def test_refit_top_recovers_the_output_layer():
+    t, x, y = _teacher()
+    out = t.layers[-1]
+    blank = t.replace_layer(2, Layer(np.zeros_like(out.weight), np.zeros_like(out.bias), "identity"))
+    fitted = refit_top(blank, x, y)
+    np.testing.assert_allclose(fitted.layers[-1].weight, out.weight, atol=1e-10)
+    np.testing.assert_allclose(fitted.layers[-1].bias, out.bias, atol=1e-10)
+
+
+def test_prune_layers_removes_exactly_the_superfluous_neurons():
+    t, x, y = _teacher()
+    wide = _with_duplicate(_with_duplicate(t, 0, 2, 0.6), 1, 0, 0.5)
+    assert wide.hidden_sizes == (4, 3)
+    result = prune_layers(wide, x, y, engine=get_engine("native"),
+                          train_config=TrainConfig(max_seconds=5))
+    assert result.network.hidden_sizes == (3, 2)
+    assert result.removed == ((3,), (2,))
+    assert result.rmse < 1e-12
+    with pytest.raises(InputError, match="orders"):
+        prune_layers(wide, x, y, engine=get_engine("native"), train_config=TrainConfig(),
+                     orders=[[0, 0], [1]])
+
+
+@pytest.mark.parametrize("act", ["g", "tanh", "sigmoid"])
+def test_match_layers_sees_through_permutations_and_flips(act):
+    t, x, y = _teacher(act)
+    # Permute and flip layer 1, compensating in layer 2 by the class's algebra (a flip of a
+    # tanh neuron negates its column; of a sigmoid neuron also moves a constant to the bias).
+    perm = np.array([2, 0, 1])
+    sign = np.array([-1.0, 1.0, -1.0]) if act != "g" else np.ones(3)
+    l1, l2 = t.layers[0], t.layers[1]
+    w1, b1 = l1.weight[perm] * sign[:, None], l1.bias[perm] * sign
+    w2, b2 = l2.weight[:, perm].copy(), l2.bias.copy()
+    for k in np.flatnonzero(sign < 0):
+        c = t.layers[0].activation.compensate(w2[:, [k]], np.array([-1]), np.array([1.0]),
+                                              np.append(w1[k], b1[k]))
+        w2[:, k], b2 = c.output_weight, b2 + c.bias
+    twin = MLP((Layer(w1, b1, act), Layer(w2, b2, act), t.layers[2]))
+    assert metrics.rmse(twin, x, y) < 1e-13
+    matches = match_layers(twin, t)
+    assert len(matches) == 2
+    assert all(m.complete and m.max_distance < 1e-20 for m in matches)
+    # A second layer that is off shows in the second match only.
+    off = twin.replace_layer(1, Layer(w2 + 0.1, b2, act))
+    first, second = match_layers(off, t)
+    assert first.max_distance < 1e-20 and second.max_distance > 1e-4
+
+
+def test_frozen_student_keeps_its_fixed_weights_and_learns_their_biases():
+    t, x, y = _teacher()
+    fixed = (Layer(t.layers[0].weight, np.zeros(3), "g"),)
+    res = train_student(x, y, hidden=(4,), activation="g", seed=0, fixed=fixed,
+                        config=TrainConfig(max_seconds=3))
+    assert res.network.hidden_sizes == (3, 4)
+    np.testing.assert_array_equal(res.network.layers[0].weight, t.layers[0].weight)
+    assert np.any(res.network.layers[0].bias != 0.0)
+    with pytest.raises(InputError, match="fixed layers take"):
+        train_student(x[:, :2], y, hidden=(4,), activation="g", seed=0, fixed=fixed,
+                      config=TrainConfig(max_seconds=1))
+
+
+def test_recover_layers_rejects_bad_input():
+    t, x, y = _teacher()
+    cfg = LayerwiseConfig(n_students=2)
+    with pytest.raises(InputError, match="two hidden layers"):
+        recover_layers(x, y, widths=(4,), activation="g", seeds=[0, 1], config=cfg)
+    with pytest.raises(InputError, match="work folder"):
+        recover_layers(x, y, widths=(4, 2), activation="g", seeds=[0, 1], config=cfg,
+                       train=False)
+    with pytest.raises(ValueError, match="bias_std_max"):
+        LayerwiseConfig(bias_std_max=0)
