@@ -286,6 +286,7 @@ def cluster_neurons(
     *,
     n_students: int | None = None,
     config: ClusterConfig = ClusterConfig(),
+    revealed: bool = False,
 ) -> ClusterResult:
     """Cluster neurons of many students and keep the big, aligned clusters (module docstring).
 
@@ -301,6 +302,10 @@ def cluster_neurons(
         Number of students ``N`` (default: the number of distinct indices in ``student``;
         give it when some students contributed no neuron).
     config : ClusterConfig
+    revealed : bool, default=False
+        ``vectors`` are pre-activation coordinates (:meth:`ecflow.metrics.DataBasis.coordinates`)
+        rather than ``[w, b]``: the angles are then between whole vectors, since the bias is
+        no longer a separate column.
 
     Returns
     -------
@@ -323,7 +328,7 @@ def cluster_neurons(
         raise InputError(f"n_students must be positive, got {n_students!r}")
     n_students = int(n_students)
     n = v.shape[0]
-    angles = neuron_angles_deg(v[:, :-1], symmetry)
+    angles = neuron_angles_deg(v if revealed else v[:, :-1], symmetry)
     min_students = config.gamma * n_students
     # A float product like 0.6 * 5 = 2.9999999999999996 must still demand 3 students.
     min_students = math.ceil(min_students - 1e-9)

@@ -10,6 +10,10 @@
 * :func:`match_vectors` and :func:`match_neurons` — a one-to-one matching of teacher to
   recovered neurons minimising the total cosine distance (Hungarian algorithm,
   ``scipy.optimize.linear_sum_assignment``), on neuron vectors or on networks.
+* :func:`revealed_basis` — what query inputs reveal of a neuron: when ``[x, 1]`` has a lower
+  numerical rank than ``d_in + 1`` (images whose border pixels never vary), weights along the
+  unseen directions never affect an output and keep their random initial values, so neurons
+  are compared through their pre-activations over the queries (:class:`DataBasis`).
 
 This module depends only on ``activations`` and ``networks``, so every later stage (clustering,
 reconstruction, symmetry, recovery) measures with the same functions.
@@ -24,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ecflow.activations import Symmetry
 from ecflow.errors import InputError
-from ecflow.networks import MLP, check_array, check_xy
+from ecflow.networks import MLP, Layer, check_array, check_xy
 
 __all__ = [
     "rms",
@@ -34,6 +38,8 @@ __all__ = [
     "match_vectors",
     "match_neurons",
     "max_distance_of",
+    "DataBasis",
+    "revealed_basis",
 ]
 
 
@@ -138,6 +144,68 @@ class NeuronMatch:
         return not self.unmatched_teacher and not self.unmatched_recovered
 
 
+@dataclass(frozen=True, eq=False)
+class DataBasis:
+    """The directions of ``[w, b]`` that query inputs reveal: ``[x, 1] = U diag(s) Vᵀ``.
+
+    Attributes
+    ----------
+    v : ndarray of shape (d_in + 1, rank), float64
+        Orthonormal basis of the row space of ``[x, 1]``.
+    s : ndarray of shape (rank,), float64
+        Its singular values.
+    """
+
+    v: np.ndarray
+    s: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return int(self.s.size)
+
+    def coordinates(self, vectors: np.ndarray) -> np.ndarray:
+        """Neurons ``[w, b]`` (n, d_in + 1) -> (n, rank): their pre-activations over the queries
+        in the orthonormal basis ``U``, so that norms and angles are those of the
+        pre-activations ``[x, 1] [w, b]ᵀ`` (in rank dimensions instead of n_samples)."""
+        return (vectors @ self.v) * self.s
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """The revealed part of neurons ``[w, b]`` (n, d_in + 1): the minimum-norm vectors with
+        the same pre-activations over the queries."""
+        return (vectors @ self.v) @ self.v.T
+
+    def project_network(self, net: MLP) -> MLP:
+        """``net`` with its first layer replaced by its revealed part (same outputs on the
+        queries, up to the singular values cut as numerically zero)."""
+        hid = net.layers[0]
+        p = self.project(_neurons(net))
+        layer = Layer(p[:, :-1].copy(), p[:, -1].copy(), hid.activation)
+        return MLP((layer, *net.layers[1:]))
+
+
+def revealed_basis(x: np.ndarray) -> DataBasis | None:
+    """The directions of ``[w, b]`` that the inputs ``x`` reveal, when they do not reveal all.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, d_in), float64
+
+    Returns
+    -------
+    DataBasis or None
+        None when ``[x, 1]`` has full numerical rank ``d_in + 1`` (every direction is seen,
+        e.g. uniform synthetic queries): raw ``[w, b]`` are identifiable and used as they are.
+        The rank cut is NumPy's ``matrix_rank`` default, ``s_max · max(shape) · eps``.
+    """
+    x = check_array(x, "x", ndim=2)
+    a = np.hstack([x, np.ones((x.shape[0], 1))])
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    keep = s > s[0] * max(a.shape) * np.finfo(np.float64).eps
+    if keep.all():
+        return None
+    return DataBasis(v=vt[keep].T.copy(), s=s[keep].copy())
+
+
 def _neurons(net: MLP) -> np.ndarray:
     layer = net.layers[0]
     return np.hstack([layer.weight, layer.bias[:, None]])
@@ -182,11 +250,12 @@ def match_vectors(teacher: np.ndarray, recovered: np.ndarray, symmetry: Symmetry
     )
 
 
-def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
+def match_neurons(recovered: MLP, teacher: MLP, basis: DataBasis | None = None) -> NeuronMatch:
     """Match the first hidden layer of ``recovered`` to that of ``teacher``.
 
     :func:`match_vectors` on the ``[w, b]`` rows, with the symmetry class of the teacher's
-    hidden activation.
+    hidden activation; with ``basis`` (:func:`revealed_basis` of the queries) on their
+    pre-activations over the queries instead, the only part of a neuron the data determines.
 
     Raises
     ------
@@ -201,4 +270,7 @@ def match_neurons(recovered: MLP, teacher: MLP) -> NeuronMatch:
             f"recovered has d_in = {recovered.d_in}, teacher has d_in = {teacher.d_in}"
         )
     sym = teacher.layers[0].activation.symmetry
-    return match_vectors(_neurons(teacher), _neurons(recovered), sym)
+    t, r = _neurons(teacher), _neurons(recovered)
+    if basis is not None:
+        t, r = basis.coordinates(t), basis.coordinates(r)
+    return match_vectors(t, r, sym)

@@ -93,6 +93,8 @@ BAD = [
     (["--rho", "2", "--activation", "swish2"], "activation"),
     (["--rho", "2", "--max-seconds", "0"], "max_seconds"),
     (["--rho", "2", "--report", "no/such/dir/r.json"], "does not exist"),
+    (["--rho", "2", "--queries", "digits"], "has 64 inputs per row but the teacher takes 2"),
+    (["--rho", "2", "--queries", "no-such-set"], "neither a data set"),
 ]
 
 

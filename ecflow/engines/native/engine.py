@@ -187,11 +187,19 @@ class NativeEngine:
         run = _Run(problem, tracker, config)
         notes: list[str] = []
         need = dense_bytes(arch, x.shape[0]) / 2**20
+        size = float(theta0.size) * problem.n_residuals
         if need > config.memory_budget_mb:
             notes.append(
                 f"{arch.n_params} parameters need about {need:.0f} MB for the dense Jacobian QR "
                 f"and Hessian, over memory_budget_mb = {config.memory_budget_mb:g}: trained "
                 "with L-BFGS on the exact gradient instead of LM / gradient flow"
+            )
+            run.polish("l-bfgs", theta0, run.total_deadline)
+        elif size > config.first_order_above:
+            notes.append(
+                f"{theta0.size} parameters x {problem.n_residuals} residuals = {size:.2g}, over "
+                f"first_order_above = {config.first_order_above:g} (a dense LM step would take "
+                "too long): trained with L-BFGS on the exact gradient"
             )
             run.polish("l-bfgs", theta0, run.total_deadline)
         elif config.schedule is Schedule.LM_FIRST:
