@@ -318,7 +318,9 @@ class Recovery:
         One per recovered hidden neuron.
     max_cosine_distance : float or None
         Largest cosine distance of a teacher neuron to its matched recovered neuron (teacher
-        known), else None.
+        known), else None. Between ``[w, b]`` vectors, or, when the queries do not span the
+        input space (:func:`ecflow.metrics.revealed_basis`), between the pre-activations over
+        the queries; the notes say so. The report adds their mean (``mean_cosine_distance``).
     status : RecoverStatus
     reason : str
         ``status.message`` with the numbers behind it.
