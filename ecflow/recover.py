@@ -133,10 +133,17 @@ class RecoverConfig:
         g teachers (d_in 4, r 4): students that creep down to 1e-10 can still stand in for a
         teacher neuron with several of theirs, so 1e-10 failed when only γN students were
         clustered, and 1e-6 failed outright. None: students train to ``loss_tol``.
+    first_order_above : float, default=4e7
+        Students whose parameters × residuals exceed this are too large for LM steps: they
+        train with L-BFGS on the exact gradient (``TrainConfig.first_order_above``), without
+        the stall rule, whose creep test is made for LM (L-BFGS always creeps), to
+        ``first_order_student_loss``. 4e7 sends a ρ = 4 student of a digits teacher with
+        r = 12 there (3 610 parameters × 12 590 or 17 970 residuals) and keeps the synthetic
+        ones of the paper's sweep at ρ 4 on LM (d_in 32, r 8: 1 089 × 30 000), which must reach
+        zero loss. A ``train`` config that sets its own ``first_order_above`` keeps it.
     first_order_student_loss : float, default=1e-6
-        The student loss of students too large for LM steps (``train.first_order_above``,
-        trained with L-BFGS), when ``student_loss`` is lower; these students also train
-        without the stall rule, whose creep test is made for LM (L-BFGS always creeps).
+        The student loss of students past ``first_order_above``, when ``student_loss`` is
+        lower.
         Measured on digits, tanh r 12, ρ 4: L-BFGS reaches RMSE 1.7e-3 at 40 s and 1e-4 at
         400 s on a loaded core; at RMSE 1e-4 every teacher neuron had a student neuron within
         0.43° of it (pre-activations), and even students stopped at RMSE ~1e-2 gave the 12
@@ -178,6 +185,7 @@ class RecoverConfig:
     pruning: PruneConfig = field(default_factory=PruneConfig)
     rmse_tol: float = 1e-10
     student_loss: float | None = NEAR_ZERO_LOSS
+    first_order_above: float = 4e7
     first_order_student_loss: float = 1e-6
     early_stop: bool = True
     max_minutes: float | None = None
@@ -225,6 +233,9 @@ class RecoverConfig:
         if self.student_loss is not None:
             check_number(self.student_loss, "student_loss", positive=True)
         check_number(self.first_order_student_loss, "first_order_student_loss", positive=True)
+        check_number(self.first_order_above, "first_order_above")
+        if self.first_order_above < 0:
+            raise InputError(f"first_order_above must be >= 0, got {self.first_order_above!r}")
         if self.max_minutes is not None:
             check_number(self.max_minutes, "max_minutes", positive=True)
         if not isinstance(self.early_stop, bool):
@@ -243,28 +254,32 @@ class RecoverConfig:
     def students_train(self, d_in: int, width: int, d_out: int, n_samples: int
                        ) -> tuple[TrainConfig, str | None]:
         """The students' training for students ``d_in -> width -> d_out`` on ``n_samples``
-        pairs: :attr:`student_train`, with ``first_order_student_loss`` as the target when
-        they are too large for LM steps; the second value says so (None otherwise)."""
+        pairs: :attr:`student_train`, or, past ``first_order_above``, L-BFGS without the stall
+        rule to ``first_order_student_loss``; the second value says so (None otherwise)."""
         train = self.student_train
         n_params = (d_in + 1) * width + (width + 1) * d_out
         size = float(n_params) * n_samples * d_out
-        if (
-            self.student_loss is None
-            or self.train.target_loss is not None
-            or size <= train.first_order_above
-            or self.first_order_student_loss <= train.goal
-        ):
+        if size <= self.first_order_above or train.first_order_above is not None:
             return train, None
+        train = dataclasses.replace(
+            train, first_order_above=self.first_order_above, stall_factor=0.0
+        )
+        target = ""
+        if (
+            self.student_loss is not None
+            and self.train.target_loss is None
+            and self.first_order_student_loss > train.goal
+        ):
+            target = (f", to the student loss {self.first_order_student_loss:g} instead of "
+                      f"{train.goal:g}")
+            train = dataclasses.replace(train, target_loss=self.first_order_student_loss)
         note = (
             f"students of {n_params} parameters on {n_samples * d_out} residuals are trained "
-            f"with L-BFGS (over first_order_above = {train.first_order_above:g}), to the "
-            f"student loss {self.first_order_student_loss:g} instead of {train.goal:g} and "
+            f"with L-BFGS (over first_order_above = {self.first_order_above:g}){target} and "
             "without the stall rule: their neurons align with the teacher's long before zero "
             "loss, and the fine-tune of the reconstruction gives the precision"
         )
-        return dataclasses.replace(
-            train, target_loss=self.first_order_student_loss, stall_factor=0.0
-        ), note
+        return train, note
 
     @property
     def quorum(self) -> int:

@@ -111,9 +111,10 @@ def test_settings_round_trip_with_enums_as_strings():
     default = jobs.config_to_settings(TrainConfig())
     assert "max_seconds" not in default  # None is omitted
     assert set(default) == {f.name for f in dataclasses.fields(TrainConfig)} - {
-        "max_seconds", "target_loss"
+        "max_seconds", "target_loss", "first_order_above"
     }
-    target = TrainConfig(target_loss=1e-8, stall_factor=0.0, normal_above=0.0)
+    target = TrainConfig(target_loss=1e-8, stall_factor=0.0, normal_above=0.0,
+                         first_order_above=4e7)
     assert jobs.settings_to_config(jobs.config_to_settings(target)) == target
     assert jobs.settings_to_config(default) == TrainConfig()
 

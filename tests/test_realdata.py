@@ -89,6 +89,20 @@ def test_large_problems_train_first_order():
 def test_first_order_above_is_validated():
     with pytest.raises(Exception, match="first_order_above"):
         TrainConfig(first_order_above=-1.0)
+    with pytest.raises(Exception, match="first_order_above"):
+        RecoverConfig(first_order_above=-1.0)
+
+
+def test_recovery_students_past_the_threshold_train_first_order():
+    config = RecoverConfig(rho=4)
+    # a digits teacher with r 12 at rho 4: 3610 parameters x 17970 residuals
+    train, note = config.students_train(64, 48, 10, 1797)
+    assert train.first_order_above == 4e7 and train.target_loss == 1e-6
+    assert train.stall_factor == 0 and "L-BFGS" in note
+    # the sweep's largest rho-4 students (d_in 32, r 8) keep LM, the stall rule and 1e-14
+    train, note = config.students_train(32, 32, 1, 30000)
+    assert note is None and train.first_order_above is None
+    assert train.target_loss == 1e-14 and train.stall_factor == 3.0
 
 
 def test_recover_cli_default_queries(tmp_path):

@@ -134,13 +134,14 @@ class TrainConfig:
         i.e. MSE ~1e-18); below it, or when they stall, from the QR. Recovery students
         (``target_loss`` 1e-14) thus never pay for a QR; fine-tuning to machine precision
         does. 0: always the QR.
-    first_order_above : float, default=3e7
+    first_order_above : float or None, default=None
         Above this product of trained parameters and residuals (``n_samples · d_out``) the
         native engine trains with L-BFGS on the exact gradient, as it does over
         ``memory_budget_mb``: one dense LM step costs ~P²·n_residuals flops, so at 3 610
         parameters and 17 970 residuals (a ρ = 4 student of a digits teacher with r = 12) a
-        step takes tens of seconds on one core, where L-BFGS reached RMSE 1e-3 in 42 s.
-        Synthetic students (577 parameters × 30 000 residuals at d_in 16, r 8, ρ 4) stay on LM.
+        step takes tens of seconds on one core, where L-BFGS reached RMSE 1e-3 in 42 s. None:
+        only ``memory_budget_mb`` decides (students that must reach zero loss need LM);
+        recoveries set it for their students (``RecoverConfig.first_order_above``).
     """
 
     schedule: Schedule | str = Schedule.LM_FIRST
@@ -157,7 +158,7 @@ class TrainConfig:
     target_loss: float | None = None
     stall_factor: float = 3.0
     normal_above: float = 1e-15
-    first_order_above: float = 3e7
+    first_order_above: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
@@ -171,7 +172,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
                 raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("stall_factor", "normal_above", "first_order_above"):
+        if self.first_order_above is not None:
+            v = self.first_order_above
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v < np.inf):
+                raise InputError(f"first_order_above must be a finite number >= 0, got {v!r}")
+        for name in ("stall_factor", "normal_above"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0 and np.isfinite(v)):
                 raise InputError(f"{name} must be a finite number >= 0, got {v!r}")

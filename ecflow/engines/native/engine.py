@@ -195,7 +195,7 @@ class NativeEngine:
                 "with L-BFGS on the exact gradient instead of LM / gradient flow"
             )
             run.polish("l-bfgs", theta0, run.total_deadline)
-        elif size > config.first_order_above:
+        elif config.first_order_above is not None and size > config.first_order_above:
             notes.append(
                 f"{theta0.size} parameters x {problem.n_residuals} residuals = {size:.2g}, over "
                 f"first_order_above = {config.first_order_above:g} (a dense LM step would take "
