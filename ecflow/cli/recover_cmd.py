@@ -74,7 +74,9 @@ def _print_report(console: Console, rec: Recovery) -> None:
     summary.add_row("student width, activation", f"{rec.student_width}, {rec.activation}")
     summary.add_row("RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
     if rec.max_cosine_distance is not None:
-        summary.add_row("max cosine distance to teacher", _fmt(rec.max_cosine_distance))
+        mean = rec.to_report()["mean_cosine_distance"]
+        summary.add_row("max (mean) cosine distance to teacher",
+                        f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
     losses = sorted(rec.student_losses)
     summary.add_row("student losses", ", ".join(_fmt(v) for v in losses))
     summary.add_row("kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
