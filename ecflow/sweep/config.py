@@ -17,7 +17,7 @@ import numpy as np
 from ecflow._checks import check_in_range, check_int
 from ecflow.activations import get_activation
 from ecflow.engines import ENGINES
-from ecflow.engines.base import TrainConfig
+from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig
 from ecflow.errors import InputError, InputTypeError
 
 __all__ = [
@@ -205,6 +205,9 @@ class SweepConfig:
 
 
 _PROFILES: dict[Profile, Callable[[], SweepConfig]] = {
+    # Their students stop at near-zero loss, the threshold of Fig. 4B (issue 12: in the
+    # medium sweep of 2026-11-27, 97 of the 151 students at ρ 4 that reached it ran on to
+    # their 60 s budget); the fine-tune of the reconstruction gives the machine precision.
     # The quick and medium profiles train fewer students (4, 10) for shorter times (10 s, 60 s
     # per student) than the paper (20, 5000 ODE steps plus a second-order phase, A.6.1), so
     # fewer of them reach zero loss; γ = 0.8 then asks a teacher neuron to appear in nearly
@@ -213,12 +216,14 @@ _PROFILES: dict[Profile, Callable[[], SweepConfig]] = {
     Profile.QUICK: lambda: SweepConfig(
         d_in=(2, 4), r=(2, 4), rho=(1, 2, 4), teachers=1, students=4, n_queries=10_000,
         gamma=0.5, beta_deg=7.5,
-        train=TrainConfig(max_seconds=10.0), finetune=TrainConfig(max_seconds=10.0),
+        train=TrainConfig(max_seconds=10.0, target_loss=NEAR_ZERO_LOSS),
+        finetune=TrainConfig(max_seconds=10.0),
     ),
     Profile.MEDIUM: lambda: SweepConfig(
         d_in=(2, 4, 8, 16, 32), r=(2, 4, 8), rho=(1, 4), teachers=2, students=10,
         n_queries=30_000, gamma=0.5, beta_deg=7.5,
-        train=TrainConfig(max_seconds=60.0), finetune=TrainConfig(max_seconds=60.0),
+        train=TrainConfig(max_seconds=60.0, target_loss=NEAR_ZERO_LOSS),
+        finetune=TrainConfig(max_seconds=60.0),
     ),
     Profile.PAPER: lambda: SweepConfig(
         d_in=(2, 4, 8, 16, 32), r=(2, 4, 8), rho=(1, 2, 4, 8), teachers=10, students=None,
