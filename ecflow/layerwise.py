@@ -95,6 +95,13 @@ STUDENT_SHARE = 0.8
 use (split evenly between the stages); the rest is kept for the fine-tune and pruning."""
 
 
+_PRUNE_MAX_RMSE = 1e-6
+"""Pruning runs only when the fine-tuned RMSE is at most this fraction of ``std(y)``: its
+tolerance is relative to that RMSE (``PruneConfig.rel_factor``), so on a network far from exact
+it let every removal through (measured: two g 8-4-2-1 recoveries whose fine-tune ended far
+from exact were pruned to one neuron per layer)."""
+
+
 def _default_finetune() -> TrainConfig:
     # As recover's: LM converges in a few dozen steps near the optimum; a minute bounds a stall.
     return TrainConfig(max_seconds=60.0)
@@ -175,8 +182,9 @@ class LayerReport:
         As :class:`ecflow.recover.Recovery`, for this stage.
     stop_reason : str or None
     bias_std : tuple of float
-        Standard deviation across this stage's students of the learned bias of each neuron of
-        the layer below (``()`` for layer 1, whose students have nothing frozen).
+        Standard deviation across this stage's students (those that reached the student loss)
+        of the learned bias of each neuron of the layer below; ``()`` for layer 1, whose
+        students have nothing frozen, and when fewer than two students reached it.
     dropped_below : tuple of int
         Neurons of the layer below (indices among its kept clusters) dropped by the bias rule.
     pruned : tuple of int
@@ -365,21 +373,23 @@ def _quorum_rule(config: LayerwiseConfig):
 # --- the bias rule and the clustering of one layer -----------------------------------------------
 
 
-def _bias_spread(nets: Sequence[MLP], results: Sequence[TrainResult], below: int) -> np.ndarray:
+def _bias_spread(nets: Sequence[MLP], results: Sequence[TrainResult], below: int) -> np.ndarray | None:
     """Std across students of the learned biases of hidden layer index ``below`` (0-based),
-    over the students that reached the student loss (or the better half when fewer than two
-    did).
+    over the students that reached the student loss; None when fewer than two did.
+
+    Only a student near zero loss has the bias a teacher neuron needs: students stuck higher
+    compensate an imprecise neuron each in its own way (measured on a g 8-4-2-1 teacher whose
+    stage-2 students all ended at MSE 1e-5 to 8e-5: a needed first-layer neuron had a spread
+    of 0.17 and was dropped, and the recovery lost it).
 
     Returns
     -------
-    ndarray of shape (n_below,), float64
+    ndarray of shape (n_below,), float64, or None
     """
     good = [i for i, r in enumerate(results) if r.status.converged]
     if len(good) < 2:
-        order = np.argsort([r.loss if math.isfinite(r.loss) else math.inf for r in results])
-        good = [int(i) for i in order[: max(2, (len(results) + 1) // 2)]]
-    biases = np.array([nets[i].layers[below].bias for i in good])
-    return biases.std(axis=0) if len(good) > 1 else np.zeros(biases.shape[1])
+        return None
+    return np.array([nets[i].layers[below].bias for i in good]).std(axis=0)
 
 
 def _cluster_layer(
@@ -762,11 +772,19 @@ def recover_layers(
         losses = [float(r.loss) if math.isfinite(r.loss) else math.inf for r in results]
         best_net = nets[int(np.argmin(losses))]
         index = layer - 1
-        spread: np.ndarray = np.zeros(0)
+        spread: np.ndarray | None = None
+        measured = False
         keep_below = None
         dropped: tuple[int, ...] = ()
         if fixed:
             spread = _bias_spread(nets, results, index - 1)
+            measured = spread is not None
+            if spread is None:
+                notes.append(
+                    f"layer {layer}: fewer than two students reached the student loss, so the "
+                    f"bias rule dropped no neuron of layer {layer - 1} (pruning judges them)"
+                )
+                spread = np.zeros(fixed[-1].n_out)
             keep_below = np.flatnonzero(spread <= config.bias_std_max)
             dropped = tuple(int(k) for k in np.flatnonzero(spread > config.bias_std_max))
             if keep_below.size == 0:
@@ -809,7 +827,7 @@ def recover_layers(
             students_stopped=expansion.n_stopped,
             students_skipped=expansion.n_skipped,
             stop_reason=expansion.stop_reason,
-            bias_std=tuple(float(s) for s in spread),
+            bias_std=tuple(float(s) for s in spread) if measured else (),
             dropped_below=dropped,
             seconds=time.monotonic() - t,
             clustering=clustering,
@@ -839,7 +857,14 @@ def recover_layers(
     _tick(progress, "fine-tune", 1, 1)
     phases["fine-tune"] = time.monotonic() - t
 
-    if config.prune:
+    rel_rmse = metrics.rmse(net, x, y) / (float(np.std(y)) or 1.0)
+    if config.prune and rel_rmse > _PRUNE_MAX_RMSE:
+        notes.append(
+            f"not pruned: the fine-tuned network is far from exact (RMSE {rel_rmse:.2g} of "
+            f"std(y) > {_PRUNE_MAX_RMSE:g}), and a neuron is superfluous only at the same "
+            "precision"
+        )
+    elif config.prune:
         t = time.monotonic()
         orders = [_support_order(r.neurons) for r in reports]
         _tick(progress, "pruning", 0, 1)

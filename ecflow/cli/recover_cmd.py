@@ -125,21 +125,25 @@ def _print_report(console: Console, rec: Recovery) -> None:
 def _print_layers(console: Console, rec: Recovery) -> None:
     """A deep recovery, layer by layer: size, students, clusters, bias rule, pruning, match."""
     table = Table(title="Layer by layer (students retrained on the layers below)")
-    for col in ("layer", "size", "student widths", "students (trained, reused, stopped)",
-                "best / median student MSE", "kept clusters", "bias std of layer below (max)",
-                "dropped below", "pruned", "max cosine distance"):
+    # short headers: the table has to fit an 80-column terminal
+    for col in ("layer", "size", "students", "clustered", "best MSE", "clusters",
+                "bias std", "dropped", "pruned", "cos dist"):
         table.add_column(col)
     for r in rec.layers:
         losses = sorted(r.student_losses)
         table.add_row(
-            str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)),
-            f"{len(losses)} ({r.students_trained}, {r.students_reused}, {r.students_stopped})",
-            f"{_fmt(losses[0])} / {_fmt(losses[len(losses) // 2])}" if losses else "n/a",
-            str(r.n_kept_clusters), _fmt(max(r.bias_std)) if r.bias_std else "-",
-            ", ".join(map(str, r.dropped_below)) or "-", ", ".join(map(str, r.pruned)) or "-",
+            str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)), str(len(losses)),
+            _fmt(losses[0]) if losses else "n/a", str(r.n_kept_clusters),
+            _fmt(max(r.bias_std)) if r.bias_std else "-",
+            ",".join(map(str, r.dropped_below)) or "-", ",".join(map(str, r.pruned)) or "-",
             _fmt(r.max_cosine_distance),
         )
     console.print(table)
+    console.print(
+        "students: widths of the stage's students (frozen layers first); bias std: largest "
+        "spread of a learned bias of the layer below; dropped: its neurons dropped by the bias "
+        "rule; cos dist: largest cosine distance to the teacher's neurons"
+    )
 
 
 def _print_width_search(console: Console, search) -> None:
