@@ -116,7 +116,8 @@ def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32
     search_config = WidthSearchConfig(multiple=multiple)
     cases = [("g", d, r, SEED0 + k, "float64") for d in d_ins for r in rs for k in range(n_seeds)]
     if float32:
-        cases.append(("tanh", 4, 4, SEED0, "float32"))
+        # early in the order, so that a run cut short still has it
+        cases.insert(min(2, len(cases)), ("tanh", 4, 4, SEED0, "float32"))
     rows = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, make_executor(workers) as executor:
@@ -139,9 +140,21 @@ def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32
                     students=students, budget=budget, executor=executor,
                 )
             rows.append(row)
+            # a run cut short keeps the cases it finished
+            _write(out, _summary(rows, search_config, students=students, budget=budget,
+                                 workers=workers, rho=rho, n_queries=n_queries, n_fresh=n_fresh,
+                                 started=started, note=note, partial=len(rows) < len(cases),
+                                 planned=len(cases)))
             print(json.dumps({k: row.get(k) for k in (
                 "activation_true", "d_in", "r", "width_found", "student_width", "activation",
                 "recovered_hidden", "rmse_fresh", "search_seconds", "exact")}), flush=True)
+    return _summary(rows, search_config, students=students, budget=budget, workers=workers,
+                    rho=rho, n_queries=n_queries, n_fresh=n_fresh, started=started, note=note,
+                    partial=False, planned=len(cases))
+
+
+def _summary(rows, search_config, *, students, budget, workers, rho, n_queries, n_fresh,
+             started, note, partial, planned) -> dict[str, Any]:
     data = {
         "machine": _machine(),
         "settings": {
@@ -150,6 +163,8 @@ def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32
             "width_search": {k: v for k, v in search_config.__dict__.items() if k != "train"},
             "short_student_seconds": search_config.train.total_seconds,
         },
+        "partial": partial,
+        "cases_planned": planned,
         "seconds": time.monotonic() - started,
         "cases": rows,
         "summary": {
@@ -159,9 +174,15 @@ def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32
     }
     if note is not None:
         data["notes"] = note
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
     return data
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    """Atomic: a reader never sees half a file, a killed run leaves the last complete one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, out)
 
 
 def _ints(text: str) -> list[int]:
