@@ -129,6 +129,10 @@ class LayerwiseConfig:
     bias_std_max : float, default=0.1
         A reconstructed neuron whose learned bias has a larger standard deviation across the
         retrained students is dropped (the paper's 0.1, appendix A.3).
+    stop_after : int, optional
+        Students that must reach the student loss before a stage stops the others
+        (``early_stop``); default :attr:`quorum`. A low ``gamma`` keeps the weak teacher
+        neurons that few students pin, but must not also stop the stage after that few.
     """
 
     n_students: int = 10
@@ -139,6 +143,7 @@ class LayerwiseConfig:
     prune: bool = True
     early_stop: bool = True
     bias_std_max: float = 0.1
+    stop_after: int | None = None
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -153,6 +158,8 @@ class LayerwiseConfig:
             if not isinstance(getattr(self, name), bool):
                 raise InputTypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         check_number(self.bias_std_max, "bias_std_max", positive=True)
+        if self.stop_after is not None:
+            check_int(self.stop_after, "stop_after", 1)
 
     @property
     def quorum(self) -> int:
@@ -358,13 +365,15 @@ def _stage_students(
 def _quorum_rule(config: LayerwiseConfig):
     # The rule of ecflow.recover._quorum_rule, on this module's config (recover imports this
     # module, not the reverse).
+    needed = config.stop_after or config.quorum
+
     def enough(results: Sequence[TrainResult | None]) -> str | None:
         good = sum(r is not None and r.status.converged for r in results)
-        if good < config.quorum:
+        if good < needed:
             return None
         return (
-            f"{good} students reached the student loss, the {config.quorum} (gamma N) a "
-            "cluster needs: each teacher neuron already has a big cluster"
+            f"{good} students reached the student loss, the {needed} the stage waits for: "
+            "each teacher neuron already has a big cluster"
         )
 
     return enough
@@ -373,7 +382,9 @@ def _quorum_rule(config: LayerwiseConfig):
 # --- the bias rule and the clustering of one layer -----------------------------------------------
 
 
-def _bias_spread(nets: Sequence[MLP], results: Sequence[TrainResult], below: int) -> np.ndarray | None:
+def _bias_spread(
+    nets: Sequence[MLP], results: Sequence[TrainResult], below: int
+) -> np.ndarray | None:
     """Std across students of the learned biases of hidden layer index ``below`` (0-based),
     over the students that reached the student loss; None when fewer than two did.
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ecflow._checks import check_int, check_number
+from ecflow._checks import check_in_range, check_int, check_number
 from ecflow import metrics, teachers
 from ecflow.activations import get_activation
 from ecflow.blackbox import BlackBox, from_callable, from_network
@@ -170,9 +170,17 @@ class RecoverConfig:
         teachers at rho 4: deep students reach MSE 1e-8 in 10 to 200 s and 1e-14 rarely within
         their budget; at 1e-8 most first-layer neurons are within cosine distance 1e-8 of the
         teacher's, but a weak teacher neuron was pinned by only 3 of 8 students (the others
-        held it ~5 degrees off), too few for a big cluster, and that recovery failed; 1e-10
-        pins it. The fine-tune of the assembled network supplies the machine precision.
-        None: ``student_loss``.
+        held it ~5 degrees off), too few for a big cluster, and that recovery failed; at 1e-10
+        4 of 7 pinned it (see ``deep_gamma``). The fine-tune of the assembled network supplies
+        the machine precision. None: ``student_loss``.
+    deep_gamma : float or None, default=0.3
+        Deep networks: ``gamma`` of every layer's clustering (a stage still waits for
+        ``ceil(gamma N)`` students at the student loss before it stops the others). Measured on
+        that g 8-4-2-1 teacher with 7 students at MSE 1e-10: gamma 0.5 kept 2 of the teacher's
+        4 first-layer neurons, 0.4 kept 3, 0.3 all 4 (within cosine distance 4e-10). The
+        spurious clusters a low gamma lets in are dropped by the next stage's bias rule or by
+        pruning. The paper used 0.4 and 1/3 for its deep synthetic teachers (A.6.4). None:
+        ``gamma``.
     max_minutes : float or None, default=None
         One deadline for the whole recovery, shared by the width search (at most
         ``SEARCH_SHARE`` of it), students (at most
@@ -202,6 +210,7 @@ class RecoverConfig:
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
     bias_std_max: float = 0.1
     deep_student_loss: float | None = 1e-10
+    deep_gamma: float | None = 0.3
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -254,6 +263,8 @@ class RecoverConfig:
         check_number(self.bias_std_max, "bias_std_max", positive=True)
         if self.deep_student_loss is not None:
             check_number(self.deep_student_loss, "deep_student_loss", positive=True)
+        if self.deep_gamma is not None:
+            check_in_range(self.deep_gamma, "deep_gamma", 0.0, 1.0)
 
     @property
     def student_train(self) -> TrainConfig:
@@ -1123,8 +1134,12 @@ def _recover_deep(
         student_train = dataclasses.replace(
             config.train, target_loss=float(config.deep_student_loss)
         )
+    cluster = config.cluster_config
+    if config.deep_gamma is not None:
+        cluster = ClusterConfig(gamma=config.deep_gamma, beta_deg=config.beta_deg)
     layered = LayerwiseConfig(
-        n_students=config.n_students, cluster=config.cluster_config, train=student_train,
+        n_students=config.n_students, cluster=cluster, train=student_train,
+        stop_after=config.quorum,
         finetune=config.finetune, pruning=config.pruning, prune=config.prune,
         early_stop=config.early_stop, bias_std_max=config.bias_std_max,
     )

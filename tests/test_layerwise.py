@@ -68,7 +68,9 @@ def test_remove_hidden_neuron_rejects_bad_indices():
 def test_refit_top_recovers_the_output_layer():
     t, x, y = _teacher()
     out = t.layers[-1]
-    blank = t.replace_layer(2, Layer(np.zeros_like(out.weight), np.zeros_like(out.bias), "identity"))
+    blank = t.replace_layer(
+        2, Layer(np.zeros_like(out.weight), np.zeros_like(out.bias), "identity")
+    )
     fitted = refit_top(blank, x, y)
     np.testing.assert_allclose(fitted.layers[-1].weight, out.weight, atol=1e-10)
     np.testing.assert_allclose(fitted.layers[-1].bias, out.bias, atol=1e-10)

@@ -40,6 +40,8 @@ def as_result(net, loss):
         (dict(hidden=(4, 0)), "hidden"),
         (dict(hidden=()), "hidden"),
         (dict(bias_std_max=0.0), "bias_std_max"),
+        (dict(deep_gamma=0.0), "deep_gamma"),
+        (dict(deep_student_loss=-1.0), "deep_student_loss"),
         (dict(rho=2, hidden=8), "rho or hidden"),
         (dict(activation="nope"), "activation"),
         (dict(seed=-1), "seed"),
