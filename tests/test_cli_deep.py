@@ -45,7 +45,8 @@ def test_recover_and_recluster_a_deep_teacher(deep_teacher, tmp_path):
     assert [lay["layer"] for lay in rep["layers"]] == [1, 2]
     first, second = rep["layers"]
     assert first["max_cosine_distance"] <= 1e-8 and second["max_cosine_distance"] <= 1e-8
-    assert first["bias_std"] == [] and len(second["bias_std"]) == first["n_kept_clusters"]
+    # one spread per neuron of layer 1, or none when fewer than two students converged
+    assert first["bias_std"] == [] and len(second["bias_std"]) in (0, first["n_kept_clusters"])
     # the second stage retrains on the first layer: its students' first width is that layer's
     assert second["student_hidden"][0] == first["n_kept_clusters"]
     assert [c["layer"] for c in rep["neurons"]] == [1, 1, 1, 2, 2]
