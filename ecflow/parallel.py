@@ -13,6 +13,8 @@ import concurrent.futures as cf
 import contextlib
 import os
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +42,33 @@ def pin_blas_threads(n: int = 1) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n)
+
+
+_PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(poll: float = _PARENT_POLL_SECONDS) -> None:
+    """End this worker process once the process that started it is gone.
+
+    A pool worker outlives a killed parent (SIGKILL, or SIGTERM, which skips the pool's
+    shutdown): it finishes the student it was training for nobody and may wait for more work
+    forever (measured: such orphans were still alive 47 minutes later). When the parent dies
+    the worker is re-parented, so its parent pid changes; a daemon thread watches for that.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ecflow-parent-watch", daemon=True).start()
+
+
+def _init_worker(n_threads: int) -> None:
+    pin_blas_threads(n_threads)
+    _exit_with_parent()
 
 
 def default_workers() -> int:
@@ -94,7 +123,7 @@ def make_executor(
     # "spawn" avoids forking a process whose BLAS threads are already running.
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=pin_blas_threads, initargs=(1,)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)
     ) as pool:
         yield pool
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -302,3 +306,40 @@ def test_expand_on_dask_stops_through_a_distributed_event():
         )
     assert out.stop_reason is not None
     assert out.n_trained + out.n_skipped == 6 and len(out.finished) >= 1
+
+
+_ORPHAN_PARENT = """
+import os, sys, time
+from ecflow.parallel import make_executor
+
+with make_executor(1) as ex:
+    pid = ex.submit(os.getpid).result()
+    print(pid, flush=True)
+    ex.submit(time.sleep, 600)
+    time.sleep(600)
+"""
+
+
+def test_pool_workers_end_when_their_parent_is_killed():
+    # a SIGKILLed recovery must not leave workers training students for nobody
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)  # alive while its parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError("the pool worker outlived its killed parent by 30 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
