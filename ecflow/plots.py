@@ -142,7 +142,7 @@ def recovery_student_losses(losses: Sequence[float]):
     return fig
 
 
-def recovery_layer(report: Any, *, beta_deg: float | None = None, bias_std_max: float = 0.1):
+def recovery_layer(report: Any, *, beta_deg: float | None = None, bias_std_max: float = 0.01):
     """One layer of a deep (layer-wise) recovery: its clusters, its students, the bias rule.
 
     Parameters
@@ -150,7 +150,7 @@ def recovery_layer(report: Any, *, beta_deg: float | None = None, bias_std_max: 
     report : ecflow.layerwise.LayerReport
     beta_deg : float, optional
         Alignment threshold drawn on the cluster panel.
-    bias_std_max : float, default=0.1
+    bias_std_max : float, default=0.01
         The bias rule's threshold, drawn on the bias panel.
 
     Returns
@@ -260,7 +260,7 @@ def width_search_curve(search: Any):
 
 
 def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
-                         beta_deg: float | None = None, bias_std_max: float = 0.1) -> list[Path]:
+                         beta_deg: float | None = None, bias_std_max: float = 0.01) -> list[Path]:
     """Write the recovery figures as PNGs into ``folder`` (created if missing).
 
     Parameters
@@ -269,7 +269,7 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     folder : path-like
     beta_deg : float, optional
         Alignment threshold to draw on the cluster figure.
-    bias_std_max : float, default=0.1
+    bias_std_max : float, default=0.01
         The bias rule's threshold (deep recoveries).
 
     Returns

@@ -161,10 +161,11 @@ class RecoverConfig:
         students could only add members to it or form small clusters.
     width_search : WidthSearchConfig
         Settings of the width search (``hidden="auto"``).
-    bias_std_max : float, default=0.1
+    bias_std_max : float, default=0.01
         Deep networks: a reconstructed neuron whose learned bias varies across the students
         retrained on it by more than this (standard deviation) is dropped (the paper's rule,
-        appendix A.3; :mod:`ecflow.layerwise`).
+        appendix A.3, with its 0.1 tightened: see
+        :class:`ecflow.layerwise.LayerwiseConfig`; :mod:`ecflow.layerwise`).
     deep_student_loss : float or None, default=1e-10
         Deep networks: the ``student_loss`` of every stage's students. Measured on g 8-4-2-1
         teachers at rho 4: deep students reach MSE 1e-8 in 10 to 200 s and 1e-14 rarely within
@@ -208,7 +209,7 @@ class RecoverConfig:
     early_stop: bool = True
     max_minutes: float | None = None
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
-    bias_std_max: float = 0.1
+    bias_std_max: float = 0.01
     deep_student_loss: float | None = 1e-10
     deep_gamma: float | None = 0.3
 
