@@ -42,7 +42,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from benchmarks.engine import _machine  # noqa: E402  (one description of the machine)
+from benchmarks._common import machine as _machine, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "blackbox.json"
@@ -141,10 +141,10 @@ def run(*, d_ins, rs, n_seeds, students, budget, workers, rho, baseline, float32
                 )
             rows.append(row)
             # a run cut short keeps the cases it finished
-            _write(out, _summary(rows, search_config, students=students, budget=budget,
-                                 workers=workers, rho=rho, n_queries=n_queries, n_fresh=n_fresh,
-                                 started=started, note=note, partial=len(rows) < len(cases),
-                                 planned=len(cases)))
+            write_json(_summary(rows, search_config, students=students, budget=budget,
+                                workers=workers, rho=rho, n_queries=n_queries, n_fresh=n_fresh,
+                                started=started, note=note, partial=len(rows) < len(cases),
+                                planned=len(cases)), out, indent=1)
             print(json.dumps({k: row.get(k) for k in (
                 "activation_true", "d_in", "r", "width_found", "student_width", "activation",
                 "recovered_hidden", "rmse_fresh", "search_seconds", "exact")}), flush=True)
@@ -175,14 +175,6 @@ def _summary(rows, search_config, *, students, budget, workers, rho, n_queries, 
     if note is not None:
         data["notes"] = note
     return data
-
-
-def _write(out: Path, data: dict[str, Any]) -> None:
-    """Atomic: a reader never sees half a file, a killed run leaves the last complete one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, out)
 
 
 def _ints(text: str) -> list[int]:

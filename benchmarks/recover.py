@@ -17,36 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from benchmarks._common import machine as _machine, ecflow as _ecflow, read_json as _read, write_json as _write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "recover.json"
 TEACHER_SEEDS = (101, 102, 103)
 TARGETS = {"4x4_median_seconds": 120.0, "exact": "every recovery RECOVERED at the teacher's size"}
 PROTOTYPE = ("--student-loss", "0", "--no-early-stop", "--stall-factor", "0", "--max-seconds", "60")
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": dict(zip(("1min", "5min", "15min"), os.getloadavg())),
-    }
-
-
-def _ecflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *args], capture_output=True, text=True, check=False
-    )
 
 
 def run_case(d_in: int, r: int, seed: int, *, workers: int, extra: tuple[str, ...] = ()) -> dict:
@@ -88,20 +70,6 @@ def run_case(d_in: int, r: int, seed: int, *, workers: int, extra: tuple[str, ..
         "stop_reason": report.get("stop_reason"),
         "phase_seconds": report.get("phase_seconds"),
     }
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write(data: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def bench_recover(

@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from benchmarks._common import ecflow as _ecflow, read_json as _read, write_json as _write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "table1.json"
@@ -57,12 +56,6 @@ def _parse(case: str) -> tuple[str, str, int, str | None]:
 
 def _load() -> dict[str, float]:
     return dict(zip(("1min", "5min", "15min"), os.getloadavg()))
-
-
-def _ecflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *args], capture_output=True, text=True, check=False
-    )
 
 
 def fashion_missing() -> str | None:
@@ -136,20 +129,6 @@ def run_case(case: str, *, workers: int, max_minutes: float | None) -> dict[str,
         "load_average_at_end": _load(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write(data: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def _not_run(data: dict[str, Any], reason: str, reasons: dict[str, str] | None = None
