@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from benchmarks._common import machine as _machine, ecflow as _ecflow, read_json as _read, write_json as _write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "deep.json"
@@ -39,22 +37,6 @@ TARGETS = {
     "first_layer_cosine_distance": 1e-6,
     "wall_seconds_2_cores": 25 * 60,
 }
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_start": dict(zip(("1min", "5min", "15min"), os.getloadavg())),
-    }
-
-
-def _ecflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *args], capture_output=True, text=True, check=False
-    )
 
 
 def _parse(case: str) -> tuple[str, int, tuple[int, ...]]:
@@ -128,20 +110,6 @@ def run_case(case: str, seed: int, *, workers: int) -> dict:
         "phase_seconds": report.get("phase_seconds"),
         "reason": report.get("reason"),
     }
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write(data: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def bench_deep(
