@@ -69,7 +69,12 @@ from ecflow.engines.base import Engine, TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import Expansion, expand
 from ecflow.networks import MLP, Layer, check_xy
-from ecflow.reconstruction import NeuronCertificate, PruneConfig, collapse_layer
+from ecflow.reconstruction import (
+    NeuronCertificate,
+    PruneConfig,
+    collapse_layer,
+    default_finetune,
+)
 from ecflow.workdir import WorkDir, manifest_for
 
 __all__ = [
@@ -100,11 +105,6 @@ _PRUNE_MAX_RMSE = 1e-6
 tolerance is relative to that RMSE (``PruneConfig.rel_factor``), so on a network far from exact
 it let every removal through (measured: two g 8-4-2-1 recoveries whose fine-tune ended far
 from exact were pruned to one neuron per layer)."""
-
-
-def _default_finetune() -> TrainConfig:
-    # As recover's: LM converges in a few dozen steps near the optimum; a minute bounds a stall.
-    return TrainConfig(max_seconds=60.0)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class LayerwiseConfig:
     n_students: int = 10
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=_default_finetune)
+    finetune: TrainConfig = field(default_factory=default_finetune)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     prune: bool = True
     early_stop: bool = True

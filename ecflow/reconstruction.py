@@ -53,6 +53,7 @@ from ecflow.metrics import rmse as network_rmse
 from ecflow.networks import MLP, Layer, check_xy
 
 __all__ = [
+    "default_finetune",
     "NeuronCertificate",
     "Collapsed",
     "collapse_layer",
@@ -74,6 +75,13 @@ symmetries) are copies of one neuron: at zero loss they coincide, and on a g tea
 (d_in 4, r 4) the copies of a teacher neuron in different students were within 1e-4 degrees,
 far below the angle to any other neuron."""
 
+
+
+def default_finetune() -> TrainConfig:
+    """The fine-tune of a reconstruction (shallow and layer-wise): near the optimum
+    Levenberg-Marquardt converges in a few dozen steps; a minute bounds the rare fine-tune of a
+    spurious reconstruction that stalls."""
+    return TrainConfig(max_seconds=60.0)
 
 @dataclass(frozen=True)
 class NeuronCertificate:

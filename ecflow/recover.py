@@ -59,6 +59,7 @@ from ecflow.reconstruction import (
     PruneConfig,
     choose_orientations,
     collapse_clusters,
+    default_finetune,
     network_rmse,
     prune_network,
 )
@@ -77,12 +78,6 @@ __all__ = [
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``; phases: students, clustering, fine-tune, pruning, metrics."""
-
-
-def _default_finetune() -> TrainConfig:
-    # Near the optimum Levenberg-Marquardt converges in a few dozen steps; a minute bounds the
-    # rare fine-tune of a spurious reconstruction that stalls.
-    return TrainConfig(max_seconds=60.0)
 
 
 @dataclass(frozen=True)
@@ -199,7 +194,7 @@ class RecoverConfig:
     seed: int = 0
     prune: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=_default_finetune)
+    finetune: TrainConfig = field(default_factory=default_finetune)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     rmse_tol: float = 1e-10
     student_loss: float | None = NEAR_ZERO_LOSS
