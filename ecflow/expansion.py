@@ -34,7 +34,14 @@ __all__ = [
     "train_students",
     "expand",
     "Expansion",
+    "quorum_rule",
+    "STUDENT_SHARE",
 ]
+
+STUDENT_SHARE = 0.8
+"""Share of the time left before a recovery's deadline that its students may use; the rest is
+kept for fine-tuning and pruning (students that finish sooner leave more). A layer-wise recovery
+splits it evenly between its remaining stages."""
 
 _MIN_STUDENT_SECONDS = 1.0
 """A student that would start with less time than this before the deadline is skipped."""
@@ -339,3 +346,20 @@ def train_students(
         executor=executor, progress=progress,
     )
     return [r for r in out.results if r is not None]
+
+
+def quorum_rule(needed: int, why: str) -> Callable[[Sequence[TrainResult | None]], str | None]:
+    """``enough(results)`` for :func:`expand`: the students can stop once ``needed`` of them
+    have converged (reached the student loss); ``why`` says what asks for that many, in the
+    reason given."""
+
+    def enough(results: Sequence[TrainResult | None]) -> str | None:
+        good = sum(r is not None and r.status.converged for r in results)
+        if good < needed:
+            return None
+        return (
+            f"{good} students reached the student loss, the {needed} {why}: each teacher "
+            "neuron already has a big cluster"
+        )
+
+    return enough

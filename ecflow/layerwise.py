@@ -67,13 +67,15 @@ from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons
 from ecflow.engines import get_engine
 from ecflow.engines.base import Engine, TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
-from ecflow.expansion import Expansion, expand
+from ecflow.expansion import STUDENT_SHARE, Expansion, expand, quorum_rule
 from ecflow.networks import MLP, Layer, check_xy
 from ecflow.reconstruction import (
     NeuronCertificate,
     PruneConfig,
     collapse_layer,
     default_finetune,
+    support_order,
+    within_deadline,
 )
 from ecflow.workdir import WorkDir, manifest_for
 
@@ -95,9 +97,6 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
-STUDENT_SHARE = 0.8
-"""Share of the time left before the deadline that the students of all remaining stages may
-use (split evenly between the stages); the rest is kept for the fine-tune and pruning."""
 
 
 _PRUNE_MAX_RMSE = 1e-6
@@ -354,7 +353,9 @@ def _stage_students(
     wall_deadline = None
     if deadline is not None:
         wall_deadline = time.time() + (deadline - time.monotonic())
-    enough = _quorum_rule(config) if config.early_stop else None
+    enough = None
+    if config.early_stop:
+        enough = quorum_rule(config.stop_after or config.quorum, "the stage waits for")
     expansion = expand(
         x, y, hidden=tuple(widths), activation=activation, seeds=seeds, config=config.train,
         engine=engine, executor=executor, reuse=reuse, enough=enough, fixed=fixed,
@@ -365,23 +366,6 @@ def _stage_students(
         ),
     )
     return expansion, notes
-
-
-def _quorum_rule(config: LayerwiseConfig):
-    # The rule of ecflow.recover._quorum_rule, on this module's config (recover imports this
-    # module, not the reverse).
-    needed = config.stop_after or config.quorum
-
-    def enough(results: Sequence[TrainResult | None]) -> str | None:
-        good = sum(r is not None and r.status.converged for r in results)
-        if good < needed:
-            return None
-        return (
-            f"{good} students reached the student loss, the {needed} the stage waits for: "
-            "each teacher neuron already has a big cluster"
-        )
-
-    return enough
 
 
 # --- the bias rule and the clustering of one layer -----------------------------------------------
@@ -867,7 +851,7 @@ def recover_layers(
     start = MLP((*fixed, top, Layer(np.zeros((y.shape[1], top.n_out)), np.zeros(y.shape[1]),
                                     out_act)))
     net = refit_top(start, x, y)
-    tuned = eng.train(x, y, net, _within(config.finetune, deadline, cut, "fine-tune"))
+    tuned = eng.train(x, y, net, within_deadline(config.finetune, deadline, cut, "fine-tune"))
     if tuned.rmse < metrics.rmse(net, x, y):
         net = tuned.network
     _tick(progress, "fine-tune", 1, 1)
@@ -882,7 +866,7 @@ def recover_layers(
         )
     elif config.prune:
         t = time.monotonic()
-        orders = [_support_order(r.neurons) for r in reports]
+        orders = [support_order(r.neurons) for r in reports]
         _tick(progress, "pruning", 0, 1)
         pruned = prune_layers(
             net, x, y, engine=eng, train_config=config.finetune, orders=orders,
@@ -890,7 +874,9 @@ def recover_layers(
         )
         if any(pruned.removed):
             net = pruned.network
-            final = eng.train(x, y, net, _within(config.finetune, deadline, cut, "final fine-tune"))
+            final = eng.train(
+                x, y, net, within_deadline(config.finetune, deadline, cut, "final fine-tune")
+            )
             if final.rmse < pruned.rmse:
                 net = final.network
             notes.append(
@@ -922,21 +908,3 @@ def _tick(progress: Progress | None, phase: str, done: int, total: int) -> None:
         progress(phase, done, total)
 
 
-def _support_order(certs: Sequence[NeuronCertificate]) -> list[int]:
-    """Pruning order within a layer: least supported first (fewest students, then widest
-    median angle), as the shallow recovery's."""
-    return sorted(
-        range(len(certs)),
-        key=lambda k: (certs[k].n_students, -certs[k].median_angle_deg, -k),
-    )
-
-
-def _within(config: TrainConfig, deadline: float | None, cut: list[str], what: str) -> TrainConfig:
-    """``config`` with its budget cut to what is left before ``deadline``; notes the cut."""
-    if deadline is None:
-        return config
-    left = deadline - time.monotonic()
-    if left >= config.total_seconds:
-        return config
-    cut.append(f"{what}: budget cut from {config.total_seconds:.0f} s to {max(left, 0):.0f} s")
-    return dataclasses.replace(config, max_seconds=max(left, 0.5))

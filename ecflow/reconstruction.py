@@ -54,6 +54,8 @@ from ecflow.networks import MLP, Layer, check_xy
 
 __all__ = [
     "default_finetune",
+    "within_deadline",
+    "support_order",
     "NeuronCertificate",
     "Collapsed",
     "collapse_layer",
@@ -82,6 +84,20 @@ def default_finetune() -> TrainConfig:
     Levenberg-Marquardt converges in a few dozen steps; a minute bounds the rare fine-tune of a
     spurious reconstruction that stalls."""
     return TrainConfig(max_seconds=60.0)
+
+
+def within_deadline(
+    config: TrainConfig, deadline: float | None, cut: list[str], what: str
+) -> TrainConfig:
+    """``config`` with its budget cut to what is left before ``deadline``
+    (``time.monotonic()``); the cut is noted in ``cut`` under ``what``."""
+    if deadline is None:
+        return config
+    left = deadline - time.monotonic()
+    if left >= config.total_seconds:
+        return config
+    cut.append(f"{what}: budget cut from {config.total_seconds:.0f} s to {max(left, 0):.0f} s")
+    return dataclasses.replace(config, max_seconds=max(left, 0.5))
 
 @dataclass(frozen=True)
 class NeuronCertificate:
@@ -133,6 +149,15 @@ class NeuronCertificate:
             "students": list(self.students),
             "source_student": self.source_student,
         }
+
+
+def support_order(certs: Sequence[NeuronCertificate]) -> list[int]:
+    """Pruning order of a layer's neurons: least supported first (fewest students, then
+    widest median angle)."""
+    return sorted(
+        range(len(certs)),
+        key=lambda k: (certs[k].n_students, -certs[k].median_angle_deg, -k),
+    )
 
 
 @dataclass(frozen=True, eq=False)

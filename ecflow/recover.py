@@ -42,7 +42,14 @@ from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons, neu
 from ecflow.engines import get_engine
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
-from ecflow.expansion import Expansion, expand, student_seeds, student_width
+from ecflow.expansion import (
+    STUDENT_SHARE,
+    Expansion,
+    expand,
+    quorum_rule,
+    student_seeds,
+    student_width,
+)
 from ecflow.layerwise import (
     LayerReport,
     LayerwiseConfig,
@@ -51,7 +58,7 @@ from ecflow.layerwise import (
     match_layers,
     recover_layers,
 )
-from ecflow.networks import MLP, check_array, check_xy
+from ecflow.networks import MLP, check_xy
 from ecflow.width_search import WidthSearch, WidthSearchConfig, search_black_box
 from ecflow.workdir import WorkDir, manifest_for
 from ecflow.reconstruction import (
@@ -62,6 +69,8 @@ from ecflow.reconstruction import (
     default_finetune,
     network_rmse,
     prune_network,
+    support_order,
+    within_deadline,
 )
 
 __all__ = [
@@ -492,31 +501,6 @@ def _flat_numbers(value) -> bool:
     )
 
 
-def _support_order(certs: Sequence[NeuronCertificate]) -> list[int]:
-    """Pruning order: least supported first (fewest students, then widest median angle)."""
-    return sorted(
-        range(len(certs)),
-        key=lambda k: (certs[k].n_students, -certs[k].median_angle_deg, -k),
-    )
-
-
-STUDENT_SHARE = 0.8
-"""Share of ``max_minutes`` the students may use; the rest is kept for fine-tuning and pruning
-(students that finish sooner leave more)."""
-
-
-def _within(config: TrainConfig, deadline: float | None, cut: list[str], what: str) -> TrainConfig:
-    """``config`` with its budget cut to what is left before ``deadline`` (monotonic); notes
-    the cut in ``cut``."""
-    if deadline is None:
-        return config
-    left = deadline - time.monotonic()
-    if left >= config.total_seconds:
-        return config
-    cut.append(f"{what}: budget cut from {config.total_seconds:.0f} s to {max(left, 0):.0f} s")
-    return dataclasses.replace(config, max_seconds=max(left, 0.5))
-
-
 def _finetune(eng, x, y, net: MLP, config: RecoverConfig, deadline, cut: list[str],
               what: str) -> MLP:
     """``net`` fine-tuned in rounds of ``config.finetune`` (``config.finetune_rounds``):
@@ -526,7 +510,7 @@ def _finetune(eng, x, y, net: MLP, config: RecoverConfig, deadline, cut: list[st
     for _ in range(config.finetune_rounds):
         if deadline is not None and deadline - time.monotonic() <= 1.0:
             break
-        tuned = eng.train(x, y, net, _within(config.finetune, deadline, cut, what))
+        tuned = eng.train(x, y, net, within_deadline(config.finetune, deadline, cut, what))
         if not tuned.rmse < best:
             break
         gain = best / max(tuned.rmse, np.finfo(np.float64).tiny)
@@ -701,7 +685,7 @@ def reconstruct_from_students(
     notes: list[str] = []
     if config.prune and len(certs) > 1:
         t = time.monotonic()
-        order = _support_order(certs)
+        order = support_order(certs)
         tick("pruning", 0, len(order))
         result = prune_network(
             net,
@@ -1046,7 +1030,7 @@ def run_students(
     wall_deadline = None
     if deadline is not None:
         wall_deadline = time.time() + STUDENT_SHARE * (deadline - time.monotonic())
-    enough = _quorum_rule(config) if config.early_stop else None
+    enough = quorum_rule(config.quorum, "(gamma N) a cluster needs") if config.early_stop else None
     return expand(
         x, y, hidden=hidden, activation=activation, seeds=seeds, config=train, engine=engine,
         executor=executor, reuse=reuse, enough=enough,
@@ -1054,22 +1038,6 @@ def run_students(
         deadline=wall_deadline,
         progress=(lambda d, n: progress("students", d, n)) if progress is not None else None,
     )
-
-
-def _quorum_rule(config: RecoverConfig):
-    """``enough(results)`` for :func:`ecflow.expansion.expand`: the students can stop once
-    ``quorum`` of them have reached the student loss (or converged)."""
-
-    def enough(results: Sequence[TrainResult | None]) -> str | None:
-        good = sum(r is not None and r.status.converged for r in results)
-        if good < config.quorum:
-            return None
-        return (
-            f"{good} students reached the student loss, the {config.quorum} (gamma N) a "
-            "cluster needs: each teacher neuron already has a big cluster"
-        )
-
-    return enough
 
 
 def _finish(
