@@ -37,9 +37,7 @@ idle cores: the largest JAX Hessian several minutes, scaling ~3 minutes, converg
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +50,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from benchmarks._common import machine, read_json, write_json  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "engine.json"
 DERIV_CASES = ((4, 16), (8, 32), (32, 64))
@@ -60,18 +60,7 @@ RMSE_OK = 1e-12
 
 
 def _machine() -> dict[str, Any]:
-    try:
-        load = dict(zip(("1min", "5min", "15min"), os.getloadavg()))
-    except OSError:  # pragma: no cover - not on Linux
-        load = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "cpus": os.cpu_count(),
-        "blas_threads": 1,
-        "load_average_at_start": load,
-    }
+    return {**machine(), "numpy": np.__version__, "blas_threads": 1}
 
 
 def _best_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
@@ -510,15 +499,6 @@ PARTS = {
 }
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
 def bench_engine(
     *,
     parts: tuple[str, ...] = ("derivatives", "scaling", "convergence"),
@@ -551,13 +531,10 @@ def bench_engine(
         if note is not None:
             data["notes"] = note
         # re-read just before writing: another run may have added its sections meanwhile
-        merged = _read(out)
+        merged = read_json(out)
         merged.update(data)
         data = merged
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_json(data, out)
     return data
 
 
