@@ -49,3 +49,18 @@ def write_json(data: dict[str, Any], out: Path, *, indent: int = 2) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=indent) + "\n")
     os.replace(tmp, out)
+
+
+def merge_case(
+    out: Path, key: str, section: dict[str, Any], *, targets: dict[str, Any], note: str | None
+) -> dict[str, Any]:
+    """Put one case's section into the result file under ``cases[key]`` (re-read just before
+    writing, so parts run at different times or side by side keep each other's cases), with the
+    targets and the note; returns the file's new content."""
+    data = read_json(out)
+    data.setdefault("cases", {})[key] = section
+    data["targets"] = targets
+    if note is not None:
+        data["notes"] = note
+    write_json(data, out)
+    return data

@@ -23,7 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from benchmarks._common import machine as _machine, ecflow as _ecflow, read_json as _read, write_json as _write
+from benchmarks._common import (
+    ecflow as _ecflow,
+    machine as _machine,
+    merge_case,
+    read_json as _read,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "deep.json"
@@ -146,12 +151,7 @@ def bench_deep(
             "run_seconds": round(time.perf_counter() - t0, 1),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        data = _read(out)
-        data.setdefault("cases", {})[case] = section
-        data["targets"] = TARGETS
-        if note is not None:
-            data["notes"] = note
-        _write(data, out)
+        merge_case(out, case, section, targets=TARGETS, note=note)
     return _read(out)
 
 

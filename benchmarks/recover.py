@@ -22,7 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from benchmarks._common import machine as _machine, ecflow as _ecflow, read_json as _read, write_json as _write
+from benchmarks._common import (
+    ecflow as _ecflow,
+    machine as _machine,
+    merge_case,
+    read_json as _read,
+    write_json as _write,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "recover.json"
@@ -109,12 +115,7 @@ def bench_recover(
                 "run_seconds": round(time.perf_counter() - t0, 1),
                 "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            data = _read(out)
-            data.setdefault("cases", {})[f"{kind}-{name}"] = section
-            data["targets"] = TARGETS
-            if note is not None:
-                data["notes"] = note
-            _write(data, out)
+            merge_case(out, f"{kind}-{name}", section, targets=TARGETS, note=note)
     data = _read(out)
     proto = data.get("cases", {}).get("prototype-4x4")
     default = data.get("cases", {}).get("default-4x4")
