@@ -93,23 +93,29 @@ def recovery_clusters(clustering: Any, *, beta_deg: float | None = None):
 
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    for fate, colour, label in (("kept", _KEPT, "kept"), ("too few students", _SMALL, "too few students"),
-                                ("unaligned", _UNALIGNED, "unaligned")):
+    _cluster_scatter(ax, clustering, beta_deg)
+    ax.set_title("clusters at the chosen cut (marker area ~ size)")
+    return fig
+
+
+def _cluster_scatter(ax: Any, clustering: Any, beta_deg: float | None) -> None:
+    """Distinct students per cluster against its median angle, coloured by the cluster's fate,
+    with the β line (the shallow figure and each layer's panel)."""
+    for fate, colour in (("kept", _KEPT), ("too few students", _SMALL),
+                         ("unaligned", _UNALIGNED)):
         cs = [c for c in clustering.clusters if c.reason == fate]
         if not cs:
             continue
         # A tiny floor puts exactly aligned clusters (angle 0) on the log axis.
         ang = np.maximum([c.median_angle_deg for c in cs], 1e-12)
         ax.scatter(ang, [len(c.students) for c in cs], s=[12 + 4 * c.size for c in cs],
-                   color=colour, alpha=0.7, label=f"{label} ({len(cs)})")
+                   color=colour, alpha=0.7, label=f"{fate} ({len(cs)})")
     if beta_deg is not None:
         ax.axvline(beta_deg, color=_UNALIGNED, linestyle=":", label=f"β = {beta_deg:g}°")
     ax.set_xscale("log")
     ax.set_xlabel("median within-cluster angle (degrees)")
     ax.set_ylabel("distinct students in the cluster")
-    ax.set_title("clusters at the chosen cut (marker area ~ size)")
     ax.legend(loc="best", fontsize="small")
-    return fig
 
 
 def recovery_student_losses(losses: Sequence[float]):
@@ -167,19 +173,10 @@ def recovery_layer(report: Any, *, beta_deg: float | None = None, bias_std_max: 
     ax_c, ax_l, ax_b = fig.subplots(1, 3)
     clustering = report.clustering
     if clustering is not None:
-        for fate, colour in (("kept", _KEPT), ("too few students", _SMALL),
-                             ("unaligned", _UNALIGNED)):
-            cs = [c for c in clustering.clusters if c.reason == fate]
-            if cs:
-                ang = np.maximum([c.median_angle_deg for c in cs], 1e-12)
-                ax_c.scatter(ang, [len(c.students) for c in cs], s=[12 + 4 * c.size for c in cs],
-                             color=colour, alpha=0.7, label=f"{fate} ({len(cs)})")
-        if beta_deg is not None:
-            ax_c.axvline(beta_deg, color=_UNALIGNED, linestyle=":", label=f"β = {beta_deg:g}°")
-        ax_c.set_xscale("log")
-        ax_c.legend(loc="best", fontsize="small")
-    ax_c.set_xlabel("median within-cluster angle (degrees)")
-    ax_c.set_ylabel("distinct students in the cluster")
+        _cluster_scatter(ax_c, clustering, beta_deg)
+    else:
+        ax_c.set_xlabel("median within-cluster angle (degrees)")
+        ax_c.set_ylabel("distinct students in the cluster")
     ax_c.set_title(f"layer {report.layer}: {report.n_kept_clusters} clusters kept, "
                    f"size {report.size}")
     v = np.asarray(report.student_losses, dtype=np.float64)
