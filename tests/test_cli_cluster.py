@@ -1,17 +1,11 @@
 """``ecflow recover --work-dir`` then ``ecflow cluster`` on the saved students, and bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from ecflow import networks, teachers
-
-
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ecflow", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
 """``ecflow recover`` and ``ecflow cluster`` on a deep teacher: layer by layer, end to end."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from ecflow import networks, teachers
 from ecflow.cli import main
+from cli_helpers import run
 
 
 def cli(argv):
@@ -17,11 +16,6 @@ def cli(argv):
     except SystemExit as exc:
         return exc.code
     return 0
-
-
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ecflow", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from ecflow.networks import read_network, read_pairs
-
-
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True, cwd=cwd
-    )
+from cli_helpers import run
 
 
 def assert_bad_input(res, *fragments):

@@ -1,19 +1,13 @@
 """``ecflow recover`` end to end on small teachers, and every impossible option."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from ecflow import networks, teachers
 from ecflow.cli import main
-
-
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ecflow", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from ecflow.networks import MLP, read_network, read_network_file, write_network, write_pairs
 from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
+import cli_helpers
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", "symmetry", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli_helpers.run("symmetry", *args, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -11,12 +9,7 @@ import pytest
 
 from ecflow import networks
 from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "ecflow", *map(str, args)], capture_output=True, text=True
-    )
+from cli_helpers import run
 
 
 @pytest.fixture(scope="module")
