@@ -11,7 +11,11 @@ that the output has mean 0 and standard deviation 1 over the input distribution,
 Deep teachers stack this construction; before drawing layer ``l > 0`` the previous layer's
 activations are standardised over the input distribution (as a full-batch batch-norm would do)
 and the standardisation is folded into that layer's weights and bias, so that each hidden
-neuron's hyperplane lies inside the support of its inputs.
+neuron's hyperplane lies inside the support of its inputs. Layer ``l > 0`` is drawn again
+whenever a neuron of the layer below would get only zero outgoing weights: such a neuron never
+reaches the output, so no method can recover it from input-output behaviour and the network's
+true size would be smaller than the one asked for (with ternary weights a 4-2 teacher had a
+dead first-layer neuron for about a third of the seeds).
 
 Inputs are uniform in ``[-√3, √3]^{d_in}`` (zero mean, unit variance per coordinate).
 
@@ -106,7 +110,16 @@ def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> n
     return rng.uniform(-INPUT_HALF_WIDTH, INPUT_HALF_WIDTH, size=(n, d_in))
 
 
-def _draw_layer(n_in: int, n_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_layer(
+    n_in: int, n_out: int, rng: np.random.Generator, *, use_every_input: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    while True:
+        W, b = _draw_neurons(n_in, n_out, rng)
+        if not use_every_input or np.all(np.any(W != 0.0, axis=0)):
+            return W, b
+
+
+def _draw_neurons(n_in: int, n_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     max_distinct = (3**n_in - 1) * len(_BIAS_VALUES) // 2
     if n_out > max_distinct:
         raise InputError(
@@ -157,7 +170,7 @@ def synthetic_teacher(config: TeacherConfig, seed: int) -> MLP:
     h = x
     n_in = config.d_in
     for depth, n_out in enumerate(config.hidden):
-        W, b = _draw_layer(n_in, n_out, rng)
+        W, b = _draw_layer(n_in, n_out, rng, use_every_input=depth > 0)
         if depth > 0:
             mu = h.mean(axis=0)
             sd = h.std(axis=0)
