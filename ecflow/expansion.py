@@ -24,7 +24,7 @@ from ecflow.activations import get_activation
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
-from ecflow.networks import MLP, Layer, check_xy, glorot_normal, parameter_mask
+from ecflow.networks import MLP, Layer, check_xy, glorot_normal, parameter_mask, standardise_inputs
 from ecflow.parallel import make_stop_flag
 
 __all__ = [
@@ -100,7 +100,10 @@ def train_student(
     activation : str
         Hidden activation (the output layer is ``identity``).
     seed : int
-        Seed of the Glorot-normal initialisation.
+        Seed of the Glorot-normal initialisation. In a student with two hidden layers or
+        more, each layer above the first (and above ``fixed``) then has its inputs
+        standardised over ``x`` (:func:`~ecflow.networks.standardise_inputs`), as in the deep
+        teachers of appendix A.4.
     config : TrainConfig
     engine : str, default="native"
     stop : callable, optional
@@ -142,7 +145,29 @@ def train_student(
     if fixed:
         init = MLP(tuple(fixed) + init.layers)
         free = parameter_mask(init, {i: "weight" for i in range(len(fixed))})
+    if len(init.layers) > 2:
+        init = _standardised_start(init, x, first=max(1, len(fixed)))
     return get_engine(engine).train(x, y, init, config, stop=stop, progress=progress, free=free)
+
+
+def _standardised_start(init: MLP, x: np.ndarray, first: int) -> MLP:
+    """``init`` with the inputs of layers ``first, first + 1, ...`` standardised over ``x``.
+
+    Deep students only. A Glorot layer on top of a hidden layer receives activations with
+    nonzero mean and uneven scales (``g`` is positive), so its units start alike and the
+    student spends its budget separating them; the deep teachers are built with standardised
+    layer inputs (appendix A.4), and so start the students. Measured on a g 8-4-2-1 teacher
+    (seed 201, 16-8 students, 150 s, no stall rule): Glorot students ended at MSE 3.0e-5 and
+    8.7e-5, the standardised start reached 1e-6 in 12 s and 1e-10 in 98 s.
+    """
+    layers = list(init.layers)
+    h = x
+    for k, layer in enumerate(layers):
+        if k >= first:
+            layer = layers[k] = standardise_inputs(layer, h)
+        if k + 1 < len(layers):
+            h = layer.activation(h @ layer.weight.T + layer.bias)
+    return MLP(tuple(layers))
 
 
 def _check_fixed(fixed, d_in: int) -> tuple[Layer, ...]:

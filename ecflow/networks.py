@@ -54,6 +54,7 @@ __all__ = [
     "write_job",
     "read_job",
     "glorot_normal",
+    "standardise_inputs",
     "parameter_mask",
 ]
 
@@ -717,6 +718,34 @@ def glorot_normal(
         weights.append(rng.normal(0.0, std, size=(n_out, n_in)))
         biases.append(np.zeros(n_out))
     return MLP.from_arrays(weights, biases, activations)
+
+
+def standardise_inputs(layer: Layer, h: np.ndarray) -> Layer:
+    """``layer`` acting on its inputs standardised over the sample ``h``, folded into it.
+
+    ``σ(W (h - μ)/s + b) = σ((W/s) h + b - (W/s) μ)`` with ``μ, s`` the per-column mean and
+    standard deviation of ``h`` (a column with ``s = 0`` is left unscaled): what a full-batch
+    batch-norm in front of the layer would do. The deep synthetic teachers are built this way
+    (appendix A.4) and deep students start this way.
+
+    Parameters
+    ----------
+    layer : Layer
+    h : ndarray of shape (n_samples, layer.n_in), float64
+        The layer's inputs.
+
+    Returns
+    -------
+    Layer
+    """
+    h = check_array(h, "h", ndim=2)
+    if h.shape[1] != layer.n_in:
+        raise InputError(f"h has {h.shape[1]} columns, the layer takes {layer.n_in} inputs")
+    mu = h.mean(axis=0)
+    sd = h.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    weight = layer.weight / sd
+    return Layer(weight, layer.bias - weight @ mu, layer.activation)
 
 
 _PARTS = {"weight": ("weight",), "bias": ("bias",), "all": ("weight", "bias")}

@@ -177,7 +177,8 @@ class RecoverConfig:
         teacher's, but a weak teacher neuron was pinned by only 3 of 8 students (the others
         held it ~5 degrees off), too few for a big cluster, and that recovery failed; at 1e-10
         4 of 7 pinned it (see ``deep_gamma``). The fine-tune of the assembled network supplies
-        the machine precision. None: ``student_loss``.
+        the machine precision. None: ``student_loss``. Deep students are not judged by the
+        creep part of the stall rule (``TrainConfig.creep_factor`` 0).
     deep_gamma : float or None, default=0.3
         Deep networks: ``gamma`` of every layer's clustering (a stage still waits for
         ``ceil(gamma N)`` students at the student loss before it stops the others). Measured on
@@ -186,6 +187,13 @@ class RecoverConfig:
         spurious clusters a low gamma lets in are dropped by the next stage's bias rule or by
         pruning. The paper used 0.4 and 1/3 for its deep synthetic teachers (A.6.4). None:
         ``gamma``.
+    deep_student_seconds : float or None, default=120
+        Deep networks: each student's wall-clock budget when ``train`` sets none (shallow
+        students get the engine's 300 s). Measured on g 8-4-2-1 teachers (16-8 students,
+        standardised start): the students that reached MSE 1e-10 did so within 4-100 s, while
+        others crept for 230-250 s to 1e-9 and 1e-8, holding a stage of 10 students on 2
+        workers for over 10 minutes; clustering uses the students cut at the budget too.
+        None: the engine's budget.
     max_minutes : float or None, default=None
         One deadline for the whole recovery, shared by the width search (at most
         ``SEARCH_SHARE`` of it), students (at most
@@ -216,6 +224,7 @@ class RecoverConfig:
     bias_std_max: float = 0.01
     deep_student_loss: float | None = 1e-10
     deep_gamma: float | None = 0.3
+    deep_student_seconds: float | None = 120.0
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -270,6 +279,8 @@ class RecoverConfig:
             check_number(self.deep_student_loss, "deep_student_loss", positive=True)
         if self.deep_gamma is not None:
             check_in_range(self.deep_gamma, "deep_gamma", 0.0, 1.0)
+        if self.deep_student_seconds is not None:
+            check_number(self.deep_student_seconds, "deep_student_seconds", positive=True)
 
     @property
     def student_train(self) -> TrainConfig:
@@ -1097,6 +1108,12 @@ def _recover_deep(
     if config.deep_student_loss is not None and config.train.target_loss is None:
         student_train = dataclasses.replace(
             config.train, target_loss=float(config.deep_student_loss)
+        )
+    # deep students advance in bursts after plateaus: only the time left judges them
+    student_train = dataclasses.replace(student_train, creep_factor=0.0)
+    if config.train.max_seconds is None and config.deep_student_seconds is not None:
+        student_train = dataclasses.replace(
+            student_train, max_seconds=float(config.deep_student_seconds)
         )
     cluster = config.cluster_config
     if config.deep_gamma is not None:

@@ -36,7 +36,7 @@ from ecflow import datasets
 from ecflow._checks import check_int, check_number
 from ecflow.activations import Activation, get_activation
 from ecflow.errors import InputError
-from ecflow.networks import MLP, Layer, glorot_normal
+from ecflow.networks import MLP, Layer, glorot_normal, standardise_inputs
 
 __all__ = [
     "TeacherConfig",
@@ -171,15 +171,11 @@ def synthetic_teacher(config: TeacherConfig, seed: int) -> MLP:
     n_in = config.d_in
     for depth, n_out in enumerate(config.hidden):
         W, b = _draw_layer(n_in, n_out, rng, use_every_input=depth > 0)
+        layer = Layer(W, b, act)
         if depth > 0:
-            mu = h.mean(axis=0)
-            sd = h.std(axis=0)
-            sd = np.where(sd > 0, sd, 1.0)
-            # σ(W (h - μ)/sd + b) = σ((W/sd) h + b - (W/sd) μ)
-            W = W / sd
-            b = b - W @ mu
-        layers.append(Layer(W, b, act))
-        h = act(h @ W.T + b)
+            layer = standardise_inputs(layer, h)
+        layers.append(layer)
+        h = act(h @ layer.weight.T + layer.bias)
         n_in = n_out
     a = rng.choice([-1.0, 1.0], size=(config.d_out, n_in))
     y = h @ a.T

@@ -88,6 +88,20 @@ def test_stall_rule_judges_the_recent_log_loss_rate():
     assert not rule.hopeless(slow, 20.0, 1e-13, steps=100)
 
 
+def test_stall_rule_creep_part_judges_against_the_time_run():
+    # a decade every 10 s, 10 decades to go at t = 30 s: 100 s needed, 270 s left, 30 s run
+    trend = [(t, 10.0 ** (-0.1 * t)) for t in range(0, 31)]
+    creep = StallRule(goal=1e-13, deadline=300.0, factor=3.0, warmup=10.0, min_steps=5)
+    assert creep.hopeless(trend, 30.0, trend[-1][1], steps=300)
+    assert not creep.hopeless(trend, 30.0, trend[-1][1], steps=100)  # before creep_steps
+    left_only = StallRule(goal=1e-13, deadline=300.0, factor=3.0, warmup=10.0, min_steps=5,
+                          elapsed_factor=0.0)
+    assert not left_only.hopeless(trend, 30.0, trend[-1][1], steps=300)
+    assert TrainConfig(creep_factor=0.0).creep_factor == 0.0
+    with pytest.raises(ValueError, match="creep_factor"):
+        TrainConfig(creep_factor=-1.0)
+
+
 def test_stall_rule_stops_a_hopeless_student_early():
     # a width-1 student cannot fit a width-2 teacher: it plateaus far above any target
     x = teachers.sample_inputs(400, 3, 1)

@@ -91,3 +91,62 @@ def test_train_student_rejects_bad_pairs():
         train_student(X, Y[:5], hidden=(2,), activation="tanh", seed=0, config=QUICK)
     with pytest.raises(TypeError, match="floating"):
         train_student(X.astype(int), Y, hidden=(2,), activation="tanh", seed=0, config=QUICK)
+
+
+class _Spy:
+    """Records the initial network the engine is given (then trains it for real)."""
+
+    def __init__(self, monkeypatch):
+        import ecflow.expansion as expansion
+
+        real = expansion.get_engine
+        self.inits = []
+
+        def get_engine(name):
+            engine = real(name)
+            spy = self
+
+            class Engine:
+                def train(self, x, y, init, config, **kw):
+                    spy.inits.append(init)
+                    return engine.train(x, y, init, config, **kw)
+
+            return Engine()
+
+        monkeypatch.setattr(expansion, "get_engine", get_engine)
+
+
+def test_deep_students_start_with_standardised_layer_inputs(monkeypatch):
+    from ecflow.networks import MLP, standardise_inputs
+
+    spy = _Spy(monkeypatch)
+    x = teachers.sample_inputs(400, 2, 1)
+    y = np.tanh(x @ [[1.0], [-0.5]])
+    cfg = TrainConfig(max_steps=1, max_seconds=2.0)
+    train_student(x, y, hidden=(3,), activation="g", seed=3, config=cfg)
+    shallow = spy.inits[-1]
+    np.testing.assert_array_equal(
+        shallow.flatten(), glorot_normal((2, 3, 1), ["g", "identity"], 3).flatten()
+    )
+    train_student(x, y, hidden=(4, 3), activation="g", seed=3, config=cfg)
+    deep = spy.inits[-1]
+    glorot = glorot_normal((2, 4, 3, 1), ["g", "g", "identity"], 3)
+    np.testing.assert_array_equal(deep.layers[0].weight, glorot.layers[0].weight)
+    for k in (1, 2):
+        h = deep.hidden(x, k - 1)
+        # the glorot layer on standardised inputs: the same function of (h - mean) / std
+        z = (h - h.mean(axis=0)) / h.std(axis=0)
+        g = glorot.layers[k]
+        np.testing.assert_allclose(
+            h @ deep.layers[k].weight.T + deep.layers[k].bias, z @ g.weight.T + g.bias, atol=1e-12
+        )
+        assert deep.layers[k].weight.shape == g.weight.shape
+    # over frozen layers: their weights stay, the first trained layer gets standardised inputs
+    fixed = glorot.layers[:1]
+    train_student(x, y, hidden=(3,), activation="g", seed=3, config=cfg, fixed=fixed)
+    on_fixed = spy.inits[-1]
+    np.testing.assert_array_equal(on_fixed.layers[0].weight, fixed[0].weight)
+    h = on_fixed.hidden(x, 0)
+    expect = standardise_inputs(glorot_normal((4, 3, 1), ["g", "identity"], 3).layers[0], h)
+    np.testing.assert_allclose(on_fixed.layers[1].weight, expect.weight)
+    assert isinstance(on_fixed, MLP)

@@ -235,3 +235,20 @@ def test_glorot_normal_statistics():
         glorot_normal((3, 4, 1), ("g", "identity"), 5).flatten(),
         glorot_normal((3, 4, 1), ("g", "identity"), 5).flatten(),
     )
+
+
+def test_standardise_inputs_folds_a_full_batch_norm():
+    from ecflow.networks import Layer, standardise_inputs
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(3.0, [0.5, 2.0, 1.0], size=(500, 3))
+    h[:, 2] = 7.0  # a constant column is left unscaled
+    layer = Layer(rng.normal(size=(2, 3)), rng.normal(size=2), "tanh")
+    out = standardise_inputs(layer, h)
+    mu, sd = h.mean(axis=0), np.where(h.std(axis=0) > 0, h.std(axis=0), 1.0)
+    np.testing.assert_allclose(
+        h @ out.weight.T + out.bias, ((h - mu) / sd) @ layer.weight.T + layer.bias, atol=1e-12
+    )
+    assert out.activation.name == "tanh"
+    with pytest.raises(ValueError, match="columns"):
+        standardise_inputs(layer, h[:, :2])

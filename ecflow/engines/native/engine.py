@@ -178,6 +178,7 @@ class NativeEngine:
                 goal=max(config.goal, NEAR_ZERO_LOSS),
                 deadline=config.total_seconds,
                 factor=config.stall_factor,
+                elapsed_factor=config.creep_factor,
                 warmup=min(_STALL_WARMUP, _STALL_WARMUP_SHARE * config.total_seconds),
             )
         tracker = Tracker(

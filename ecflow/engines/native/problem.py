@@ -180,7 +180,8 @@ class StallRule:
         Improving steps before the first judgement: a large student on a loaded machine may
         take seconds per step, and a rate over a handful of steps says nothing.
     elapsed_factor : float
-        Safety factor on the projected time against the time already run.
+        Safety factor on the projected time against the time already run; 0 judges only
+        against the time left.
     creep_steps : int
         Improving steps before a student is judged against the time it has run: aligned
         students converge in 50-700 LM steps, creeping ones take thousands, and a large student
@@ -225,7 +226,11 @@ class StallRule:
         # 4000 LM steps, where aligned students converge in 100-700 steps).
         if projected > self.factor * left:
             return True
-        return steps >= self.creep_steps and projected > self.elapsed_factor * max(t, self.warmup)
+        return (
+            self.elapsed_factor > 0
+            and steps >= self.creep_steps
+            and projected > self.elapsed_factor * max(t, self.warmup)
+        )
 
 
 class Tracker:
