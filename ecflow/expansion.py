@@ -25,7 +25,7 @@ from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, Layer, check_xy, glorot_normal, parameter_mask, standardise_inputs
-from ecflow.parallel import make_stop_flag
+from ecflow.parallel import SharingStop, ThreadShare, make_stop_flag, spare_threads
 
 __all__ = [
     "student_seeds",
@@ -302,9 +302,11 @@ def expand(
     if progress is not None:
         progress(done, total)
     flag = make_stop_flag(executor)
+    # a local pool's last students take the cores that the finished ones leave idle
+    share = ThreadShare() if isinstance(executor, cf.ProcessPoolExecutor) else None
     kwargs = dict(
         hidden=hidden, activation=activation, config=config, engine=engine,
-        stop=flag, deadline=deadline, fixed=fixed,
+        stop=flag if share is None else SharingStop(flag, share), deadline=deadline, fixed=fixed,
     )
 
     def finish(i: int, res: TrainResult | None) -> str | None:
@@ -327,6 +329,8 @@ def expand(
                     flag.set()
             return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
         futures = {executor.submit(train_student, x, y, seed=seeds[i], **kwargs): i for i in todo}
+        if share is not None:
+            share.set(spare_threads(min(len(todo), getattr(executor, "_max_workers", len(todo)))))
         try:
             for fut in cf.as_completed(futures):
                 if fut.cancelled():
@@ -337,6 +341,11 @@ def expand(
                     flag.set()
                     for other in futures:
                         other.cancel()
+                elif share is not None:
+                    running = sum(not f.done() for f in futures)
+                    if running:
+                        workers = getattr(executor, "_max_workers", running)
+                        share.set(spare_threads(min(running, workers)))
         except BaseException:
             flag.set()
             for fut in futures:
@@ -344,6 +353,8 @@ def expand(
             raise
     finally:
         flag.close()
+        if share is not None:
+            share.close()
     return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
 
 

@@ -284,10 +284,11 @@ class LayerwiseResult:
 # --- students of one stage -----------------------------------------------------------------------
 
 
-def layer_dir(work_dir: str | os.PathLike, layer: int) -> Path:
+def layer_dir(work_dir: str | os.PathLike, layer: int, steady: bool = False) -> Path:
     """Work folder of stage ``layer`` of a deep recovery: ``work_dir/layer-<layer>``, itself a
-    :class:`~ecflow.workdir.WorkDir`."""
-    return Path(work_dir) / f"layer-{int(layer)}"
+    :class:`~ecflow.workdir.WorkDir`; with ``steady``, ``layer-<layer>-steady``, the students
+    retrained after the bias rule dropped neurons of the layer below."""
+    return Path(work_dir) / (f"layer-{int(layer)}" + ("-steady" if steady else ""))
 
 
 def is_deep_work_dir(work_dir: str | os.PathLike) -> bool:
@@ -307,15 +308,17 @@ def _stage_students(
     x, y, *, layer: int, fixed: tuple[Layer, ...], widths: tuple[int, ...], activation: str,
     seeds: Sequence[int], config: LayerwiseConfig, engine: str, executor, progress,
     deadline: float | None, work_dir, train: bool, x_fresh, y_fresh, teacher,
+    steady: bool = False,
 ) -> tuple[Expansion, list[str]]:
     """Students of stage ``layer``: trained (reusing those saved in its work folder), or only
-    read back from the work folder (``train=False``, ``ecflow cluster``)."""
+    read back from the work folder (``train=False``, ``ecflow cluster``); ``steady``: the
+    stage's second round, on the layers left by the bias rule."""
     notes: list[str] = []
     hidden = tuple(l.n_out for l in fixed) + tuple(widths)
     reuse: dict[int, TrainResult] = {}
     store = None
     if work_dir is not None:
-        store = WorkDir(layer_dir(work_dir, layer))
+        store = WorkDir(layer_dir(work_dir, layer, steady))
         manifest = manifest_for(
             hidden=hidden, activation=activation, seeds=seeds, engine=engine,
             train=config.train, x=x, y=y,
@@ -344,7 +347,7 @@ def _stage_students(
     if not train:
         if not reuse:
             raise InputError(
-                f"{layer_dir(work_dir, layer)}: no saved student of layer {layer} was retrained "
+                f"{layer_dir(work_dir, layer, steady)}: no saved student of layer {layer} was retrained "
                 "on the layers reconstructed now (other --gamma or --beta-deg change the "
                 "layers below): rerun ecflow recover with this --work-dir to retrain them"
             )
@@ -362,7 +365,8 @@ def _stage_students(
         on_result=(lambda i, r: store.save_student(i, seeds[i], r)) if store else None,
         deadline=wall_deadline,
         progress=(
-            (lambda d, n: progress(f"layer {layer}", d, n)) if progress is not None else None
+            (lambda d, n: progress(f"layer {layer}" + (" (steady)" if steady else ""), d, n))
+            if progress is not None else None
         ),
     )
     return expansion, notes
@@ -755,6 +759,7 @@ def recover_layers(
         if deadline is not None:
             share = STUDENT_SHARE * (deadline - t) / (n_layers - layer + 1)
             stage_deadline = t + max(share, 0.0)
+        rounds: list[Expansion] = []
         expansion, stage_notes = _stage_students(
             x, y, layer=layer, fixed=fixed, widths=widths[layer - 1:], activation=activation,
             seeds=seeds, config=config, engine=engine, executor=executor, progress=progress,
@@ -812,6 +817,40 @@ def recover_layers(
             reports[-1] = dataclasses.replace(
                 reports[-1], neurons=tuple(certs_below), size=len(certs_below)
             )
+            saved_again = work_dir is not None and WorkDir(layer_dir(work_dir, layer, True)).exists()
+            if dropped and (train or saved_again):
+                # A dropped neuron may have stood in for part of a kept one (a duplicate, or
+                # for odd activations a flipped copy): then the students split that neuron's
+                # outgoing weight between the two in their own ways, and this layer's neurons
+                # differ across students in the kept columns too (measured on a tanh 6-6-4-1
+                # teacher: one of the 4 second-layer neurons formed no big cluster). Students
+                # retrained on the steady neurons alone have one way to use them.
+                again, again_notes = _stage_students(
+                    x, y, layer=layer, fixed=fixed, widths=widths[layer - 1:],
+                    activation=activation, seeds=seeds, config=config, engine=engine,
+                    executor=executor, progress=progress, deadline=stage_deadline,
+                    work_dir=work_dir, train=train, x_fresh=x_fresh, y_fresh=y_fresh,
+                    teacher=teacher, steady=True,
+                )
+                notes.extend(again_notes)
+                retrained = [again.results[i] for i in again.finished]
+                if retrained:
+                    rounds.append(expansion)
+                    expansion, results = again, retrained
+                    nets = [r.network for r in results]
+                    losses = [
+                        float(r.loss) if math.isfinite(r.loss) else math.inf for r in results
+                    ]
+                    best_net = nets[int(np.argmin(losses))]
+                    keep_below = None
+                    fixed = tuple(
+                        Layer(l.weight, b.bias, l.activation)
+                        for l, b in zip(fixed, best_net.layers)
+                    )
+                    notes.append(
+                        f"layer {layer}: its students were trained again on the "
+                        f"{fixed[-1].n_out} neurons of layer {layer - 1} that the bias rule kept"
+                    )
         clustering, rebuilt, sources = _cluster_layer(
             nets, losses, index, keep_below, config, n_planned=config.n_students
         )
@@ -822,10 +861,10 @@ def recover_layers(
             neurons=(),
             student_hidden=tuple(nets[0].hidden_sizes),
             student_losses=tuple(float(r.loss) for r in results),
-            students_trained=expansion.n_trained,
-            students_reused=expansion.n_reused,
-            students_stopped=expansion.n_stopped,
-            students_skipped=expansion.n_skipped,
+            students_trained=sum(e.n_trained for e in (*rounds, expansion)),
+            students_reused=sum(e.n_reused for e in (*rounds, expansion)),
+            students_stopped=sum(e.n_stopped for e in (*rounds, expansion)),
+            students_skipped=sum(e.n_skipped for e in (*rounds, expansion)),
             stop_reason=expansion.stop_reason,
             bias_std=tuple(float(s) for s in spread) if measured else (),
             dropped_below=dropped,

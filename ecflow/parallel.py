@@ -30,6 +30,9 @@ __all__ = [
     "FileStopFlag",
     "DaskStopFlag",
     "make_stop_flag",
+    "ThreadShare",
+    "SharingStop",
+    "spare_threads",
 ]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -205,3 +208,67 @@ def make_stop_flag(executor: cf.Executor | None) -> StopFlag:
     if client is not None and type(executor).__module__.startswith("distributed"):
         return DaskStopFlag(client)
     return FileStopFlag()
+
+
+# --- spare cores for the last students -----------------------------------------------------------
+
+
+class ThreadShare:
+    """BLAS threads per running task, set by the submitting process, applied by the tasks.
+
+    Workers start pinned to one BLAS thread (many single-threaded students beat fewer
+    multi-threaded ones). Once fewer students run than there are cores, the submitting process
+    raises the share (:meth:`set`) and each running student applies it at its next stop-flag
+    poll (:meth:`apply`), so the last students of an expansion use the cores the finished ones
+    left idle. A file, like :class:`FileStopFlag`: local process pools only.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+        self.path = str(folder / f"ecflow-threads-{os.getpid()}-{uuid.uuid4().hex}")
+        self._applied: int | None = None
+
+    def set(self, n: int) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        Path(tmp).write_text(str(int(n)))
+        os.replace(tmp, self.path)
+
+    def get(self) -> int | None:
+        """The share set last, None before the first :meth:`set`."""
+        try:
+            return int(Path(self.path).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def apply(self) -> None:
+        """Limit this process's BLAS to the current share when it changed."""
+        n = self.get()
+        if n is not None and n != self._applied:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=n)
+            self._applied = n
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class SharingStop:
+    """A stop flag that applies a :class:`ThreadShare` each time it is polled (it pickles
+    with both, so it reaches the worker as the engine's ``stop``)."""
+
+    def __init__(self, flag: StopFlag, share: ThreadShare):
+        self.flag = flag
+        self.share = share
+
+    def __call__(self) -> bool:
+        self.share.apply()
+        return self.flag()
+
+
+def spare_threads(running: int, cpus: int | None = None) -> int:
+    """BLAS threads each of ``running`` tasks may use on ``cpus`` cores (default: this
+    process's): one while every core has a task, the idle cores shared out once fewer run."""
+    cpus = default_workers() if cpus is None else cpus
+    return max(1, cpus // max(1, running))

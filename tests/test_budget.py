@@ -21,7 +21,14 @@ from ecflow.engines.native.problem import StallRule
 from ecflow.errors import InputError
 from ecflow.expansion import expand, student_seeds
 from ecflow.networks import glorot_normal
-from ecflow.parallel import FileStopFlag, make_executor, make_stop_flag
+from ecflow.parallel import (
+    FileStopFlag,
+    SharingStop,
+    ThreadShare,
+    make_executor,
+    make_stop_flag,
+    spare_threads,
+)
 from ecflow.reconstruction import prune_network
 from ecflow.recover import RecoverConfig, RecoverStatus, cluster_saved, recover
 from ecflow.workdir import WorkDir
@@ -74,6 +81,30 @@ def test_file_stop_flag_pickles_and_is_seen_by_another_process(tmp_path):
     flag.close()
     assert not flag()
     assert isinstance(make_stop_flag(None), FileStopFlag)
+
+
+def test_spare_cores_go_to_the_running_students(tmp_path):
+    assert spare_threads(2, cpus=2) == 1
+    assert spare_threads(1, cpus=2) == 2
+    assert spare_threads(3, cpus=8) == 2
+    assert spare_threads(0, cpus=2) == 2
+    share = ThreadShare(tmp_path)
+    stop = SharingStop(FileStopFlag(tmp_path), share)
+    assert share.get() is None
+    with make_executor(1) as pool:  # a worker pinned to one BLAS thread
+        # a module-level function of this file would not unpickle in a spawned worker
+        import threadpoolctl
+
+        pool.submit(np.ones, 1).result()  # loads numpy's BLAS in the worker
+        info = pool.submit(threadpoolctl.threadpool_info).result()
+        assert max(i["num_threads"] for i in info if i["user_api"] == "blas") == 1
+        assert pool.submit(stop).result() is False  # no share set yet: nothing changes
+        share.set(2)
+        assert pool.submit(stop).result() is False
+        info = pool.submit(threadpoolctl.threadpool_info).result()
+        assert max(i["num_threads"] for i in info if i["user_api"] == "blas") == 2
+    share.close()
+    assert share.get() is None
 
 
 def test_stall_rule_judges_the_recent_log_loss_rate():
