@@ -19,13 +19,17 @@ are kept from the previous file):
 ``large_student``
     Time to RMSE 1e-6 of 20 students with d_in 16, r 8, ρ 4 (577 parameters, g, N 30k, one
     BLAS thread each): the median against the 60 s target.
+``threads``
+    Seconds per LM step of one ρ 4 g student (d_in 16 r 8: 577 parameters; d_in 32 r 8:
+    1089) with one and with two BLAS threads: what a student gains from a core that the
+    finished students of an expansion left idle (:class:`ecflow.parallel.ThreadShare`).
 ``scaling``
     Seconds per LM iteration (chunked Jacobian QR + SVD + one trial) and peak memory of that
     iteration (tracemalloc, NumPy allocations) at ≈ 100, 600 and 2300 parameters, N 30k.
 
 Usage::
 
-    python -m benchmarks.engine [--parts derivatives,convergence,scaling,large_student]
+    python -m benchmarks.engine [--parts derivatives,convergence,scaling,large_student,threads]
                                 [--students 5] [--budget 60] [--workers 2] [--out FILE]
 
 With the defaults (what ``make bench`` runs) the three parts take about 30 minutes on two
@@ -401,6 +405,38 @@ def _convergence(
     }
 
 
+def _threads(steps: int = 15) -> dict[str, Any]:
+    """Seconds per LM step of one student at one and at two BLAS threads (needs two idle
+    cores to mean anything)."""
+    from threadpoolctl import threadpool_limits
+
+    from ecflow.engines import get_engine
+    from ecflow.engines.base import TrainConfig
+    from ecflow.networks import glorot_normal
+    from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
+
+    cases = []
+    for d_in, r in ((16, 8), (32, 8)):
+        teacher = synthetic_teacher(TeacherConfig(d_in, (r,), "g"), 0)
+        x = sample_inputs(N_SAMPLES, d_in, 1)
+        y = teacher(x)
+        init = glorot_normal((d_in, 4 * r, 1), ["g", "identity"], 5)
+        row: dict[str, Any] = {"d_in": d_in, "r": r, "rho": 4, "n_params": init.n_params}
+        for n in (1, 2):
+            with threadpool_limits(limits=n):
+                t0 = time.perf_counter()
+                res = get_engine("native").train(
+                    x, y, init, TrainConfig(max_steps=steps, stall_factor=0.0, max_seconds=300)
+                )
+                dt = time.perf_counter() - t0
+            row[f"seconds_per_step_{n}_threads"] = dt / max(res.steps, 1)
+            row["steps"] = int(res.steps)
+        row["speedup"] = row["seconds_per_step_1_threads"] / row["seconds_per_step_2_threads"]
+        print(f"threads: {init.n_params} params, speedup {row['speedup']:.2f}", flush=True)
+        cases.append(row)
+    return {"cases": cases, "steps_per_phase": steps, "n_samples": N_SAMPLES}
+
+
 def _large_student(
     *, students: int = 20, budget: float = 120.0, workers: int = 2
 ) -> dict[str, Any]:
@@ -496,6 +532,7 @@ PARTS = {
     "convergence": _convergence,
     "scaling": _scaling,
     "large_student": _large_student,
+    "threads": _threads,
 }
 
 
