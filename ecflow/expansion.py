@@ -332,20 +332,23 @@ def expand(
         if share is not None:
             share.set(spare_threads(min(len(todo), getattr(executor, "_max_workers", len(todo)))))
         try:
-            for fut in cf.as_completed(futures):
-                if fut.cancelled():
-                    continue
-                why = finish(futures[fut], fut.result())
-                if why is not None:
-                    reason = why
-                    flag.set()
-                    for other in futures:
-                        other.cancel()
-                elif share is not None:
-                    running = sum(not f.done() for f in futures)
-                    if running:
-                        workers = getattr(executor, "_max_workers", running)
-                        share.set(spare_threads(min(running, workers)))
+            # Not cf.as_completed: it also waits for the futures cancelled here, and a Dask
+            # executor never reports one whose task finished while it was being cancelled
+            # (setting the result of a cancelled future fails), which hung a test run.
+            pending = set(futures)
+            while pending:
+                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    if fut.cancelled():
+                        continue
+                    why = finish(futures[fut], fut.result())
+                    if why is not None:
+                        reason = why
+                        flag.set()
+                        pending = {other for other in pending if not other.cancel()}
+                if reason is None and share is not None and pending:
+                    workers = getattr(executor, "_max_workers", len(pending))
+                    share.set(spare_threads(min(len(pending), workers)))
         except BaseException:
             flag.set()
             for fut in futures:
