@@ -179,10 +179,12 @@ struct Settings
     max_steps::Int
     patience::Int
     memory_budget_mb::Float64
-    # recovery-grade stop (ecflow's target_loss); stall_factor and normal_above tune the
-    # native engine's stall rule and LM steps, which MLPGradientFlow.jl has no counterpart of
+    # recovery-grade stop (ecflow's target_loss); stall_factor, creep_factor and normal_above
+    # tune the native engine's stall rule and LM steps, which MLPGradientFlow.jl has no
+    # counterpart of
     target_loss::Union{Nothing,Float64}
     stall_factor::Float64
+    creep_factor::Float64
     normal_above::Float64
 end
 
@@ -259,7 +261,8 @@ function read_job(path::AbstractString)
                      setting(a, "memory_budget_mb", Float64; default = 2048.0),
                      haskey(a, "target_loss") ? setting(a, "target_loss", Float64) : nothing,
                      setting(a, "stall_factor", Float64; default = 3.0),
-                     setting(a, "normal_above", Float64; default = 1e-10))
+                     setting(a, "creep_factor", Float64; default = 1.0),
+                     setting(a, "normal_above", Float64; default = 1e-15))
         s.schedule in ("lm-first", "flow-first") || throw(ArgumentError("job file: unknown schedule \"$(s.schedule)\""))
         s.optimizer in ("lm", "trust-exact", "bfgs") || throw(ArgumentError("job file: unknown optimizer \"$(s.optimizer)\""))
         x, y, layers, s
