@@ -329,8 +329,13 @@ def expand(
                     flag.set()
             return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
         futures = {executor.submit(train_student, x, y, seed=seeds[i], **kwargs): i for i in todo}
+
+        def share_cores(left: int) -> None:
+            running = min(left, getattr(executor, "_max_workers", left))
+            share.set(spare_threads(running))
+
         if share is not None:
-            share.set(spare_threads(min(len(todo), getattr(executor, "_max_workers", len(todo)))))
+            share_cores(len(todo))
         try:
             # Not cf.as_completed: it also waits for the futures cancelled here, and a Dask
             # executor never reports one whose task finished while it was being cancelled
@@ -347,8 +352,7 @@ def expand(
                         flag.set()
                         pending = {other for other in pending if not other.cancel()}
                 if reason is None and share is not None and pending:
-                    workers = getattr(executor, "_max_workers", len(pending))
-                    share.set(spare_threads(min(len(pending), workers)))
+                    share_cores(len(pending))
         except BaseException:
             flag.set()
             for fut in futures:

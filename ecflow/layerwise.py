@@ -372,6 +372,18 @@ def _stage_students(
     return expansion, notes
 
 
+def _stage_nets(results: Sequence[TrainResult]) -> tuple[list[MLP], list[float], MLP]:
+    """A stage's student networks, their losses (inf where not finite) and the best one."""
+    nets = [r.network for r in results]
+    losses = [float(r.loss) if math.isfinite(r.loss) else math.inf for r in results]
+    return nets, losses, nets[int(np.argmin(losses))]
+
+
+def _with_biases(fixed: Sequence[Layer], net: MLP) -> tuple[Layer, ...]:
+    """The frozen layers ``fixed`` with the biases ``net`` learned on top of them."""
+    return tuple(Layer(l.weight, b.bias, l.activation) for l, b in zip(fixed, net.layers))
+
+
 # --- the bias rule and the clustering of one layer -----------------------------------------------
 
 
@@ -773,9 +785,7 @@ def recover_layers(
                 f"layer {layer}: no student finished training (the deadline came first): give "
                 "more --max-minutes"
             )
-        nets = [r.network for r in results]
-        losses = [float(r.loss) if math.isfinite(r.loss) else math.inf for r in results]
-        best_net = nets[int(np.argmin(losses))]
+        nets, losses, best_net = _stage_nets(results)
         index = layer - 1
         spread: np.ndarray | None = None
         measured = False
@@ -802,9 +812,7 @@ def recover_layers(
             below = fixed[-1]
             # The reconstructed layer below, with the bias rule applied; its biases (and
             # those of the layers under it) are the lowest-loss student's.
-            new_fixed = [
-                Layer(l.weight, b.bias, l.activation) for l, b in zip(fixed, best_net.layers)
-            ]
+            new_fixed = list(_with_biases(fixed, best_net))
             new_fixed[-1] = Layer(
                 below.weight[keep_below], best_net.layers[index - 1].bias[keep_below],
                 below.activation,
@@ -817,8 +825,9 @@ def recover_layers(
             reports[-1] = dataclasses.replace(
                 reports[-1], neurons=tuple(certs_below), size=len(certs_below)
             )
-            saved_again = work_dir is not None and WorkDir(layer_dir(work_dir, layer, True)).exists()
-            if dropped and (train or saved_again):
+            if dropped and (
+                train or work_dir is not None and WorkDir(layer_dir(work_dir, layer, True)).exists()
+            ):
                 # A dropped neuron may have stood in for part of a kept one (a duplicate, or
                 # for odd activations a flipped copy): then the students split that neuron's
                 # outgoing weight between the two in their own ways, and this layer's neurons
@@ -837,16 +846,9 @@ def recover_layers(
                 if retrained:
                     rounds.append(expansion)
                     expansion, results = again, retrained
-                    nets = [r.network for r in results]
-                    losses = [
-                        float(r.loss) if math.isfinite(r.loss) else math.inf for r in results
-                    ]
-                    best_net = nets[int(np.argmin(losses))]
+                    nets, losses, best_net = _stage_nets(results)
                     keep_below = None
-                    fixed = tuple(
-                        Layer(l.weight, b.bias, l.activation)
-                        for l, b in zip(fixed, best_net.layers)
-                    )
+                    fixed = _with_biases(fixed, best_net)
                     notes.append(
                         f"layer {layer}: its students were trained again on the "
                         f"{fixed[-1].n_out} neurons of layer {layer - 1} that the bias rule kept"

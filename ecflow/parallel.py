@@ -145,6 +145,13 @@ class StopFlag(Protocol):
     def close(self) -> None: ...
 
 
+def _signal_path(kind: str, folder: str | os.PathLike | None) -> str:
+    """A fresh file name through which this process signals its workers (``folder``, default
+    the temporary directory)."""
+    folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    return str(folder / f"ecflow-{kind}-{os.getpid()}-{uuid.uuid4().hex}")
+
+
 class FileStopFlag:
     """A stop flag for workers on this machine: set means a file exists.
 
@@ -153,8 +160,7 @@ class FileStopFlag:
     """
 
     def __init__(self, folder: str | os.PathLike | None = None):
-        folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
-        self.path = str(folder / f"ecflow-stop-{os.getpid()}-{uuid.uuid4().hex}")
+        self.path = _signal_path("stop", folder)
 
     def set(self) -> None:
         Path(self.path).touch()
@@ -224,8 +230,7 @@ class ThreadShare:
     """
 
     def __init__(self, folder: str | os.PathLike | None = None):
-        folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
-        self.path = str(folder / f"ecflow-threads-{os.getpid()}-{uuid.uuid4().hex}")
+        self.path = _signal_path("threads", folder)
         self._applied: int | None = None
 
     def set(self, n: int) -> None:
