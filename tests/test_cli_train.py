@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -42,6 +47,42 @@ def test_train_end_to_end(pairs, tmp_path):
     x_test = sample_inputs(1000, 2, 99)
     err = nf.network.forward(x_test) - teacher.forward(x_test)
     assert np.sqrt(np.mean(err**2)) <= 1e-10
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+# OpenBLAS kernels whose summation orders differ; each only where the CPU runs it
+KERNELS = [kernel for kernel, flag in (("Haswell", "avx2"), ("SkylakeX", "avx512f"))
+           if flag in _cpu_flags()]
+
+
+@pytest.mark.skipif(not KERNELS, reason="no /proc/cpuinfo with avx2: cannot pick a BLAS kernel")
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_student_at_machine_precision_is_converged_on_every_blas_kernel(
+    pairs, tmp_path, kernel, threads
+):
+    path, _ = pairs
+    out = tmp_path / "student.h5"
+    env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "OMP_NUM_THREADS": threads,
+           "OPENBLAS_NUM_THREADS": threads}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecflow", "train", "--data", str(path), "--hidden", "4",
+         "--seed", "0", "--out", str(out), "--max-seconds", "20"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    attrs = networks.read_network_file(out).attrs
+    assert attrs["rmse"] <= 1e-12
+    assert attrs["status"] == "CONVERGED_LOSS", proc.stdout
+    assert "converged" in proc.stdout and "may lower it further" not in proc.stdout
 
 
 def test_train_options_reach_the_engine(pairs, tmp_path):

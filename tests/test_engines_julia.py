@@ -14,6 +14,7 @@ import pytest
 
 from ecflow.activations import ACTIVATIONS
 from ecflow.engines import TrainConfig, TrainStatus, get_engine
+from ecflow.engines.base import loss_floor
 from ecflow.engines import julia as julia_engine
 from ecflow.engines import jobs
 from ecflow import networks
@@ -212,7 +213,7 @@ def test_engine_runs_the_same_job_files(engine, tmp_path):
     assert back.network.sizes == init.sizes
     assert [a.name for a in back.network.activations] == ["g", "identity"]
     mse = float(np.mean((back.network(x) - y) ** 2))
-    assert back.loss == pytest.approx(mse, rel=1e-6, abs=1e-30)
+    assert back.loss == pytest.approx(mse, rel=1e-6, abs=loss_floor(y, init.sizes))
     assert back.rmse == pytest.approx(np.sqrt(back.loss), rel=1e-12, abs=1e-300)
     assert back.loss < float(np.mean((init(x) - y) ** 2))
     assert isinstance(back.status, TrainStatus) and back.steps >= 1
@@ -326,6 +327,21 @@ def test_bridge_round_trip_through_job_and_result_files(fake_juliacall):
     assert not Path(worker.jobs[0]).exists()
     engine.train(x, y, init, TrainConfig())
     assert len(evaluated) == 2 and len(worker.jobs) == 2
+
+
+def test_bridge_judges_a_worker_stall_at_the_rounding_floor_as_converged(fake_juliacall):
+    # the fake worker returns its start point as STALLED: at the teacher that is the floor
+    engine = get_engine("julia")
+    x = np.random.default_rng(3).normal(size=(40, 3))
+    init = glorot_normal((3, 4, 1), ["tanh", "identity"], 1)
+    y = 100.0 * init(x)
+    init = init.unflatten(init.flatten() * np.repeat([1.0, 100.0], [16, 5]))
+    result = engine.train(x, y, init, TrainConfig(loss_tol=0.0))
+    assert result.loss <= loss_floor(y, init.sizes)
+    assert result.status is TrainStatus.CONVERGED_LOSS and result.stopped_by == "julia: loss_floor"
+    # far from the floor the worker's own status stands
+    away = engine.train(x, y + 1.0, init, TrainConfig(loss_tol=0.0))
+    assert away.status is TrainStatus.STALLED and away.stopped_by == "julia: patience"
 
 
 def test_bridge_turns_worker_errors_into_one_line(fake_juliacall):

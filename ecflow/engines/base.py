@@ -28,6 +28,8 @@ __all__ = [
     "TrainResult",
     "Engine",
     "check_free",
+    "loss_floor",
+    "judge_training",
 ]
 
 
@@ -59,11 +61,17 @@ class OdeMethod(enum.Enum):
 NEAR_ZERO_LOSS = 1e-14
 """MSE at or below which a student counts as having reached (near) zero loss (paper Fig. 4B)."""
 
+FLOOR_FACTOR = 2.0
+"""``c`` of :func:`loss_floor`: the largest ratio RMSE / (eps · rms(y) · √n_ops) that LM reached
+at its stall from a perturbed teacher was 1.04 (softplus 4-4-1), the others 0.13-0.35 (11
+teachers: g, tanh, relu, sigmoid, softplus, d_in 2-32, one to three hidden layers, 1 or 3
+outputs, targets scaled by 1 and 10; OpenBLAS SkylakeX and Haswell kernels alike)."""
+
 
 class TrainStatus(enum.Enum):
     """Why training stopped. ``message`` tells the user what to do about it."""
 
-    CONVERGED_LOSS = "converged: loss below loss_tol"
+    CONVERGED_LOSS = "converged: loss below loss_tol or at the Float64 rounding floor of the targets"
     CONVERGED_GRAD = "converged: gradient norm below grad_tol"
     REACHED_TARGET = "good enough: loss below target_loss (a recovery-grade student)"
     STALLED = "stalled at a non-zero loss (likely a local minimum): try another seed or a wider student"
@@ -103,7 +111,9 @@ class TrainConfig:
         Second phase; ``trust-exact`` is Newton trust region on the exact Hessian.
     ode_method : OdeMethod or str, default="BDF"
     loss_tol : float, default=1e-31
-        MSE at which training stops (paper A.6.1).
+        MSE at which training stops (paper A.6.1). A loss at or below the Float64 rounding
+        floor of the targets (:func:`loss_floor`) counts as converged as well, whatever this
+        says: below the floor the loss is the rounding of the forward pass.
     grad_tol : float, default=1e-16
         Gradient norm at which training stops (paper A.6.1).
     flow_seconds : float, default=180.0
@@ -270,6 +280,11 @@ class TrainResult:
         such a student as converged (Fig. 4B), and what stops LM there is the conditioning of
         the problem, so the advice differs.
         """
+        if self.status is TrainStatus.CONVERGED_LOSS and self.stopped_by.endswith("loss_floor"):
+            return (
+                f"converged: MSE {self.loss:.1e} is at the Float64 rounding floor of these "
+                "targets, where no Float64 training can lower it further"
+            )
         if self.status is TrainStatus.STALLED and self.loss <= NEAR_ZERO_LOSS:
             return (
                 f"stopped improving at MSE {self.loss:.1e}, already near zero loss "
@@ -277,6 +292,70 @@ class TrainResult:
                 "a longer polish_seconds may lower it further"
             )
         return self.status.message
+
+
+def loss_floor(y: np.ndarray, sizes) -> float:
+    """The lowest MSE that Float64 can resolve for targets ``y`` and a network of ``sizes``.
+
+    At an exact minimiser the residuals are not zero but the rounding of the forward pass and
+    of the stored targets. Each output is computed through ``n_ops = Σ_l (n_in_l + 1)``
+    products and additions (fan-in plus bias, summed over the layers) whose terms are of the
+    order of the outputs, each rounded with a relative error of at most ``eps / 2``; those
+    errors add in quadrature, so
+
+        MSE_floor = (c · √n_ops · eps · rms(y))²,    rms(y) = √(mean(y²)),
+
+    with ``c`` = :data:`FLOOR_FACTOR`, chosen above what was measured. A training whose loss
+    is at or below it has converged whatever ``loss_tol`` says: which side of a fixed tolerance
+    the last bits fall on depends on the BLAS kernel's summation order, not on the fit.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_samples, d_out), float64
+    sizes : sequence of int
+        Layer sizes ``(d_in, n_hidden_1, ..., d_out)``.
+
+    Returns
+    -------
+    float
+        0.0 for targets that are all zero.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n_ops = sum(int(n) + 1 for n in tuple(sizes)[:-1])
+    rms = float(np.sqrt(np.mean(y * y))) if y.size else 0.0
+    return float((FLOOR_FACTOR * np.sqrt(n_ops) * np.finfo(np.float64).eps * rms) ** 2)
+
+
+def judge_training(
+    loss: float, grad_norm: float, config: TrainConfig, floor: float, rule: str
+) -> tuple[TrainStatus | None, str]:
+    """Status and rule of a finished training from its final loss and gradient norm.
+
+    Parameters
+    ----------
+    loss, grad_norm : float
+        At the best point.
+    config : TrainConfig
+    floor : float
+        :func:`loss_floor` of the training's targets and network.
+    rule : str
+        The rule that ended the last phase.
+
+    Returns
+    -------
+    (TrainStatus or None, str)
+        The status when the loss or gradient decides it (``None`` otherwise: the caller maps
+        ``rule`` to a status), and the rule to report.
+    """
+    if loss <= config.loss_tol:
+        return TrainStatus.CONVERGED_LOSS, "loss_tol"
+    if loss <= floor:
+        return TrainStatus.CONVERGED_LOSS, "loss_floor"
+    if config.target_loss is not None and loss <= config.target_loss:
+        return TrainStatus.REACHED_TARGET, "target_loss"
+    if grad_norm <= config.grad_tol:
+        return TrainStatus.CONVERGED_GRAD, "grad_tol"
+    return None, rule
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ check, so ``get_engine("julia")`` fails fast with one line of install advice.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecflow.engines.base import TrainConfig, TrainResult, check_free
+from ecflow.engines.base import TrainConfig, TrainResult, check_free, judge_training, loss_floor
 from ecflow.engines.jobs import read_result_file, write_job_file
 from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_xy
@@ -242,6 +243,17 @@ class JuliaEngine:
                 f"the julia worker returned a {result.network.describe()} network for a "
                 f"{init.describe()} job"
             )
+        result = _judge(result, config, loss_floor(y, init.sizes))
         if progress is not None:
             progress(result.seconds, result.loss)
         return result
+
+
+def _judge(result: TrainResult, config: TrainConfig, floor: float) -> TrainResult:
+    """``result`` with the status the native engine would give it: the worker knows only its
+    tolerances, not the Float64 floor of the targets (:func:`~ecflow.engines.base.loss_floor`)."""
+    status, rule = judge_training(result.loss, result.grad_norm, config, floor, "")
+    if status is None or status is result.status:
+        return result
+    phase = result.stopped_by.split(":", 1)[0]
+    return dataclasses.replace(result, status=status, stopped_by=f"{phase}: {rule}")

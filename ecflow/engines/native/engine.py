@@ -35,6 +35,8 @@ from ecflow.engines.base import (
     TrainResult,
     TrainStatus,
     check_free,
+    judge_training,
+    loss_floor,
 )
 from ecflow.engines.native.derivatives import Architecture
 from ecflow.engines.native.gradient_flow import gradient_flow
@@ -186,41 +188,15 @@ class NativeEngine:
             stop=stop, stall=stall,
         )
         run = _Run(problem, tracker, config)
-        notes: list[str] = []
-        need = dense_bytes(arch, x.shape[0]) / 2**20
-        size = float(theta0.size) * problem.n_residuals
-        if need > config.memory_budget_mb:
-            notes.append(
-                f"{arch.n_params} parameters need about {need:.0f} MB for the dense Jacobian QR "
-                f"and Hessian, over memory_budget_mb = {config.memory_budget_mb:g}: trained "
-                "with L-BFGS on the exact gradient instead of LM / gradient flow"
-            )
-            run.polish("l-bfgs", theta0, run.total_deadline)
-        elif config.first_order_above is not None and size > config.first_order_above:
-            notes.append(
-                f"{theta0.size} parameters x {problem.n_residuals} residuals = {size:.2g}, over "
-                f"first_order_above = {config.first_order_above:g} (a dense LM step would take "
-                "too long): trained with L-BFGS on the exact gradient"
-            )
-            run.polish("l-bfgs", theta0, run.total_deadline)
-        elif config.schedule is Schedule.LM_FIRST:
-            run.lm_first(theta0)
-        else:
-            run.flow_first(theta0)
-
+        notes = run.schedule(theta0)
         history = tracker.finish()
         best = tracker.best_theta
         loss, grad = problem.loss_grad(best)
         grad_norm = float(np.linalg.norm(grad))
         phase, outcome = run.last
-        if loss <= config.loss_tol:
-            status, rule = TrainStatus.CONVERGED_LOSS, "loss_tol"
-        elif config.target_loss is not None and loss <= config.target_loss:
-            status, rule = TrainStatus.REACHED_TARGET, "target_loss"
-        elif grad_norm <= config.grad_tol:
-            status, rule = TrainStatus.CONVERGED_GRAD, "grad_tol"
-        else:
-            rule = outcome.rule if outcome.rule not in _CONVERGED else "stalled"
+        status, rule = judge_training(loss, grad_norm, config, run.floor, outcome.rule)
+        if status is None:
+            rule = rule if rule not in _CONVERGED else "stalled"
             status = _STATUS[rule]
         return TrainResult(
             network=init.unflatten(problem.full(best)),
@@ -245,6 +221,7 @@ class _Run:
         self.tracker = tracker
         self.config = config
         self.total_deadline = tracker.start + config.total_seconds
+        self.floor = loss_floor(problem.y, problem.arch.sizes)
         self.steps = 0
         self.last: tuple[str, PhaseOutcome] = ("none", PhaseOutcome("stalled", 0))
 
@@ -333,7 +310,12 @@ class _Run:
             self._record("lm-subset", PhaseOutcome(ended, 0))
             return
         out = self.lm(theta0, self.total_deadline)
-        while out.rule in ("patience", "stalled") and self.left() > _MIN_PHASE_SECONDS:
+        # a stall at the rounding floor is convergence: no flow round can improve on it
+        while (
+            out.rule in ("patience", "stalled")
+            and self.left() > _MIN_PHASE_SECONDS
+            and self.tracker.best_loss > self.floor
+        ):
             before = self.tracker.best_loss
             if self.config.flow_seconds > 0:
                 out = self.flow(self.tracker.best_theta, self._flow_deadline())
@@ -346,6 +328,31 @@ class _Run:
             )
             if self.tracker.best_loss * _ROUND_GAIN > before:
                 return
+
+    def schedule(self, theta0) -> list[str]:
+        """Train from ``theta0`` by the schedule the size allows; returns notes for the user."""
+        c, p = self.config, self.problem
+        need = dense_bytes(p.arch, p.x.shape[0]) / 2**20
+        size = float(theta0.size) * p.n_residuals
+        if need > c.memory_budget_mb:
+            self.polish("l-bfgs", theta0, self.total_deadline)
+            return [
+                f"{p.arch.n_params} parameters need about {need:.0f} MB for the dense Jacobian "
+                f"QR and Hessian, over memory_budget_mb = {c.memory_budget_mb:g}: trained "
+                "with L-BFGS on the exact gradient instead of LM / gradient flow"
+            ]
+        if c.first_order_above is not None and size > c.first_order_above:
+            self.polish("l-bfgs", theta0, self.total_deadline)
+            return [
+                f"{theta0.size} parameters x {p.n_residuals} residuals = {size:.2g}, over "
+                f"first_order_above = {c.first_order_above:g} (a dense LM step would take "
+                "too long): trained with L-BFGS on the exact gradient"
+            ]
+        if c.schedule is Schedule.LM_FIRST:
+            self.lm_first(theta0)
+        else:
+            self.flow_first(theta0)
+        return []
 
     def flow_first(self, theta0) -> None:
         if self.config.flow_seconds > 0:
