@@ -314,10 +314,13 @@ def test_budgets_and_progress():
     assert res.steps <= 3
     calls = []
     res = NativeEngine().train(
-        x, y, init, TrainConfig(max_seconds=0.5, patience=10**6, loss_tol=0.0, grad_tol=0.0),
+        x, y, init,
+        TrainConfig(max_seconds=0.5, patience=10**6, loss_tol=0.0, grad_tol=0.0, stall_factor=0.0),
         progress=lambda t, l: calls.append((t, l)),
     )
-    assert res.status is TrainStatus.MAX_TIME  # nothing else can end it
+    # no tolerance can end it: the clock does, or (on a fast machine) LM's stall in the local
+    # minimum at MSE 4e-4 that this student reaches after ~10 000 steps
+    assert res.status in (TrainStatus.MAX_TIME, TrainStatus.STALLED), res
     assert len(calls) >= 2
     assert all(l >= res.loss for _, l in calls)
 
