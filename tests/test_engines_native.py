@@ -275,12 +275,14 @@ def test_every_schedule_and_optimizer_improves_the_loss(schedule, optimizer):
 
 def test_lm_first_runs_flow_and_polish_after_a_stall():
     _, x, y, init = _teacher_problem(d_in=2, r=3, rho=1, n=300, seed=3)
-    # stall rule off: on a loaded machine it may end LM as hopeless before the flow
+    # stall rule off: on a loaded machine it may end LM as hopeless before the flow; a whole
+    # budget far above LM's ~0.2 s to its stall, so that the flow and the polish always run
     config = TrainConfig(
-        optimizer="bfgs", max_seconds=3.0, flow_seconds=0.5, polish_seconds=0.5, stall_factor=0.0
+        optimizer="bfgs", max_seconds=60.0, flow_seconds=0.5, polish_seconds=0.5, stall_factor=0.0
     )
     res = NativeEngine().train(x, y, init, config)
-    assert res.status is TrainStatus.STALLED
+    # the polish stalls in the local minimum, or (under load) runs out its own 0.5 s
+    assert res.status in (TrainStatus.STALLED, TrainStatus.MAX_TIME), res
     assert res.stopped_by.split(":")[0] in ("flow", "bfgs")
 
 
