@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from ecflow._extras import require
 from ecflow.activations import ACTIVATIONS, Activation
 from ecflow.errors import InputError
 from ecflow.networks import MLP, Layer, atomic_path, check_destination
@@ -77,11 +78,7 @@ _AFFINE_OPS = {"Gemm", "MatMul", "Add", "Sub", "Identity", "Cast", "Constant", "
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - onnx is a dependency
-        raise InputError("ONNX support needs the 'onnx' package: pip install onnx") from None
-    return onnx
+    return require("onnx", "onnx", "ONNX support")
 
 
 def load_onnx(path: str | os.PathLike):
