@@ -131,11 +131,10 @@ def synthetic_sweep(
         result = sweep.run_sweep(
             out, config, resume=resume, workers=workers, scheduler=scheduler, progress=progress
         )
-    if figures:
-        plots.write_sweep_figures(out)
+    drawn = plots.write_sweep_figures(out) if figures else []
     typer.echo(f"{result.out}: {result.status.value}")
     typer.echo(result.reason)
     typer.echo(
         f"ran {result.students_run + result.recoveries_run} units in {result.seconds:.1f} s; "
-        "wrote results.csv, recoveries.csv" + (", fig4b.png, fig4c.png, fig5b.png" if figures else "")
+        "wrote " + ", ".join(["results.csv", "recoveries.csv", *(p.name for p in drawn)])
     )
