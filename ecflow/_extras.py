@@ -19,7 +19,7 @@ class MissingExtraError(InputError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 
-def require(module: str, extra: str, purpose: str) -> ModuleType:
+def require(module: str, extra: str, purpose: str, *, package: str | None = None) -> ModuleType:
     """Import ``module``, or raise :class:`MissingExtraError` naming ``extra``.
 
     Parameters
@@ -30,11 +30,13 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
         The ecflow extra that installs it, e.g. ``"onnx"``.
     purpose : str
         What needs it, for the message: ``"ONNX support"``.
+    package : str, optional
+        The name pip installs it under, when it differs from the module's (``scikit-learn``).
     """
     try:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(
-            f"{purpose} needs the {module.split('.')[0]!r} package, which is not installed: "
-            f"pip install 'ecflow[{extra}]'"
+            f"{purpose} needs the {package or module.split('.')[0]!r} package, which is not "
+            f"installed: pip install 'ecflow[{extra}]'"
         ) from None

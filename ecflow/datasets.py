@@ -167,7 +167,9 @@ def _read_only(*arrays: np.ndarray) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _load_digits(split: None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    load_digits = require("sklearn.datasets", "datasets", "The digits data set").load_digits
+    sklearn_datasets = require("sklearn.datasets", "datasets", "The digits data set",
+                               package="scikit-learn")
+    load_digits = sklearn_datasets.load_digits
 
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float64) / 16.0

@@ -85,7 +85,7 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path):
               "pip install 'ecflow[onnx]'")
     _one_line(_without(["sklearn", "sklearn.datasets"], "recover", "--teacher", "t.h5",
                        "--rho", 2, "--queries", "digits", "--out", "o.h5", cwd=tmp_path),
-              "pip install 'ecflow[datasets]'")
+              "'scikit-learn' package, which is not installed: pip install 'ecflow[datasets]'")
     _one_line(_without(["distributed"], "recover", "--teacher", "t.h5", "--rho", 2,
                        "--scheduler", "tcp://127.0.0.1:1", "--out", "o.h5", cwd=tmp_path),
               "pip install 'ecflow[dask]'")
