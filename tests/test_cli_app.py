@@ -92,6 +92,8 @@ def test_flag_names_leave_prose_and_unknown_fields_alone():
 
     params = [P("students", "--students"), P("beta_deg", "--beta-deg"), P("out", "--out")]
     assert _flag_names("n_students must be positive", params) == "--students must be positive"
+    assert (_flag_names("hidden sizes must be positive", [P("hidden", "--hidden")])
+            == "--hidden sizes must be positive")
     assert _flag_names("x: beta_deg too big", params) == "x: --beta-deg too big"
     assert _flag_names("the students of out differ", params) == "the students of out differ"
     assert _flag_names("rmse_tol must be > 0", params) == "rmse_tol must be > 0"

@@ -55,7 +55,9 @@ def _flag_names(message: str, params) -> str:
             flags.setdefault(field, flags[name])
     head = _HEAD.match(message)
     if head and head["name"] in flags:
-        message = flags[head["name"]] + message[head.end():]
+        # "hidden sizes must be ..." reads "--hidden sizes must be ...".
+        rest = " sizes" if head["name"].endswith(" sizes") else ""
+        message = flags[head["name"]] + rest + message[head.end():]
     for field, flag in flags.items():
         if "_" in field:  # snake_case is a field name wherever it stands
             message = re.sub(rf"(?<![-\w]){re.escape(field)}\b", flag, message)
