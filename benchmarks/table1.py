@@ -70,6 +70,12 @@ def fashion_missing() -> str | None:
     return None
 
 
+def typed_command(command: list[str], paths: tuple[Path, ...]) -> str:
+    """``ecflow COMMAND`` as a reader would type it: temporary paths by their file names."""
+    names = {str(p): p.name for p in paths}
+    return "ecflow " + " ".join(names.get(a, a) for a in command)
+
+
 def run_case(case: str, *, workers: int, max_minutes: float | None) -> dict[str, Any]:
     """One teacher trained and recovered through the CLI; the paper's columns and details."""
     dataset, act, r, queries = _parse(case)
@@ -108,8 +114,7 @@ def run_case(case: str, *, workers: int, max_minutes: float | None) -> dict[str,
         "r": r,
         "teacher": " ".join(["ecflow", *train[:-1], "t.h5"]),
         "teacher_training": accuracy,
-        "command": "ecflow " + " ".join(command[:2] + ["t.h5"] + command[3:4] + ["rec.h5"]
-                                        + command[5:6] + ["rep.json"] + command[7:]),
+        "command": typed_command(command, (t, out, rep)),
         "exit_code": p.returncode,
         "error": p.stderr.strip().splitlines()[-1] if p.returncode not in (0, 1) and p.stderr
         else None,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecflow._extras import require
 from ecflow.engines.base import NEAR_ZERO_LOSS
 from ecflow.errors import InputError
 from ecflow.networks import MLP
@@ -397,7 +398,7 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
     out = outputs[output]
     if out.dtype not in _DTYPES:
         raise InputError(f"{p}: output {out.describe()} is not float32 or float64")
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "ONNX support")
 
     options = ort.SessionOptions()
     # Queries come in big batches; one thread keeps workers of a pool from oversubscribing.

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ecflow import networks
+from ecflow._extras import require
 from ecflow.errors import InputError
 
 __all__ = [
@@ -166,7 +167,9 @@ def _read_only(*arrays: np.ndarray) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _load_digits(split: None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    from sklearn.datasets import load_digits
+    sklearn_datasets = require("sklearn.datasets", "datasets", "The digits data set",
+                               package="scikit-learn")
+    load_digits = sklearn_datasets.load_digits
 
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float64) / 16.0

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from ecflow._extras import require
 from ecflow.activations import ACTIVATIONS, Activation
 from ecflow.errors import InputError
 from ecflow.networks import MLP, Layer, atomic_path, check_destination
@@ -77,11 +78,7 @@ _AFFINE_OPS = {"Gemm", "MatMul", "Add", "Sub", "Identity", "Cast", "Constant", "
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - onnx is a dependency
-        raise InputError("ONNX support needs the 'onnx' package: pip install onnx") from None
-    return onnx
+    return require("onnx", "onnx", "ONNX support")
 
 
 def load_onnx(path: str | os.PathLike):
@@ -141,6 +138,10 @@ class OnnxInfo:
         ``(d_in, n_hidden..., d_out)`` when the graph is a plain MLP that
         :func:`onnx_to_network` imports, else None; ``mlp_reason`` says why not.
     mlp_reason : str
+    mlp_activation : str or None
+        The hidden activation of the imported plain MLP when all its hidden layers share one:
+        the activation a block of several operators computes (``g`` or ``softplus`` as
+        :func:`write_onnx` writes them), which the operators alone do not name.
     """
 
     inputs: tuple[OnnxTensorInfo, ...]
@@ -152,6 +153,7 @@ class OnnxInfo:
     activation_reason: str
     mlp_sizes: tuple[int, ...] | None
     mlp_reason: str
+    mlp_activation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Rows for ``ecflow info``."""
@@ -162,7 +164,12 @@ class OnnxInfo:
             "outputs": "; ".join(t.describe() for t in self.outputs),
             "precision": self.precision,
             "operators": ", ".join(f"{k} x{v}" for k, v in sorted(self.op_counts.items())),
-            "activation": f"{self.activation or 'unknown'} ({self.activation_reason})",
+            "activation": (
+                f"{self.activation} ({self.activation_reason})" if self.activation
+                else f"{self.mlp_activation} (what each activation block of the plain MLP "
+                "computes; the operators alone name none)" if self.mlp_activation
+                else f"unknown ({self.activation_reason})"
+            ),
             "plain MLP": (
                 " -> ".join(map(str, self.mlp_sizes))
                 if self.mlp_sizes
@@ -230,9 +237,12 @@ def describe_onnx(path: str | os.PathLike) -> OnnxInfo:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     activation, reason = guess_activation(model)
     try:
-        sizes, mlp_reason = onnx_to_network(model).sizes, ""
+        imported = onnx_to_network(model)
     except InputError as exc:
         sizes, mlp_reason = None, str(exc)
+    else:
+        sizes, mlp_reason = imported.sizes, ""
+    hidden = {a.name for a in imported.activations[:-1]} if sizes else set()
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return OnnxInfo(
         inputs=inputs,
@@ -244,6 +254,7 @@ def describe_onnx(path: str | os.PathLike) -> OnnxInfo:
         activation_reason=reason,
         mlp_sizes=sizes,
         mlp_reason=mlp_reason,
+        mlp_activation=hidden.pop() if len(hidden) == 1 else None,
     )
 
 

@@ -483,6 +483,22 @@ def check_destination(path: str | os.PathLike) -> Path:
     return dest
 
 
+_FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    # Elsewhere the only way to read it is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
@@ -496,8 +512,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
     except OSError as exc:
         raise InputError(f"{dest}: cannot write ({exc.strerror or exc})") from None
-    os.close(fd)
     tmp_path = Path(tmp)
+    try:
+        # mkstemp makes the file 0600; a written file gets the mode open() gives (0644 under
+        # the usual umask 022), as any other program's output does.
+        os.fchmod(fd, _FILE_MODE & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -594,11 +615,23 @@ def write_pairs(
 
 
 def describe_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a network or pairs file and summarise it (format, version, sizes, queries, attrs)."""
+    """Validate a network, pairs or job file and summarise it (format, version, sizes, queries,
+    settings or attributes)."""
     p = Path(path)
     with _open_for_reading(p) as f:
         fmt = _decode(f.attrs.get("ecflow_format"))
-    if fmt == "pairs":
+    if fmt == "job":
+        job = read_job(p)
+        out = {
+            "format": "job",
+            "version": FORMAT_VERSION,
+            "queries": f"{job.x.shape[0]} pairs, d_in {job.x.shape[1]}, d_out {job.y.shape[1]}",
+            "student sizes": "-".join(map(str, job.init.sizes)),
+            "activations": ", ".join(a.name for a in job.init.activations),
+            "parameters": job.init.n_params,
+        }
+        attrs = job.settings
+    elif fmt == "pairs":
         pf = read_pairs(p)
         out: dict[str, Any] = {
             "format": "pairs",

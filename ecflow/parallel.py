@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from ecflow._extras import require
 from ecflow.errors import InputError
 
 __all__ = [
@@ -103,10 +104,7 @@ def make_executor(
         ``workers < 1``, or a scheduler that cannot be reached.
     """
     if scheduler:
-        try:
-            from distributed import Client
-        except ImportError:  # pragma: no cover - distributed is a dependency
-            raise InputError("--scheduler needs the 'distributed' package") from None
+        Client = require("distributed", "dask", "--scheduler (a Dask cluster)").Client
         try:
             client = Client(scheduler, timeout="10s", set_as_default=False)
         except (OSError, TimeoutError) as exc:

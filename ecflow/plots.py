@@ -338,6 +338,12 @@ def _sweep_colors(values: np.ndarray, threshold: float):
     return colors, cmap, norm
 
 
+def _teacher_rows(ax, n_teachers: int, *, labelled: bool) -> None:
+    """One tick per teacher row, numbered in the first column of panels."""
+    ax.set_yticks(range(n_teachers), [str(t) for t in range(n_teachers)] if labelled else [])
+    ax.tick_params(axis="y", length=0, labelsize="small")
+
+
 def _sweep_empty(fig, text: str):
     ax = fig.add_subplot(1, 1, 1)
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
@@ -391,7 +397,7 @@ def sweep_fig4b(results: Sequence[Mapping[str, Any]], *, threshold: float = NEAR
             n_teachers = max(int(row["teacher"]) for row in rows) + 1
             ax.set_ylim(n_teachers - 0.5, -0.5)
             ax.set_xticks([])
-            ax.set_yticks([])
+            _teacher_rows(ax, n_teachers, labelled=j == 0)
             if i == 0:
                 ax.set_title(f"$d_{{in}}$ = {d}")
             if j == 0:
@@ -497,7 +503,7 @@ def sweep_fig5b(recoveries: Sequence[Mapping[str, Any]], *, threshold: float = S
             ax.set_xlim(-0.6, len(rhos) - 0.4)
             n_teachers = max(int(row["teacher"]) for row in recoveries) + 1
             ax.set_ylim(n_teachers - 0.5, -0.5)
-            ax.set_yticks([])
+            _teacher_rows(ax, n_teachers, labelled=j == 0)
             ax.set_xticks(range(len(rhos)), [str(x) for x in rhos] if i == len(rs) - 1 else [])
             if i == 0:
                 ax.set_title(f"$d_{{in}}$ = {d}")
@@ -527,20 +533,21 @@ def write_sweep_figures(out: str | os.PathLike) -> list[Path]:
     Returns
     -------
     list of Path
-        ``fig4b.png``, ``fig4c.png`` and ``fig5b.png`` in ``out``.
+        ``fig4b.png``, ``fig4c.png`` and ``fig5b.png`` in ``out``; no ``fig4b.png`` when the
+        sweep has no ρ = 1 (the figure shows only those students).
     """
     from ecflow.networks import atomic_path
-    from ecflow.sweep import read_table
+    from ecflow.sweep import read_sweep_config, read_table
 
     out = Path(out)
     results = read_table(out / "results.csv")
     recoveries = read_table(out / "recoveries.csv")
+    config = read_sweep_config(out)
+    figures = [("fig4c.png", sweep_fig4c(results)), ("fig5b.png", sweep_fig5b(recoveries))]
+    if config is None or 1 in config.rho:
+        figures.insert(0, ("fig4b.png", sweep_fig4b(results)))
     written = []
-    for name, fig in (
-        ("fig4b.png", sweep_fig4b(results)),
-        ("fig4c.png", sweep_fig4c(results)),
-        ("fig5b.png", sweep_fig5b(recoveries)),
-    ):
+    for name, fig in figures:
         path = out / name
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, format="png")

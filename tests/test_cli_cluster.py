@@ -34,7 +34,7 @@ def test_rerun_with_the_same_work_dir_reuses_every_student(work_dir, tmp_path):
 
 def test_cluster_reconstructs_saved_students(work_dir, tmp_path):
     out, report, plots = tmp_path / "rec.h5", tmp_path / "r.json", tmp_path / "plots"
-    p = run("cluster", "--students", work_dir, "--out", out, "--gamma", 0.6, "--beta-deg", 10,
+    p = run("cluster", "--work-dir", work_dir, "--out", out, "--gamma", 0.6, "--beta-deg", 10,
             "--report", report, "--plots", plots, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rep = json.loads(report.read_text())
@@ -46,19 +46,19 @@ def test_cluster_reconstructs_saved_students(work_dir, tmp_path):
 
 
 def test_cluster_bad_input_is_one_line_and_exit_2(work_dir, tmp_path):
-    p = run("cluster", "--students", tmp_path / "nope", "--out", tmp_path / "o.h5", cwd=tmp_path)
+    p = run("cluster", "--work-dir", tmp_path / "nope", "--out", tmp_path / "o.h5", cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
-    p = run("cluster", "--students", tmp_path, "--out", tmp_path / "o.h5", cwd=tmp_path)
+    p = run("cluster", "--work-dir", tmp_path, "--out", tmp_path / "o.h5", cwd=tmp_path)
     assert p.returncode == 2 and "recovery.json" in p.stderr and "Traceback" not in p.stderr
     broken = tmp_path / "broken"
     import shutil
 
     shutil.copytree(work_dir, broken)
     (broken / "students" / "student-000.h5").write_bytes(b"garbage")
-    p = run("cluster", "--students", broken, "--out", tmp_path / "o.h5", cwd=tmp_path)
+    p = run("cluster", "--work-dir", broken, "--out", tmp_path / "o.h5", cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert not (tmp_path / "o.h5").exists()
-    p = run("cluster", "--students", work_dir, "--out", tmp_path / "o.h5", "--gamma", 2,
+    p = run("cluster", "--work-dir", work_dir, "--out", tmp_path / "o.h5", "--gamma", 2,
             cwd=tmp_path)
     assert p.returncode == 2 and "gamma" in p.stderr
 
@@ -66,7 +66,7 @@ def test_cluster_bad_input_is_one_line_and_exit_2(work_dir, tmp_path):
 def test_recover_budget_options_are_validated(work_dir, tmp_path):
     t = work_dir.parent / "t.h5"
     for extra, word in ((["--student-loss", -1], "student-loss"),
-                        (["--max-minutes", 0], "max_minutes")):
+                        (["--max-minutes", 0], "--max-minutes")):
         p = run("recover", "--teacher", t, "--out", tmp_path / "o.h5", "--rho", 2, *extra,
                 cwd=tmp_path)
         assert p.returncode == 2 and word in p.stderr and "Traceback" not in p.stderr

@@ -57,7 +57,7 @@ def test_recover_and_recluster_a_deep_teacher(deep_teacher, tmp_path):
 
     # re-cluster the saved students of both layers without training
     out2, report2 = tmp_path / "rec2.h5", tmp_path / "rec2.json"
-    p = run("cluster", "--students", work, "--out", out2, "--report", report2, cwd=tmp_path)
+    p = run("cluster", "--work-dir", work, "--out", out2, "--report", report2, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rep2 = json.loads(report2.read_text())
     assert rep2["hidden_sizes"] == [3, 2] and rep2["students_trained"] == 0
@@ -70,7 +70,7 @@ def test_recover_and_recluster_a_deep_teacher(deep_teacher, tmp_path):
     # re-clustering cannot rebuild layer 2: one line, exit 2
     for f in (work / "layer-2" / "students").iterdir():
         f.unlink()
-    p = run("cluster", "--students", work, "--out", tmp_path / "rec3.h5", cwd=tmp_path)
+    p = run("cluster", "--work-dir", work, "--out", tmp_path / "rec3.h5", cwd=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "rerun ecflow recover" in p.stderr
 
@@ -94,6 +94,6 @@ def test_bad_deep_options_exit_2_with_one_line(extra, message, deep_teacher, tmp
 def test_cluster_on_a_deep_folder_without_students_is_one_line(tmp_path, capsys):
     (tmp_path / "run" / "layer-1").mkdir(parents=True)
     (tmp_path / "run" / "layer-1" / "recovery.json").write_text("{}")
-    code = cli(["cluster", "--students", str(tmp_path / "run"), "--out", str(tmp_path / "r.h5")])
+    code = cli(["cluster", "--work-dir", str(tmp_path / "run"), "--out", str(tmp_path / "r.h5")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

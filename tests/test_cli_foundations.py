@@ -84,7 +84,7 @@ def test_bad_files_exit_2(tmp_path):
 @pytest.mark.parametrize(
     "args,frag",
     [
-        (["teacher", "synthetic", "--d-in", 0, "--r", 2], "d_in must be a positive integer"),
+        (["teacher", "synthetic", "--d-in", 0, "--r", 2], "--d-in must be a positive integer"),
         (["teacher", "synthetic", "--d-in", 2, "--r", 0], "must be positive"),
         (["teacher", "synthetic", "--d-in", 2], "exactly one of --r"),
         (["teacher", "synthetic", "--d-in", 2, "--r", 2, "--hidden", "3"], "exactly one of --r"),

@@ -84,7 +84,7 @@ def test_map_prints_teacher_table(files, tmp_path):
         (["reduce", "--student", "missing.h5", "--out", "{d}/x.h5"], "file not found"),
         (["reduce", "--student", "{d}/student.h5", "--out", "{d}/no/x.h5"], "does not exist"),
         (["reduce", "--student", "{d}/student.h5", "--out", "{d}/x.h5", "--param-rtol", "-1"],
-         "param_rtol"),
+         "--param-rtol"),
         (["reduce", "--student", "{d}/student.h5", "--out", "{d}/x.h5", "--report",
           "{d}/no/r.json"], "does not exist"),
         (["map", "--student", "{d}/student.h5", "--teacher", "{d}/bad.h5"], "bad.h5"),

@@ -260,6 +260,30 @@ def test_figures_are_drawn_from_rows():
     assert len(plots.sweep_fig4b([]).axes) == 1
 
 
+def test_figure_rows_name_their_teachers():
+    from ecflow import plots
+
+    results = [dict(d_in=d, r=2, teacher=t, rho=1, student=s, loss=1e-20)
+               for d in (2, 4) for t in range(3) for s in range(2)]
+    recoveries = [dict(d_in=d, r=2, teacher=t, rho=1, rmse_train=1e-16, recovered_size=2,
+                       teacher_size=2) for d in (2, 4) for t in range(3)]
+    for fig in (plots.sweep_fig4b(results), plots.sweep_fig5b(recoveries)):
+        first, second = fig.axes[0], fig.axes[1]
+        assert [t.get_text() for t in first.get_yticklabels()] == ["0", "1", "2"]
+        assert [t.get_text() for t in second.get_yticklabels()] == ["", "", ""]
+
+
+def test_a_sweep_without_rho_1_draws_no_figure_4b(tmp_path):
+    from ecflow import plots
+
+    out = tmp_path / "sweep"
+    config = sweep.profile_config("quick", d_in=(2,), r=(2,), rho=(4,), students=2,
+                                  n_queries=200, n_fresh=200, max_steps=3)
+    sweep.run_sweep(out, config, workers=1)
+    names = sorted(p.name for p in plots.write_sweep_figures(out))
+    assert names == ["fig4c.png", "fig5b.png"] and not (out / "fig4b.png").exists()
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 

@@ -9,16 +9,17 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ecflow import networks, teachers
-from ecflow.cli._app import app
+from ecflow import blackbox, networks, teachers
+from ecflow.cli._app import Typer, app
 from ecflow.errors import InputError
 
 _TEACHER_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(teachers.TeacherConfig)
 }
 
-teacher_app = typer.Typer(help="Create teacher networks.", no_args_is_help=True)
+teacher_app = Typer(help="Create teacher networks.")
 app.add_typer(teacher_app, name="teacher")
 
 
@@ -37,7 +38,8 @@ def info(
     console = Console()
     table = Table(show_header=False, box=None)
     for key, value in summary.items():
-        table.add_row(f"[bold]{key}[/bold]", str(value))
+        # Names and attributes come from the user's file: text, never rich markup.
+        table.add_row(Text(str(key), style="bold"), Text(str(value)))
     console.print(table)
 
 
@@ -93,18 +95,25 @@ def teacher_train(
 
 @app.command()
 def query(
-    teacher: Path = typer.Option(..., "--teacher", help="Network file queried as a black box."),
+    teacher: Path = typer.Option(
+        ..., "--teacher", help="Network file (HDF5) or ONNX model, queried as a black box."
+    ),
     n: int = typer.Option(..., "--n", help="Number of queries."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the query inputs."),
     out: Path = typer.Option(..., "--out", help="Output pairs file."),
 ) -> None:
-    """Query a network at N inputs uniform in [-√3, √3]^d_in and write the pairs."""
+    """Query a network at N inputs uniform in [-√3, √3]^d_in and write the pairs.
+
+    An ONNX model is run by onnxruntime; a float32 model sees (and the pairs hold) the inputs
+    rounded to float32."""
     if n < 1:
         raise InputError(f"--n must be positive, got {n}")
     if seed < 0:
         raise InputError(f"--seed must be non-negative, got {seed}")
-    net = networks.read_network(teacher)
-    x = teachers.sample_inputs(n, net.d_in, seed)
-    y = teachers.query(net, x)
+    if teacher.suffix.lower() == ".onnx":
+        box = blackbox.from_onnx(teacher)
+    else:
+        box = blackbox.from_network(networks.read_network(teacher))
+    x, y = box.query(teachers.sample_inputs(n, box.d_in, seed))
     networks.write_pairs(out, x, y, attrs={"seed": seed, "source": str(Path(teacher).name)})
-    typer.echo(f"wrote {out}: {n} pairs, d_in {net.d_in}, d_out {net.d_out}")
+    typer.echo(f"wrote {out}: {n} pairs, d_in {box.d_in}, d_out {box.d_out}")

@@ -14,14 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ecflow import blackbox, datasets, networks, teachers
-from ecflow.cli._app import app, error
+from ecflow.cli._app import EXIT_NOT_RECOVERED, app, error
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
-
-EXIT_NOT_RECONSTRUCTED = 1
 
 
 def _check_writable(path: Optional[Path], option: str) -> None:
@@ -231,7 +229,11 @@ def recover_command(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
 ) -> None:
-    """Recover a network's weights from a teacher (black box) or from its input-output pairs."""
+    """Recover a network's weights from a teacher (black box) or from its input-output pairs.
+
+    Exit code 0: recovered (status RECOVERED); 3: the run finished but recovered no network
+    (nothing is written to --out) or an inexact one (written, status INEXACT); 2: bad input.
+    """
     if (teacher is None) == (data is None):
         raise InputError("give exactly one of --teacher or --data")
     if data is not None and rho is not None:
@@ -289,8 +291,8 @@ def recover_command(
 
 @app.command("cluster")
 def cluster_command(
-    students: Path = typer.Option(
-        ..., "--students", help="Work folder of a recovery (ecflow recover --work-dir)."
+    work_dir: Path = typer.Option(
+        ..., "--work-dir", help="Work folder of a recovery (the --work-dir of ecflow recover)."
     ),
     out: Path = typer.Option(..., "--out", help="Output network file (the recovered network)."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
@@ -306,16 +308,19 @@ def cluster_command(
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
 ) -> None:
     """Re-cluster, reconstruct, fine-tune and prune the saved students of a recovery (no
-    training): try other --gamma and --beta-deg on students already trained."""
-    if not students.is_dir():
-        raise InputError(f"--students {students}: not a folder")
+    training): try other --gamma and --beta-deg on students already trained.
+
+    Exit codes as for ecflow recover: 0 recovered, 3 no network or an inexact one.
+    """
+    if not work_dir.is_dir():
+        raise InputError(f"--work-dir {work_dir}: not a folder")
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)
     config = RecoverConfig(gamma=gamma, beta_deg=beta_deg, prune=prune, max_minutes=max_minutes)
     _check_outputs(out, report, plots)
     with _progress_bar() as progress:
-        rec = cluster_saved(students, config=config, engine=engine, progress=progress)
+        rec = cluster_saved(work_dir, config=config, engine=engine, progress=progress)
     _write_outputs(rec, out, report, plots, config)
 
 
@@ -365,8 +370,11 @@ def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfi
     _print_report(Console(), rec)
     if rec.network is None:
         error(f"nothing reconstructed, {out} not written: {rec.reason}")
-        raise typer.Exit(EXIT_NOT_RECONSTRUCTED)
+        raise typer.Exit(EXIT_NOT_RECOVERED)
     typer.echo(f"wrote {out}: {rec.network.describe()}")
+    if not rec.recovered:
+        error(f"{rec.status.name.lower()}: {rec.reason}")
+        raise typer.Exit(EXIT_NOT_RECOVERED)
 
 
 __all__ = ["recover_command", "cluster_command"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,42 @@ def _int_list(text: Optional[str], option: str) -> Optional[tuple[int, ...]]:
         raise InputError(
             f"{option} must be comma-separated positive integers, got {text!r}"
         ) from None
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A units bar on stderr, started once the sweep folder is checked (so bad input prints
+    its one line without a bar around it)."""
+    bar = Progress(
+        TextColumn("[bold]units"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        # Units last seconds to minutes: estimate the speed over the last 15 minutes, not 30 s.
+        speed_estimate_period=900.0,
+    )
+    task = bar.add_task("", total=None)
+    started = []
+
+    def progress(name: str, done: int, total: int) -> None:
+        if not name:
+            # The first call, once the directory is checked, counts the units found finished;
+            # starting the clock there makes the ETA reflect only this run's work.
+            bar.start()
+            started.append(True)
+            bar.reset(task, total=total, completed=done)
+        else:
+            bar.update(task, completed=done, description=name)
+
+    try:
+        yield progress
+    finally:
+        if started:
+            bar.stop()
 
 
 @app.command("synthetic-sweep")
@@ -80,7 +117,9 @@ def synthetic_sweep(
         engine=engine,
         seed=seed,
     )
-    stored = sweep.read_sweep_config(out) if resume and out.is_dir() else None
+    if resume and not out.is_dir():
+        raise InputError(f"--resume: {out} is not a folder; without --resume a new sweep starts")
+    stored = sweep.read_sweep_config(out) if resume else None
     if stored is not None and profile is None:
         # Resuming: options given change the stored settings, and then fail the equality check.
         config = sweep.override_config(stored, **overrides)
@@ -88,43 +127,14 @@ def synthetic_sweep(
         config = sweep.profile_config(profile or sweep.Profile.QUICK.value, **overrides)
     get_engine(config.engine)  # a missing optional engine (julia) fails here, before any work
 
-    bar = Progress(
-        TextColumn("[bold]units"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=Console(stderr=True),
-        # Units last seconds to minutes: estimate the speed over the last 15 minutes, not 30 s.
-        speed_estimate_period=900.0,
-    )
-    task = bar.add_task("", total=None)
-    started = []
-
-    def progress(name: str, done: int, total: int) -> None:
-        if not name:
-            # The first call, once the directory is checked, counts the units found finished;
-            # starting the clock there makes the ETA reflect only this run's work.
-            bar.start()
-            started.append(True)
-            bar.reset(task, total=total, completed=done)
-        else:
-            bar.update(task, completed=done, description=name)
-
-    try:
+    with _progress_bar() as progress:
         result = sweep.run_sweep(
             out, config, resume=resume, workers=workers, scheduler=scheduler, progress=progress
         )
-    finally:
-        if started:
-            bar.stop()
-    if figures:
-        plots.write_sweep_figures(out)
+    drawn = plots.write_sweep_figures(out) if figures else []
     typer.echo(f"{result.out}: {result.status.value}")
     typer.echo(result.reason)
     typer.echo(
         f"ran {result.students_run + result.recoveries_run} units in {result.seconds:.1f} s; "
-        "wrote results.csv, recoveries.csv" + (", fig4b.png, fig4c.png, fig5b.png" if figures else "")
+        "wrote " + ", ".join(["results.csv", "recoveries.csv", *(p.name for p in drawn)])
     )

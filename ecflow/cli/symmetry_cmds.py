@@ -12,11 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ecflow import networks, symmetry
-from ecflow.cli._app import app
+from ecflow.cli._app import Typer, app
 
-symmetry_app = typer.Typer(
-    help="Neuron types of a zero-loss student and its minimal network (paper section 4).",
-    no_args_is_help=True,
+symmetry_app = Typer(
+    help="Neuron types of a zero-loss student and its minimal network (paper section 4)."
 )
 app.add_typer(symmetry_app, name="symmetry")
 
