@@ -175,8 +175,10 @@ def _recovery_with(status_name, network):
     return fake
 
 
+# an inexact network is written and exits 0: its report says INEXACT (a trained classifier
+# recovered to a logit RMSE of 1e-7 is a result, judged against a float64 tolerance of 1e-10)
 @pytest.mark.parametrize("status, keep, code", [("NO_CLUSTERS", False, 3),
-                                                ("INEXACT", True, 3),
+                                                ("INEXACT", True, 0),
                                                 ("RECOVERED", True, 0)])
 def test_recover_exit_code_says_whether_a_network_was_recovered(
         status, keep, code, tmp_path, capsys, monkeypatch):
@@ -193,3 +195,4 @@ def test_recover_exit_code_says_whether_a_network_was_recovered(
     assert out.exists() == keep
     assert "Traceback" not in err
     assert err.count("ecflow: error:") == (code == 3)
+    assert ("INEXACT" in stdout) == (status == "INEXACT")

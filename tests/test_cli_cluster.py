@@ -45,6 +45,17 @@ def test_cluster_reconstructs_saved_students(work_dir, tmp_path):
     assert (plots / "dendrogram.png").is_file()
 
 
+def test_cluster_still_takes_the_earlier_students_spelling(work_dir, tmp_path):
+    out = tmp_path / "rec.h5"
+    p = run("cluster", "--students", work_dir, "--out", out, "--gamma", 0.6, "--beta-deg", 10,
+            cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert networks.read_network(out).sizes == (2, 2, 1)
+    assert "--students" not in run("cluster", "-h").stdout  # hidden: a count in recover
+    p = run("cluster", "--out", out, cwd=tmp_path)
+    assert p.returncode == 2 and "--work-dir" in p.stderr and p.stderr.count("\n") == 1
+
+
 def test_cluster_bad_input_is_one_line_and_exit_2(work_dir, tmp_path):
     p = run("cluster", "--work-dir", tmp_path / "nope", "--out", tmp_path / "o.h5", cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

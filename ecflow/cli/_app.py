@@ -7,8 +7,9 @@ print. Exit codes:
 - 1: a bug: any exception other than bad input, with its traceback;
 - 2: bad input: an :class:`~ecflow.errors.InputError` (raised by the library's checks and at
   its file edges) or a usage error, printed as one stderr line ``ecflow: error: <message>``;
-- 3: ``ecflow recover`` and ``ecflow cluster`` ran correctly but recovered no network, or only
-  an inexact one (:data:`EXIT_NOT_RECOVERED`);
+- 3: ``ecflow recover`` and ``ecflow cluster`` ran correctly but recovered no network
+  (:data:`EXIT_NOT_RECOVERED`); an inexact network is written and exits 0, its status
+  ``INEXACT`` in the summary and the report;
 - 130: interrupted.
 
 An ``InputError`` raised inside a command names the library's field (``n_students must be
@@ -124,7 +125,8 @@ def _root(
     (Expand-and-Cluster, Martinelli et al., ICML 2024).
 
     Exit codes: 0 done; 1 a bug (with its traceback); 2 bad input (one line on stderr);
-    3 recover or cluster ran but recovered no network, or an inexact one.
+    3 recover or cluster ran but recovered no network (an inexact one is written, exit 0,
+    status INEXACT).
     """
 
 
