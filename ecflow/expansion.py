@@ -13,7 +13,6 @@ of a student is its initialisation, so the seeds make a run reproducible.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecflow.activations import get_activation
+from ecflow.budget import Budget
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
@@ -109,7 +109,8 @@ def train_student(
     stop : callable, optional
         Cooperative stop flag (:mod:`ecflow.parallel`), polled by the engine.
     deadline : float, optional
-        Wall-clock time (``time.time()``, comparable across processes) by which training must
+        Wall-clock time (``time.time()``, comparable across processes: a worker may run on
+        another machine; :meth:`ecflow.budget.Budget.wall_deadline`) by which training must
         end: the student's budget is cut to what is left when it starts.
     progress : callable, optional
         ``progress(elapsed_seconds, loss)``, passed to the engine.
@@ -132,12 +133,10 @@ def train_student(
     fixed = _check_fixed(fixed, x.shape[1])
     if stop is not None and stop():
         return None
-    if deadline is not None:
-        left = deadline - time.time()
-        if left <= _MIN_STUDENT_SECONDS:
-            return None
-        if left < config.total_seconds:
-            config = dataclasses.replace(config, max_seconds=left)
+    budget = Budget.until_wall(deadline)
+    if budget.expired(_MIN_STUDENT_SECONDS):
+        return None
+    config = budget.fit(config)
     n_in = fixed[-1].n_out if fixed else x.shape[1]
     sizes = (n_in, *hidden, y.shape[1])
     init = glorot_normal(sizes, [activation] * len(hidden) + ["identity"], seed)

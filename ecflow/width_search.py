@@ -37,6 +37,7 @@ import numpy as np
 
 from ecflow._checks import check_int, check_number
 from ecflow.activations import ACTIVATIONS, get_activation
+from ecflow.budget import Budget
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
 from ecflow.errors import InputError
 from ecflow.expansion import train_student
@@ -275,22 +276,9 @@ def _merge(trials: list[WidthTrial], new: WidthTrial) -> list[WidthTrial]:
     return trials + [new]
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """Wall-clock deadline shared by the rounds; None means no limit."""
-
-    deadline: float | None
-
-    def left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - time.monotonic()
-
-    def config(self, train: TrainConfig) -> TrainConfig | None:
-        left = self.left()
-        if left < 1.0:
-            return None
-        if left >= train.total_seconds:
-            return train
-        return dataclasses.replace(train, max_seconds=left)
+def _round_config(budget: Budget, train: TrainConfig) -> TrainConfig | None:
+    """A round's training fitted to the budget; None when less than a second is left."""
+    return None if budget.expired(1.0) else budget.fit(train)
 
 
 def _train_round(
@@ -388,7 +376,7 @@ def search_width(
     seed: int = 0,
     engine: str = "native",
     executor: cf.Executor | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     progress: Progress | None = None,
 ) -> WidthSearch:
     """Find the smallest student width, and the activation, at which short students of a teacher
@@ -409,8 +397,9 @@ def search_width(
     engine : str, default="native"
     executor : concurrent.futures.Executor, optional
         Trains the students of a round in parallel.
-    deadline : float, optional
-        ``time.monotonic()`` value after which no student starts and running ones stop.
+    budget : Budget, optional
+        No round starts with less than a second left; each student's time limit is fitted
+        to what is left.
     progress : callable, optional
         ``progress("width search", done, total)``.
 
@@ -441,7 +430,7 @@ def search_width(
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, target_loss=threshold)
         )
-    budget = _Budget(deadline)
+    budget = Budget() if budget is None else budget
     trials: list[WidthTrial] = []
     counter = [0]
     round_kwargs = dict(seed=seed, config=config, engine=engine, executor=executor,
@@ -449,7 +438,7 @@ def search_width(
     lo, hi = 0, None
     out_of_time = False
     for width in doubling_widths(config.max_width):
-        train = budget.config(config.train)
+        train = _round_config(budget, config.train)
         if train is None:
             out_of_time = True
             break
@@ -465,7 +454,7 @@ def search_width(
         best = _rank(trials, candidates, threshold)[0]
         for width in sorted({best.best_width, min(config.max_width,
                                                   math.ceil(1.5 * best.best_width))}):
-            train = budget.config(config.train)
+            train = _round_config(budget, config.train)
             if train is None:
                 out_of_time = True
                 break
@@ -483,7 +472,7 @@ def search_width(
         # neurons) needs more neurons and drops out here.
         winners = [t.activation for t in trials if t.width == hi and t.reached(threshold)]
         while hi - lo > 1:
-            train = budget.config(config.train)
+            train = _round_config(budget, config.train)
             if train is None:
                 break
             mid = (lo + hi) // 2
@@ -529,7 +518,7 @@ def search_black_box(
     seed: int = 0,
     engine: str = "native",
     executor: cf.Executor | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     progress: Progress | None = None,
 ) -> WidthSearch:
     """:func:`search_width` for ``--hidden auto``: the candidates come from ``activation``
@@ -550,7 +539,7 @@ def search_black_box(
     near_zero : float, optional
         MSE that counts as near-zero, when looser than the model's own (a recovery passes
         the loss at which its students are good enough to cluster, ``student_loss``).
-    config, seed, engine, executor, deadline, progress
+    config, seed, engine, executor, budget, progress
         As :func:`search_width`.
 
     Returns
@@ -570,7 +559,7 @@ def search_black_box(
         threshold = max(threshold, check_number(near_zero, "near_zero", positive=True))
     result = search_width(
         x, y, activations=candidates, config=config, threshold=threshold,
-        seed=seed, engine=engine, executor=executor, deadline=deadline, progress=progress,
+        seed=seed, engine=engine, executor=executor, budget=budget, progress=progress,
     )
     if len(candidates) == 1:
         return dataclasses.replace(

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ecflow import networks, teachers
+from ecflow.budget import Budget
 from ecflow.engines.base import TrainConfig, TrainStatus
 from ecflow.engines.native import NativeEngine
 from ecflow.engines.native.problem import StallRule
@@ -251,7 +252,7 @@ def test_max_minutes_cuts_and_reports():
 def test_prune_network_honours_its_deadline():
     net = _student(0, 6)
     res = prune_network(net, X, Y, engine=NativeEngine(), train_config=QUICK,
-                        deadline=time.monotonic() - 1.0)
+                        budget=Budget(time.monotonic() - 1.0))
     assert res.tried == 0 and res.network is net
 
 
