@@ -389,3 +389,36 @@ def test_pool_workers_end_when_their_parent_is_killed():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# --- the budget: one owner of the clocks --------------------------------------------------------
+
+
+def test_budget_shares_fit_configs_and_log_their_cuts():
+    budget = Budget(time.monotonic() + 100.0)
+    assert 99.0 < budget.left() <= 100.0 and not budget.expired()
+    half = budget.share(0.5)
+    assert 49.0 < half.left() <= 50.0 and half.cuts is budget.cuts
+    long = TrainConfig(max_seconds=1000.0)
+    cut = half.fit(long, "fine-tune")
+    assert cut.max_seconds <= 50.0
+    assert budget.cuts == ["fine-tune: budget cut from 1000 s to 50 s"]
+    assert half.fit(TrainConfig(max_seconds=10.0)).max_seconds == 10.0  # fits: unchanged
+    assert half.fit(long).max_seconds <= 50.0 and len(budget.cuts) == 1  # unnamed: not logged
+    past = Budget(time.monotonic() - 1.0)
+    assert past.expired() and past.fit(long, floor=0.5).max_seconds == 0.5
+    with pytest.raises(InputError, match="share"):
+        budget.share(0.0)
+
+
+def test_budget_without_limit_and_its_wall_clock_round_trip():
+    free = Budget.minutes(None)
+    assert free.left() == float("inf") and free.wall_deadline() is None
+    assert free.share(0.4).end is None and Budget.until_wall(None).end is None
+    config = TrainConfig(max_seconds=5.0)
+    assert free.fit(config, "x") is config and free.cuts == []
+    budget = Budget.minutes(1.0)
+    back = Budget.until_wall(budget.wall_deadline())
+    assert abs(back.end - budget.end) < 1.0
+    with pytest.raises(InputError, match="max_minutes"):
+        Budget.minutes(-1.0)
