@@ -414,6 +414,25 @@ def search_width(
     x, y = check_xy(x, y)
     if config.n_queries is not None:
         x, y = x[: config.n_queries], y[: config.n_queries]
+    candidates = _candidates(activations)
+    threshold = check_number(threshold, "threshold", positive=True)
+    if config.train.target_loss is None:
+        # Polishing below near-zero loss would tell the search nothing more.
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, target_loss=threshold)
+        )
+    rounds = _Rounds(x, y, config, threshold, Budget() if budget is None else budget,
+                     dict(seed=seed, config=config, engine=engine, executor=executor,
+                          progress=progress, counter=[0]))
+    state = _doubling(rounds, candidates)
+    if state.hi is None and not state.out_of_time and state.trials:
+        state = _second_chance(rounds, candidates, state)
+    if state.hi is not None and config.bisect:
+        state = _bisect(rounds, state)
+    return _outcome(state, candidates, config, threshold, time.monotonic() - t_start)
+
+
+def _candidates(activations) -> list[str]:
     if activations is None:
         candidates = list(ACTIVATIONS)
     elif isinstance(activations, str):
@@ -424,70 +443,102 @@ def search_width(
         raise InputError("activations must name at least one candidate")
     for a in candidates:
         get_activation(a)
-    threshold = check_number(threshold, "threshold", positive=True)
-    if config.train.target_loss is None:
-        # Polishing below near-zero loss would tell the search nothing more.
-        config = dataclasses.replace(
-            config, train=dataclasses.replace(config.train, target_loss=threshold)
-        )
-    budget = Budget() if budget is None else budget
-    trials: list[WidthTrial] = []
-    counter = [0]
-    round_kwargs = dict(seed=seed, config=config, engine=engine, executor=executor,
-                        progress=progress, counter=counter)
-    lo, hi = 0, None
-    out_of_time = False
-    for width in doubling_widths(config.max_width):
-        train = _round_config(budget, config.train)
+    return candidates
+
+
+@dataclass(frozen=True, eq=False)
+class _Rounds:
+    """What every round of one search shares: the pairs, the settings, the budget."""
+
+    x: np.ndarray
+    y: np.ndarray
+    config: WidthSearchConfig
+    threshold: float
+    budget: Budget
+    kwargs: dict
+
+    def train(self, width: int, activations: Sequence[str], attempt: int = 0
+              ) -> list[WidthTrial] | None:
+        """One round at ``width``; None when the budget has no second left for it."""
+        train = _round_config(self.budget, self.config.train)
         if train is None:
-            out_of_time = True
-            break
-        trials += _train_round(x, y, width, candidates, train=train, **round_kwargs)
-        if any(t.reached(threshold) for t in trials if t.width == width):
-            hi = width
-            break
+            return None
+        return _train_round(self.x, self.y, width, activations, train=train, attempt=attempt,
+                            **self.kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    """The search so far: its trials, the widest width known to fail (``lo``) and the
+    narrowest known to reach near-zero loss (``hi``, None: none yet)."""
+
+    trials: list[WidthTrial]
+    lo: int = 0
+    hi: int | None = None
+    out_of_time: bool = False
+
+
+def _doubling(rounds: _Rounds, candidates: Sequence[str]) -> _State:
+    """Widths 1, 2, 4, ... until one reaches near-zero loss."""
+    trials: list[WidthTrial] = []
+    lo = 0
+    for width in doubling_widths(rounds.config.max_width):
+        found = rounds.train(width, candidates)
+        if found is None:
+            return _State(trials, lo, None, True)
+        trials += found
+        if any(t.reached(rounds.threshold) for t in trials if t.width == width):
+            return _State(trials, lo, width)
         lo = width
-    if hi is None and not out_of_time and trials:
-        # A second chance near the lowest loss: a short student escapes a plateau by luck, and
-        # wider ones converge more slowly in a fixed time (Fig. A.2B), so a width just right
-        # can fail with its first seeds while every wider one fails too.
-        best = _rank(trials, candidates, threshold)[0]
-        for width in sorted({best.best_width, min(config.max_width,
-                                                  math.ceil(1.5 * best.best_width))}):
-            train = _round_config(budget, config.train)
-            if train is None:
-                out_of_time = True
-                break
-            found = _train_round(x, y, width, [best.activation], train=train, attempt=1,
-                                 **round_kwargs)[0]
-            trials = _merge(trials, found)
-            if found.reached(threshold):
-                hi = width
-                lo = max((t.width for t in trials if t.activation == best.activation
-                          and t.width < width), default=0)
-                break
-    if hi is not None and config.bisect:
-        # Candidates that tie at the doubling width are bisected together: an activation that
-        # is only the right one up to a linear change of variables (relu by two leaky_relu
-        # neurons) needs more neurons and drops out here.
-        winners = [t.activation for t in trials if t.width == hi and t.reached(threshold)]
-        while hi - lo > 1:
-            train = _round_config(budget, config.train)
-            if train is None:
-                break
-            mid = (lo + hi) // 2
-            found = _train_round(x, y, mid, winners, train=train, **round_kwargs)
-            trials += found
-            ok = [t.activation for t in found if t.reached(threshold)]
-            if ok:
-                hi, winners = mid, ok
-            else:
-                lo = mid
+    return _State(trials, lo)
+
+
+def _second_chance(rounds: _Rounds, candidates: Sequence[str], state: _State) -> _State:
+    """A second chance near the lowest loss: a short student escapes a plateau by luck, and
+    wider ones converge more slowly in a fixed time (Fig. A.2B), so a width just right can fail
+    with its first seeds while every wider one fails too."""
+    best = _rank(state.trials, candidates, rounds.threshold)[0]
+    trials = state.trials
+    for width in sorted({best.best_width, min(rounds.config.max_width,
+                                              math.ceil(1.5 * best.best_width))}):
+        found = rounds.train(width, [best.activation], attempt=1)
+        if found is None:
+            return _State(trials, state.lo, None, True)
+        trials = _merge(trials, found[0])
+        if found[0].reached(rounds.threshold):
+            lo = max((t.width for t in trials if t.activation == best.activation
+                      and t.width < width), default=0)
+            return _State(trials, lo, width)
+    return _State(trials, state.lo)
+
+
+def _bisect(rounds: _Rounds, state: _State) -> _State:
+    """Bisection between ``lo`` and ``hi``. Candidates that tie at the doubling width are
+    bisected together: an activation that is only the right one up to a linear change of
+    variables (relu by two leaky_relu neurons) needs more neurons and drops out here."""
+    trials, lo, hi = list(state.trials), state.lo, state.hi
+    winners = [t.activation for t in trials if t.width == hi and t.reached(rounds.threshold)]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found = rounds.train(mid, winners)
+        if found is None:
+            break
+        trials += found
+        ok = [t.activation for t in found if t.reached(rounds.threshold)]
+        if ok:
+            hi, winners = mid, ok
+        else:
+            lo = mid
+    return _State(trials, lo, hi, state.out_of_time)
+
+
+def _outcome(state: _State, candidates, config: WidthSearchConfig, threshold: float,
+             seconds: float) -> WidthSearch:
+    trials, lo, hi = state.trials, state.lo, state.hi
     ranking = _rank(trials, candidates, threshold)
     chosen = ranking[0].activation if ranking else None
-    seconds = time.monotonic() - t_start
     if hi is None:
-        status = WidthStatus.DEADLINE if out_of_time else WidthStatus.NOT_FOUND
+        status = WidthStatus.DEADLINE if state.out_of_time else WidthStatus.NOT_FOUND
         best = f"; best MSE {ranking[0].best_loss:.2g}" if ranking else ""
         widest = max((t.width for t in trials), default=0)
         reason = f"{status.message} (widths up to {widest}{best})"
