@@ -4,13 +4,13 @@ and finish settings it gives each depth (:meth:`RecoverConfig.stage_config`,
 
 A network with one hidden layer and a deep one run the same stages (:mod:`ecflow.stage`) and the
 same finish (:mod:`ecflow.finish`); what differs for a deep network is a handful of measured
-overrides (the ``deep_*`` fields and ``bias_std_max``), applied here and nowhere else.
+overrides (:class:`DeepConfig`, the optional part of a :class:`RecoverConfig`), applied here
+and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,11 +25,67 @@ from ecflow.reconstruction import PruneConfig, default_finetune
 from ecflow.stage import Source, StageConfig
 from ecflow.width_search import WidthSearchConfig
 
-__all__ = ["RecoverConfig", "DEEP_PRUNE_MAX_RMSE"]
+__all__ = ["RecoverConfig", "DeepConfig", "DEEP_PRUNE_MAX_RMSE"]
 
 DEEP_PRUNE_MAX_RMSE = 1e-6
 """A deep network is pruned only when its fine-tuned RMSE is at most this fraction of
 ``std(y)`` (:attr:`ecflow.finish.FinishConfig.prune_max_rmse`)."""
+
+
+@dataclass(frozen=True)
+class DeepConfig:
+    """The overrides of a deep network's stages (two hidden layers or more), each measured.
+
+    Parameters
+    ----------
+    student_loss : float or None, default=1e-10
+        The ``student_loss`` of every stage's students. Measured on g 8-4-2-1
+        teachers at rho 4: deep students reach MSE 1e-8 in 10 to 200 s and 1e-14 rarely within
+        their budget; at 1e-8 most first-layer neurons are within cosine distance 1e-8 of the
+        teacher's, but a weak teacher neuron was pinned by only 3 of 8 students (the others
+        held it ~5 degrees off), too few for a big cluster, and that recovery failed; at 1e-10
+        4 of 7 pinned it (see ``gamma``). The fine-tune of the assembled network supplies
+        the machine precision. None: :attr:`RecoverConfig.student_loss`. Deep students are
+        not judged by the creep part of the stall rule (``TrainConfig.creep_factor`` 0).
+    gamma : float or None, default=0.3
+        The ``gamma`` of every layer's clustering (a stage still waits for
+        ``ceil(gamma N)`` students at the student loss before it stops the others). Measured on
+        that g 8-4-2-1 teacher with 7 students at MSE 1e-10: gamma 0.5 kept 2 of the teacher's
+        4 first-layer neurons, 0.4 kept 3, 0.3 all 4 (within cosine distance 4e-10). The
+        spurious clusters a low gamma lets in are dropped by the next stage's bias rule or by
+        pruning. The paper used 0.4 and 1/3 for its deep synthetic teachers (A.6.4). None:
+        :attr:`RecoverConfig.gamma`.
+    student_seconds : float or None, default=120
+        Each student's wall-clock budget when ``train`` sets none (shallow
+        students get the engine's 300 s). Measured on g 8-4-2-1 teachers (16-8 students,
+        standardised start): the students that reached MSE 1e-10 did so within 4-100 s, while
+        others crept for 230-250 s to 1e-9 and 1e-8, holding a stage of 10 students on 2
+        workers for over 10 minutes; clustering uses the students cut at the budget too.
+        None: the engine's budget.
+    bias_std_max : float, default=0.01
+        A reconstructed neuron whose learned bias varies across the students
+        retrained on it by more than this (standard deviation) is dropped (the paper's rule,
+        appendix A.3, with its 0.1 tightened: at Float64 a tighter one serves better: measured
+        on g 8-4-2-1 and tanh 6-6-4-1 teachers (students at MSE 1e-10), the teacher's neurons
+        had spreads <= 1.7e-5 and the spurious ones 0.039 to 0.96, so 0.1 let two spurious
+        neurons through to pruning, while 0.01 drops every one of them with a margin of 500 on
+        the teacher's side; with students at 1e-8 the teacher's spreads were up to 2e-4, still
+        50 below; :mod:`ecflow.stage`).
+    """
+
+    student_loss: float | None = 1e-10
+    gamma: float | None = 0.3
+    student_seconds: float | None = 120.0
+    bias_std_max: float = 0.01
+
+    def __post_init__(self):
+        if self.student_loss is not None:
+            check_number(self.student_loss, "student_loss", positive=True)
+        if self.gamma is not None:
+            check_in_range(self.gamma, "gamma", 0.0, 1.0)
+        if self.student_seconds is not None:
+            check_number(self.student_seconds, "student_seconds", positive=True)
+        check_number(self.bias_std_max, "bias_std_max", positive=True)
 
 
 @dataclass(frozen=True)
@@ -108,35 +164,9 @@ class RecoverConfig:
         students could only add members to it or form small clusters.
     width_search : WidthSearchConfig
         Settings of the width search (``hidden="auto"``).
-    bias_std_max : float, default=0.01
-        Deep networks: a reconstructed neuron whose learned bias varies across the students
-        retrained on it by more than this (standard deviation) is dropped (the paper's rule,
-        appendix A.3, with its 0.1 tightened: see
-        :class:`ecflow.layerwise.LayerwiseConfig`; :mod:`ecflow.layerwise`).
-    deep_student_loss : float or None, default=1e-10
-        Deep networks: the ``student_loss`` of every stage's students. Measured on g 8-4-2-1
-        teachers at rho 4: deep students reach MSE 1e-8 in 10 to 200 s and 1e-14 rarely within
-        their budget; at 1e-8 most first-layer neurons are within cosine distance 1e-8 of the
-        teacher's, but a weak teacher neuron was pinned by only 3 of 8 students (the others
-        held it ~5 degrees off), too few for a big cluster, and that recovery failed; at 1e-10
-        4 of 7 pinned it (see ``deep_gamma``). The fine-tune of the assembled network supplies
-        the machine precision. None: ``student_loss``. Deep students are not judged by the
-        creep part of the stall rule (``TrainConfig.creep_factor`` 0).
-    deep_gamma : float or None, default=0.3
-        Deep networks: ``gamma`` of every layer's clustering (a stage still waits for
-        ``ceil(gamma N)`` students at the student loss before it stops the others). Measured on
-        that g 8-4-2-1 teacher with 7 students at MSE 1e-10: gamma 0.5 kept 2 of the teacher's
-        4 first-layer neurons, 0.4 kept 3, 0.3 all 4 (within cosine distance 4e-10). The
-        spurious clusters a low gamma lets in are dropped by the next stage's bias rule or by
-        pruning. The paper used 0.4 and 1/3 for its deep synthetic teachers (A.6.4). None:
-        ``gamma``.
-    deep_student_seconds : float or None, default=120
-        Deep networks: each student's wall-clock budget when ``train`` sets none (shallow
-        students get the engine's 300 s). Measured on g 8-4-2-1 teachers (16-8 students,
-        standardised start): the students that reached MSE 1e-10 did so within 4-100 s, while
-        others crept for 230-250 s to 1e-9 and 1e-8, holding a stage of 10 students on 2
-        workers for over 10 minutes; clustering uses the students cut at the budget too.
-        None: the engine's budget.
+    deep : DeepConfig
+        The measured overrides of a deep network's stages (two hidden layers or more); a
+        network with one hidden layer ignores them.
     max_minutes : float or None, default=None
         One deadline for the whole recovery, shared by the width search (at most
         ``SEARCH_SHARE`` of it), students (at most
@@ -164,17 +194,13 @@ class RecoverConfig:
     early_stop: bool = True
     max_minutes: float | None = None
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
-    bias_std_max: float = 0.01
-    deep_student_loss: float | None = 1e-10
-    deep_gamma: float | None = 0.3
-    deep_student_seconds: float | None = 120.0
+    deep: DeepConfig = field(default_factory=DeepConfig)
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
         check_int(self.n_queries, "n_queries", 1)
         check_int(self.n_fresh, "n_fresh", 0)
         check_int(self.seed, "seed", 0)
-        ClusterConfig(gamma=self.gamma, beta_deg=self.beta_deg)  # validates both, names them
         if self.rho is not None:
             rho = check_number(self.rho, "rho")
             if rho <= 0:
@@ -217,13 +243,10 @@ class RecoverConfig:
             check_number(self.max_minutes, "max_minutes", positive=True)
         if not isinstance(self.early_stop, bool):
             raise InputTypeError(f"early_stop must be a bool, got {self.early_stop!r}")
-        check_number(self.bias_std_max, "bias_std_max", positive=True)
-        if self.deep_student_loss is not None:
-            check_number(self.deep_student_loss, "deep_student_loss", positive=True)
-        if self.deep_gamma is not None:
-            check_in_range(self.deep_gamma, "deep_gamma", 0.0, 1.0)
-        if self.deep_student_seconds is not None:
-            check_number(self.deep_student_seconds, "deep_student_seconds", positive=True)
+        if not isinstance(self.deep, DeepConfig):
+            raise InputTypeError(f"deep must be a DeepConfig, got {self.deep!r}")
+        # built once: every stage of a shallow recovery reads it
+        object.__setattr__(self, "_cluster", ClusterConfig(self.gamma, self.beta_deg))
 
     @property
     def student_train(self) -> TrainConfig:
@@ -264,21 +287,23 @@ class RecoverConfig:
 
     @property
     def quorum(self) -> int:
-        """Distinct students a cluster needs to be big: ``ceil(gamma N)``."""
-        return max(1, math.ceil(self.gamma * self.n_students - 1e-9))
+        """Distinct students a cluster needs to be big: ``ceil(gamma N)``
+        (:attr:`ecflow.stage.StageConfig.quorum`)."""
+        return StageConfig(n_students=self.n_students, cluster=self.cluster_config).quorum
 
     @property
     def cluster_config(self) -> ClusterConfig:
-        return ClusterConfig(gamma=self.gamma, beta_deg=self.beta_deg)
+        """``gamma`` and ``beta_deg`` as the clustering's settings (validated once)."""
+        return self._cluster
 
     def stage_config(self, queries, widths: tuple[int, ...]) -> tuple[StageConfig, str | None]:
         """The settings of every stage of a recovery with student widths ``widths`` on
         ``queries``, and a note when the students train with L-BFGS (:meth:`students_train`).
 
-        A deep network's students train to ``deep_student_loss``, for at most
-        ``deep_student_seconds``, without the creep part of the stall rule (deep students
+        A deep network's students train to ``deep.student_loss``, for at most
+        ``deep.student_seconds``, without the creep part of the stall rule (deep students
         advance in bursts after plateaus: only the time left judges them); its layers are
-        clustered with ``deep_gamma``, a stage waits for :attr:`quorum` students, and each
+        clustered with ``deep.gamma``, a stage waits for :attr:`quorum` students, and each
         neuron is taken from its cluster's medoid.
         """
         if len(widths) == 1:
@@ -286,19 +311,19 @@ class RecoverConfig:
                                               queries.n_samples)
             return StageConfig(
                 n_students=self.n_students, cluster=self.cluster_config, train=train,
-                early_stop=self.early_stop, bias_std_max=self.bias_std_max,
+                early_stop=self.early_stop,
             ), note
-        train = self.student_train
-        if self.deep_student_loss is not None and self.train.target_loss is None:
-            train = dataclasses.replace(self.train, target_loss=float(self.deep_student_loss))
+        deep, train = self.deep, self.student_train
+        if deep.student_loss is not None and self.train.target_loss is None:
+            train = dataclasses.replace(self.train, target_loss=float(deep.student_loss))
         train = dataclasses.replace(train, creep_factor=0.0)
-        if self.train.max_seconds is None and self.deep_student_seconds is not None:
-            train = dataclasses.replace(train, max_seconds=float(self.deep_student_seconds))
-        gamma = self.gamma if self.deep_gamma is None else self.deep_gamma
+        if self.train.max_seconds is None and deep.student_seconds is not None:
+            train = dataclasses.replace(train, max_seconds=float(deep.student_seconds))
+        gamma = self.gamma if deep.gamma is None else deep.gamma
         return StageConfig(
             n_students=self.n_students, cluster=ClusterConfig(gamma, self.beta_deg),
             train=train, early_stop=self.early_stop, stop_after=self.quorum,
-            bias_std_max=self.bias_std_max, source=Source.MEDOID,
+            bias_std_max=deep.bias_std_max, source=Source.MEDOID,
         ), None
 
     def finish_config(self, deep: bool) -> FinishConfig:

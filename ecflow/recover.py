@@ -41,7 +41,7 @@ import numpy as np
 from ecflow import metrics, teachers
 from ecflow.blackbox import BlackBox, from_callable, from_network
 from ecflow.budget import Budget
-from ecflow.config import RecoverConfig
+from ecflow.config import DeepConfig, RecoverConfig
 from ecflow.context import Progress, Queries, Run
 from ecflow.engines.base import TrainResult
 from ecflow.errors import InputError, InputTypeError
@@ -57,6 +57,7 @@ from ecflow.workdir import WorkDir
 
 __all__ = [
     "RecoverConfig",
+    "DeepConfig",
     "RecoverStatus",
     "NeuronCertificate",
     "Recovery",

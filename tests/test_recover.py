@@ -10,6 +10,7 @@ from test_reconstruction import exact_students, make_teacher
 from ecflow import networks, teachers
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.networks import MLP
+from ecflow.config import DeepConfig
 from ecflow.recover import RecoverConfig, RecoverStatus, reconstruct_from_students, recover
 
 QUICK = TrainConfig(max_seconds=5.0, max_steps=300)
@@ -39,9 +40,10 @@ def as_result(net, loss):
         (dict(hidden=0), "hidden"),
         (dict(hidden=(4, 0)), "hidden"),
         (dict(hidden=()), "hidden"),
-        (dict(bias_std_max=0.0), "bias_std_max"),
-        (dict(deep_gamma=0.0), "deep_gamma"),
-        (dict(deep_student_loss=-1.0), "deep_student_loss"),
+        (dict(deep=dict(bias_std_max=0.0)), "bias_std_max"),
+        (dict(deep=dict(gamma=0.0)), "gamma"),
+        (dict(deep=dict(student_loss=-1.0)), "student_loss"),
+        (dict(deep=dict(student_seconds=0.0)), "student_seconds"),
         (dict(rho=2, hidden=8), "rho or hidden"),
         (dict(activation="nope"), "activation"),
         (dict(seed=-1), "seed"),
@@ -50,7 +52,16 @@ def as_result(net, loss):
 )
 def test_config_rejects_impossible_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
+        if "deep" in kwargs:  # the deep overrides are their own part of the config
+            kwargs = {**kwargs, "deep": DeepConfig(**kwargs["deep"])}
         RecoverConfig(**kwargs)
+
+
+def test_deep_overrides_are_one_nested_part():
+    with pytest.raises(TypeError, match="deep"):
+        RecoverConfig(deep={"gamma": 0.3})
+    assert RecoverConfig().deep == DeepConfig()
+    assert RecoverConfig(deep=DeepConfig(gamma=None)).deep.gamma is None
 
 
 def test_config_types_and_defaults():

@@ -361,7 +361,7 @@ def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfi
         from ecflow.plots import write_recovery_plots
 
         write_recovery_plots(rec, plots, beta_deg=config.beta_deg,
-                             bias_std_max=config.bias_std_max)
+                             bias_std_max=config.deep.bias_std_max)
     _print_report(Console(), rec)
     if rec.network is None:
         error(f"nothing reconstructed, {out} not written: {rec.reason}")
