@@ -25,11 +25,56 @@ from ecflow.reconstruction import PruneConfig, default_finetune
 from ecflow.stage import Source, StageConfig
 from ecflow.width_search import WidthSearchConfig
 
-__all__ = ["RecoverConfig", "DeepConfig", "DEEP_PRUNE_MAX_RMSE"]
+__all__ = ["RecoverConfig", "DeepConfig", "DEEP_PRUNE_MAX_RMSE", "check_width_choice"]
 
 DEEP_PRUNE_MAX_RMSE = 1e-6
 """A deep network is pruned only when its fine-tuned RMSE is at most this fraction of
 ``std(y)`` (:attr:`ecflow.finish.FinishConfig.prune_max_rmse`)."""
+
+
+_WIDTH_RULE = {
+    False: dict(
+        rho_alone="rho needs a teacher (its width); with pairs give hidden",
+        both="give rho or hidden, not both",
+        neither="give rho (a multiple of the teacher's width) or hidden (a width, or 'auto')",
+        neither_pairs="with pairs, give hidden (the student width, or 'auto')",
+    ),
+    True: dict(
+        rho_alone="--rho needs --teacher (it multiplies the teacher's width); give --hidden",
+        both="give --rho or --hidden, not both",
+        neither="give --rho (with --teacher) or --hidden (the student width)",
+        neither_pairs="give --rho (with --teacher) or --hidden (the student width)",
+    ),
+}
+"""The width rule's messages, in the library's words and in the command line's flags."""
+
+
+def check_width_choice(rho, hidden, *, teacher: bool | None, flags: bool = False) -> None:
+    """The one rule of where the student widths come from: ``rho``, a multiple of the
+    teacher's widths (so it needs a teacher), or ``hidden``, exactly one of them.
+
+    Parameters
+    ----------
+    rho, hidden
+        As :class:`RecoverConfig`; None when not given.
+    teacher : bool or None
+        Whether a teacher is given; None when not known yet (a :class:`RecoverConfig` alone):
+        then only "not both" is checked.
+    flags : bool, default=False
+        Name the command line's flags (``--rho``) in the message, for the CLI, which checks
+        the rule before it reads any file.
+
+    Raises
+    ------
+    InputError
+    """
+    words = _WIDTH_RULE[bool(flags)]
+    if teacher is False and rho is not None:
+        raise InputError(words["rho_alone"])
+    if rho is not None and hidden is not None:
+        raise InputError(words["both"])
+    if teacher is not None and rho is None and hidden is None:
+        raise InputError(words["neither"] if teacher else words["neither_pairs"])
 
 
 @dataclass(frozen=True)
@@ -216,8 +261,7 @@ class RecoverConfig:
                     f"hidden must be positive widths, one per hidden layer, got {self.hidden!r}"
                 )
             object.__setattr__(self, "hidden", tuple(check_int(h, "hidden", 1) for h in hidden))
-        if self.rho is not None and self.hidden is not None:
-            raise InputError("give rho or hidden, not both")
+        check_width_choice(self.rho, self.hidden, teacher=None)
         if self.activation is not None:
             get_activation(self.activation)
         if not isinstance(self.width_search, WidthSearchConfig):

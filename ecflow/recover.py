@@ -41,7 +41,7 @@ import numpy as np
 from ecflow import metrics, teachers
 from ecflow.blackbox import BlackBox, from_callable, from_network
 from ecflow.budget import Budget
-from ecflow.config import DeepConfig, RecoverConfig
+from ecflow.config import DeepConfig, RecoverConfig, check_width_choice
 from ecflow.context import Progress, Queries, Run
 from ecflow.engines.base import TrainResult
 from ecflow.errors import InputError, InputTypeError
@@ -223,14 +223,11 @@ def _teacher_problem(box: BlackBox, x, config: RecoverConfig) -> _Problem:
         notes.append(precision["precision_reason"])
     teacher = box.network
     deep_teacher = teacher is not None and len(teacher.layers) > 2
+    check_width_choice(config.rho, config.hidden, teacher=True)
     widths = None
     if config.rho is not None:
         known = teacher.hidden_sizes if deep_teacher else (box.known_width(),)
         widths = tuple(student_width(r, config.rho) for r in known)
-    elif config.hidden is None:
-        raise InputError(
-            "give rho (a multiple of the teacher's width) or hidden (a width, or 'auto')"
-        )
     elif config.hidden != "auto":
         widths = config.hidden
     elif deep_teacher:
@@ -248,10 +245,7 @@ def _pairs_problem(x, y, config: RecoverConfig) -> _Problem:
     if x is None or y is None:
         raise InputError("give a teacher, or input-output pairs x and y")
     x, y = check_xy(x, y)
-    if config.rho is not None:
-        raise InputError("rho needs a teacher (its width); with pairs give hidden")
-    if config.hidden is None:
-        raise InputError("with pairs, give hidden (the student width, or 'auto')")
+    check_width_choice(config.rho, config.hidden, teacher=False)
     widths = None if config.hidden == "auto" else config.hidden
     return _Problem(Queries(x, y), config, widths, config.activation, None)
 

@@ -18,6 +18,7 @@ from ecflow.cli._app import app, error
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
+from ecflow.config import check_width_choice
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 
@@ -234,14 +235,9 @@ def recover_command(
     """Recover a network's weights from a teacher (black box) or from its input-output pairs."""
     if (teacher is None) == (data is None):
         raise InputError("give exactly one of --teacher or --data")
-    if data is not None and rho is not None:
-        raise InputError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
+    check_width_choice(rho, hidden, teacher=teacher is not None, flags=True)
     if data is not None and queries is not None:
         raise InputError("--queries needs --teacher (with --data the pairs are the queries)")
-    if rho is not None and hidden is not None:
-        raise InputError("give --rho or --hidden, not both")
-    if rho is None and hidden is None:
-        raise InputError("give --rho (with --teacher) or --hidden (the student width)")
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
