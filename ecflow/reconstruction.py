@@ -1,11 +1,14 @@
-"""Reconstruction of one hidden layer from the kept clusters, fine-tuning and pruning.
+"""Reconstruction of a hidden layer from its kept clusters, the output refit and pruning, for
+any depth (paper section 5 step 3-4 and appendix A.3; the stages of :mod:`ecflow.stage` and the
+finish of :mod:`ecflow.finish` call them).
 
-Paper section 5 step 3-4 and appendix A.3. Notation: a student computes
-``f(x) = A σ(W x + b) + c`` with ``A`` of shape ``(d_out, m)``; neuron ``j`` is ``v_j = [w_j, b_j]``
-and ``z_j = w_j·x + b_j``.
+Notation: a student with one hidden layer computes ``f(x) = A σ(W x + b) + c`` with ``A`` of
+shape ``(d_out, m)``; neuron ``j`` is ``v_j = [w_j, b_j]`` and ``z_j = w_j·x + b_j``; in a deep
+network ``x`` is the layer below and ``A`` the layer above.
 
-**Collapse.** Each kept cluster becomes one hidden neuron, taken from the lowest-loss student
-among the cluster's contributors: its member nearest to the cluster's medoid, averaged with its
+**Collapse.** Each kept cluster becomes one hidden neuron (:func:`collapse_layer`; with the
+output layer compensated, :func:`collapse_clusters`), taken from the lowest-loss student
+among the cluster's contributors (or, for deep students, the student of the cluster's medoid): its member nearest to the cluster's medoid, averaged with its
 other copies of that neuron when it holds several (members farther than ``_COPY_DEG`` are
 strays let in by the loose ``β`` and left out). Copies are first brought to a common
 orientation, ``s_j = sign(v_j · v_ref)``, and
@@ -23,13 +26,14 @@ the queries: :func:`choose_orientations` tries the orientations (exhaustively up
 ``2**max_exhaustive`` combinations, greedily beyond) and refits the output layer by linear
 least squares for each.
 
-**Output refit.** :func:`refit_output` solves ``min ‖[h(x), 1] [A c]^T - y‖`` exactly; it
-absorbs constant-type neurons and the split of a teacher neuron over several clusters.
+**Output refit.** :func:`refit_output` solves ``min ‖[h_L(x), 1] [A c]^T - y‖`` exactly on the
+last hidden layer; it absorbs constant-type neurons and the split of a teacher neuron over
+several clusters.
 
-**Fine-tune and prune.** The reconstruction is fine-tuned with the engine; then
-:func:`prune_network` tries to remove each neuron, least supported first: the smaller network
-(output refit, fine-tuned if the refit alone is not enough) replaces the current one when it
-reaches the same precision, so the recovered width is minimal.
+**Prune.** :func:`prune_network` tries to remove each hidden neuron, top layer first, least
+supported first (:func:`remove_hidden_neuron`: the layer above refit by least squares): the
+smaller network, fine-tuned if the refit alone is not enough, replaces the current one when it
+reaches the same precision, so the recovered widths are minimal.
 """
 
 from __future__ import annotations
@@ -237,13 +241,13 @@ def collapse_layer(
     *,
     lowest_loss: bool = False,
 ) -> tuple[Layer, tuple[int, ...]]:
-    """One neuron per kept cluster of one hidden layer of deep students, incoming side only.
+    """One neuron per kept cluster of one hidden layer of the students, incoming side only.
 
-    The layer-wise recovery of a deep teacher (:mod:`ecflow.layerwise`) keeps only the
-    incoming ``[w, b]`` of each cluster: the copies of the core neuron held by the student of
-    the cluster's medoid (the member with the least median angle to the others), oriented and
-    merged by the class's algebra as in :func:`collapse_clusters`; the layer above is retrained
-    or refit on it, so no output weight is carried over.
+    Every stage (:mod:`ecflow.stage`) keeps only the incoming ``[w, b]`` of each cluster: the
+    copies of the core neuron held by one student of the cluster (of its medoid, the member
+    with the least median angle to the others, or of lowest loss), oriented and merged by the
+    class's algebra as in :func:`collapse_clusters`; the layer above is retrained or refit on
+    it, so no output weight is carried over.
 
     Parameters
     ----------

@@ -30,7 +30,7 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +38,7 @@ import numpy as np
 from ecflow._checks import check_int, check_number
 from ecflow.activations import ACTIVATIONS, get_activation
 from ecflow.budget import Budget
+from ecflow.context import Progress
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
 from ecflow.errors import InputError
 from ecflow.expansion import train_student
@@ -54,8 +55,6 @@ __all__ = [
     "doubling_widths",
 ]
 
-Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)`` as in :mod:`ecflow.recover`; the phase is "width search"."""
 
 PHASE = "width search"
 
