@@ -206,7 +206,8 @@ def _same_fixed(net: MLP, fixed: Sequence[Layer]) -> bool:
 
 
 def _saved(store: WorkDir, queries: Queries, run: Run, manifest, *, layer, hidden, deep):
-    """Seeds and reusable students of a stage's work folder, and a note about the others."""
+    """The seeds and the finished students of a stage's work folder: started (or checked
+    against ``manifest``) when training, read back as saved otherwise."""
     if run.train:
         store.start(manifest, queries.x, queries.y, x_fresh=queries.x_fresh,
                     y_fresh=queries.y_fresh, teacher=queries.teacher)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from test_reconstruction import exact_students, make_teacher
 from ecflow import networks, teachers
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.networks import MLP
-from ecflow.config import DeepConfig
+from ecflow.config import DeepConfig, check_width_choice
 from ecflow.recover import RecoverConfig, RecoverStatus, reconstruct_from_students, recover
 
 QUICK = TrainConfig(max_seconds=5.0, max_steps=300)
@@ -167,3 +168,24 @@ def test_recover_rejects_inconsistent_inputs():
         recover(teacher=teacher, config={"rho": 2})
     with pytest.raises(ValueError, match="d_in"):
         recover(teacher=teacher, x=np.zeros((5, 3)), config=RecoverConfig(rho=2))
+
+
+@pytest.mark.parametrize(
+    "rho, hidden, teacher, flags, message",
+    [
+        (2, None, False, False, "rho needs a teacher"),
+        (2, None, False, True, "--rho needs --teacher"),
+        (2, 8, True, False, "give rho or hidden, not both"),
+        (2, 8, None, True, "give --rho or --hidden, not both"),
+        (None, None, True, False, "give rho (a multiple"),
+        (None, None, False, False, "with pairs, give hidden"),
+        (None, None, False, True, "--hidden (the student width)"),
+    ],
+)
+def test_the_width_rule_is_one_function_in_two_vocabularies(rho, hidden, teacher, flags,
+                                                            message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_width_choice(rho, hidden, teacher=teacher, flags=flags)
+    # a config alone does not know whether a teacher will come
+    check_width_choice(None, None, teacher=None)
+    check_width_choice(2, None, teacher=True, flags=flags)
