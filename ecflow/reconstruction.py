@@ -206,28 +206,20 @@ def collapse_clusters(
     InputError
         No kept cluster, or inconsistent inputs.
     """
-    act = _check_collapse(students, losses, clustering)
-    losses_arr = np.asarray(losses, dtype=np.float64)
-    bias = students[int(np.argmin(losses_arr))].layers[1].bias.copy()
-    rows, out_cols, sources = [], [], []
-    for cl in clustering.kept:
-        owners = student[cl.members]
-        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
-        hid, out = students[s_best].layers
-        idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
-        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
-        new_v, comp = _merge_copies(act, v, ref, out.weight[:, idx])
+    _check_collapse(students, losses, clustering)
+    hidden, comps, sources = _collapse(
+        [s.layers[0] for s in students], [s.layers[1].weight for s in students], losses,
+        clustering, student, neuron, lowest_loss=True,
+    )
+    bias = students[int(np.argmin(np.asarray(losses, dtype=np.float64)))].layers[1].bias.copy()
+    for comp in comps:
         bias = bias + comp.bias
-        rows.append(new_v)
-        out_cols.append(comp.output_weight.reshape(students[0].d_out))
-        sources.append(s_best)
-    V = np.vstack(rows)
-    hidden = Layer(V[:, :-1].copy(), V[:, -1].copy(), act)
+    out_cols = [comp.output_weight.reshape(students[0].d_out) for comp in comps]
     output = Layer(np.column_stack(out_cols), bias, students[0].layers[1].activation)
     return Collapsed(
         network=MLP((hidden, output)),
         cluster=tuple(c.label for c in clustering.kept),
-        source_student=tuple(sources),
+        source_student=sources,
     )
 
 
@@ -284,9 +276,19 @@ def collapse_layer(
             "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
             "students longer or wider"
         )
+    layer, _, sources = _collapse(layers, next_weights, losses, clustering, student, neuron,
+                                  lowest_loss=lowest_loss)
+    return layer, sources
+
+
+def _collapse(layers, next_weights, losses, clustering: ClusterResult, student, neuron, *,
+              lowest_loss: bool) -> tuple[Layer, list[Compensation], tuple[int, ...]]:
+    """The collapse of both :func:`collapse_layer` and :func:`collapse_clusters`: per kept
+    cluster, the chosen student's copies merged into one neuron, and the compensation of the
+    weights above that the merge implies."""
     act: Activation = layers[0].activation
     losses_arr = np.asarray(losses, dtype=np.float64)
-    rows, sources = [], []
+    rows, comps, sources = [], [], []
     for cl in clustering.kept:
         owners = student[cl.members]
         if lowest_loss:
@@ -302,11 +304,12 @@ def collapse_layer(
         hid = layers[s_best]
         idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
         v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
-        new_v, _ = _merge_copies(act, v, ref, np.asarray(next_weights[s_best])[:, idx])
+        new_v, comp = _merge_copies(act, v, ref, np.asarray(next_weights[s_best])[:, idx])
         rows.append(new_v)
+        comps.append(comp)
         sources.append(s_best)
     V = np.vstack(rows)
-    return Layer(V[:, :-1].copy(), V[:, -1].copy(), act), tuple(sources)
+    return Layer(V[:, :-1].copy(), V[:, -1].copy(), act), comps, tuple(sources)
 
 
 def _check_collapse(
