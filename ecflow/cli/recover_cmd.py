@@ -15,10 +15,10 @@ from rich.table import Table
 
 from ecflow import blackbox, datasets, networks, teachers
 from ecflow.cli._app import app, error
+from ecflow.config import check_width_choice
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
-from ecflow.config import check_width_choice
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 
