@@ -311,6 +311,35 @@ def cluster_neurons(
     -------
     ClusterResult
     """
+    v, sid, n_students = _check_neurons(vectors, student, symmetry, n_students)
+    angles = neuron_angles_deg(v if revealed else v[:, :-1], symmetry)
+    # A float product like 0.6 * 5 = 2.9999999999999996 must still demand 3 students.
+    min_students = math.ceil(config.gamma * n_students - 1e-9)
+    tree = _walk_merges(v, sid, angles, symmetry, min_students, config.beta_deg)
+    best = int(np.argmax(tree.n_good))  # first maximum: the lowest height
+    height = float(tree.heights[best])
+    cut = [
+        k for k in tree.members
+        if tree.merge_height[k] <= height
+        and (k not in tree.parent or tree.merge_height[tree.parent[k]] > height)
+    ]
+    nodes = _absorb_siblings(tree, set(cut), sid, angles, config.beta_deg)
+    labels, clusters = _label_clusters(tree, nodes, sid, angles, min_students, config.beta_deg)
+    return ClusterResult(
+        labels=labels,
+        clusters=clusters,
+        height=height,
+        heights=tree.heights,
+        n_good=tree.n_good,
+        linkage=tree.linkage,
+        angles_deg=angles,
+        symmetry=symmetry,
+        n_students=n_students,
+    )
+
+
+def _check_neurons(vectors, student, symmetry, n_students) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`cluster_neurons`' inputs, checked: the vectors, student indices and ``N``."""
     v = check_array(vectors, "vectors", ndim=2)
     sid = np.asarray(student)
     if sid.shape != (v.shape[0],) or sid.dtype.kind not in "iu":
@@ -326,34 +355,55 @@ def cluster_neurons(
         n_students = int(np.unique(sid).size)
     if isinstance(n_students, bool) or int(n_students) < 1:
         raise InputError(f"n_students must be positive, got {n_students!r}")
-    n_students = int(n_students)
-    n = v.shape[0]
-    angles = neuron_angles_deg(v if revealed else v[:, :-1], symmetry)
-    min_students = config.gamma * n_students
-    # A float product like 0.6 * 5 = 2.9999999999999996 must still demand 3 students.
-    min_students = math.ceil(min_students - 1e-9)
+    return v, sid, int(n_students)
 
+
+@dataclass(frozen=True, eq=False)
+class _Tree:
+    """The dendrogram walked merge by merge: node ``k < n`` is neuron ``k``, node ``n + i`` the
+    ``i``-th merge; ``good`` says which nodes are big and aligned, and ``n_good`` counts the good
+    clusters of the cut at each of ``heights``."""
+
+    linkage: np.ndarray
+    members: dict[int, np.ndarray]
+    children: dict[int, tuple[int, int]]
+    parent: dict[int, int]
+    merge_height: dict[int, float]
+    good: dict[int, bool]
+    heights: np.ndarray
+    n_good: np.ndarray
+
+    def students_of(self, node: int, sid: np.ndarray) -> set[int]:
+        return set(sid[self.members[node]].tolist())
+
+    def descendants(self, node: int) -> set[int]:
+        out, stack = set(), [node]
+        while stack:
+            k = stack.pop()
+            out.add(k)
+            stack.extend(self.children.get(k, ()))
+        return out
+
+
+def _walk_merges(v, sid, angles, symmetry: Symmetry, min_students: int,
+                 beta_deg: float) -> _Tree:
+    """Average linkage of the neurons, walked in order: the forest after the merges at
+    heights <= h is the cut at h, and its good clusters are counted at each height."""
+    n = v.shape[0]
     if n == 1:
         linkage = np.zeros((0, 4))
     else:
         dist = neuron_distances(v, symmetry)
         linkage = hierarchy.linkage(squareform(dist, checks=False), method="average")
-
-    # Walk the merges in order; the forest after the merges at heights <= h is the cut at h.
-    # Node k < n is neuron k; node n + i is the i-th merge.
     members: dict[int, np.ndarray] = {k: np.array([k]) for k in range(n)}
     children: dict[int, tuple[int, int]] = {}
     parent: dict[int, int] = {}
     merge_height: dict[int, float] = {k: 0.0 for k in range(n)}
 
-    def students_of(node: int) -> set[int]:
-        return set(sid[members[node]].tolist())
-
-    def aligned(node: int) -> bool:
-        return _median_max_angle(angles, members[node])[0] <= config.beta_deg
-
     def is_good(node: int) -> bool:
-        return len(students_of(node)) >= min_students and aligned(node)
+        m = members[node]
+        return (len(set(sid[m].tolist())) >= min_students
+                and _median_max_angle(angles, m)[0] <= beta_deg)
 
     good = {k: is_good(k) for k in range(n)}
     count = sum(good.values())
@@ -380,77 +430,55 @@ def cluster_neurons(
                 n_good.append(count)
             else:  # merges at height 0 (identical neurons) belong to the cut at 0
                 n_good[-1] = count
-    heights_arr = np.array(heights)
-    n_good_arr = np.array(n_good, dtype=int)
-    best = int(np.argmax(n_good_arr))  # first maximum: the lowest height
-    height = float(heights_arr[best])
-    cut = [
-        k for k in members
-        if merge_height[k] <= height and (k not in parent or merge_height[parent[k]] > height)
-    ]
+    return _Tree(linkage, members, children, parent, merge_height, good, np.array(heights),
+                 np.array(n_good, dtype=int))
 
-    # The lowest cut with the most good clusters catches each teacher neuron as soon as
-    # gamma N students agree on it, so the copies of the remaining students, a bit farther
-    # out, may still hang outside (among them perhaps the best student's); with gamma <= 1/2
-    # those copies can even form a second good cluster, which the arg max rewards. A good
-    # cluster therefore absorbs its dendrogram sibling while the sibling's students are
-    # mostly new to it (two distinct teacher neurons are held by the same students) and the
-    # sibling lies within beta of it (median angle between their members).
-    def descendants(node: int) -> set[int]:
-        out, stack = set(), [node]
-        while stack:
-            k = stack.pop()
-            out.add(k)
-            stack.extend(children.get(k, ()))
-        return out
 
-    nodes = set(cut)
+def _absorb_siblings(tree: _Tree, nodes: set[int], sid, angles, beta_deg: float) -> set[int]:
+    """The cut's good clusters, each grown over its dendrogram sibling where that is the rest
+    of the same teacher neuron.
+
+    The lowest cut with the most good clusters catches each teacher neuron as soon as gamma N
+    students agree on it, so the copies of the remaining students, a bit farther out, may still
+    hang outside (among them perhaps the best student's); with gamma <= 1/2 those copies can
+    even form a second good cluster, which the arg max rewards. A good cluster therefore
+    absorbs its sibling while the sibling's students are mostly new to it (two distinct
+    teacher neurons are held by the same students) and the sibling lies within beta of it
+    (median angle between their members). ``tree.good`` marks the grown clusters good.
+    """
     changed = True
     while changed:
         changed = False
         for node in sorted(nodes):
-            p = parent.get(node)
-            if node not in nodes or p is None or not good[node]:
+            p = tree.parent.get(node)
+            if node not in nodes or p is None or not tree.good[node]:
                 continue
-            a, b = children[p]
+            a, b = tree.children[p]
             sib = b if a == node else a
-            sa, sb = students_of(node), students_of(sib)
+            sa, sb = tree.students_of(node, sid), tree.students_of(sib, sid)
             if len(sa & sb) > 0.5 * min(len(sa), len(sb)):
                 continue
-            cross = angles[np.ix_(members[node], members[sib])]
-            if float(np.median(cross)) > config.beta_deg:
+            cross = angles[np.ix_(tree.members[node], tree.members[sib])]
+            if float(np.median(cross)) > beta_deg:
                 continue
-            nodes = (nodes - descendants(p)) | {p}
-            good[p] = True
+            nodes = (nodes - tree.descendants(p)) | {p}
+            tree.good[p] = True
             changed = True
+    return nodes
 
-    # Label 0, 1, ... in order of first member so that labels do not depend on scipy.
-    groups = sorted((np.sort(members[k]) for k in nodes), key=lambda m: int(m[0]))
-    labels = np.empty(n, dtype=int)
+
+def _label_clusters(tree: _Tree, nodes: set[int], sid, angles, min_students: int,
+                    beta_deg: float) -> tuple[np.ndarray, tuple[Cluster, ...]]:
+    """Labels 0, 1, ... in order of first member, so that labels do not depend on scipy."""
+    groups = sorted((np.sort(tree.members[k]) for k in nodes), key=lambda m: int(m[0]))
+    labels = np.empty(angles.shape[0], dtype=int)
     clusters = []
     for lab, m in enumerate(groups):
         labels[m] = lab
         med, mx = _median_max_angle(angles, m)
         studs = tuple(int(s) for s in np.unique(sid[m]))
-        clusters.append(
-            Cluster(
-                label=lab,
-                members=m,
-                students=studs,
-                median_angle_deg=med,
-                max_angle_deg=mx,
-                big=len(studs) >= min_students,
-                aligned=med <= config.beta_deg,
-            )
-        )
-    return ClusterResult(
-        labels=labels,
-        clusters=tuple(clusters),
-        height=height,
-        heights=heights_arr,
-        n_good=n_good_arr,
-        linkage=linkage,
-        angles_deg=angles,
-        symmetry=symmetry,
-        n_students=n_students,
-    )
+        clusters.append(Cluster(
+            label=lab, members=m, students=studs, median_angle_deg=med, max_angle_deg=mx,
+            big=len(studs) >= min_students, aligned=med <= beta_deg,
+        ))
+    return labels, tuple(clusters)

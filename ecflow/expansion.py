@@ -13,7 +13,6 @@ of a student is its initialisation, so the seeds make a run reproducible.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecflow.activations import get_activation
+from ecflow.budget import Budget
 from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.errors import InputError, InputTypeError
@@ -109,7 +109,8 @@ def train_student(
     stop : callable, optional
         Cooperative stop flag (:mod:`ecflow.parallel`), polled by the engine.
     deadline : float, optional
-        Wall-clock time (``time.time()``, comparable across processes) by which training must
+        Wall-clock time (``time.time()``, comparable across processes: a worker may run on
+        another machine; :meth:`ecflow.budget.Budget.wall_deadline`) by which training must
         end: the student's budget is cut to what is left when it starts.
     progress : callable, optional
         ``progress(elapsed_seconds, loss)``, passed to the engine.
@@ -132,12 +133,10 @@ def train_student(
     fixed = _check_fixed(fixed, x.shape[1])
     if stop is not None and stop():
         return None
-    if deadline is not None:
-        left = deadline - time.time()
-        if left <= _MIN_STUDENT_SECONDS:
-            return None
-        if left < config.total_seconds:
-            config = dataclasses.replace(config, max_seconds=left)
+    budget = Budget.until_wall(deadline)
+    if budget.expired(_MIN_STUDENT_SECONDS):
+        return None
+    config = budget.fit(config)
     n_in = fixed[-1].n_out if fixed else x.shape[1]
     sizes = (n_in, *hidden, y.shape[1])
     init = glorot_normal(sizes, [activation] * len(hidden) + ["identity"], seed)
@@ -286,21 +285,12 @@ def expand(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise InputError("seeds must name at least one student")
-    total = len(seeds)
-    results: list[TrainResult | None] = [None] * total
-    reused = [False] * total
-    for i, res in (reuse or {}).items():
-        if not 0 <= i < total:
-            raise InputError(f"reuse names student {i}, outside the {total} seeds")
-        results[i], reused[i] = res, True
-    done = sum(reused)
-    todo = [i for i in range(total) if not reused[i]]
-    reason = enough(results) if enough is not None else None
-    if reason is not None or not todo:
-        return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
-
+    tally = _Tally.start(len(seeds), reuse, enough, on_result, progress)
+    todo = [i for i in range(len(seeds)) if not tally.reused[i]]
+    if tally.reason is not None or not todo:
+        return tally.expansion(t0)
     if progress is not None:
-        progress(done, total)
+        progress(tally.done, len(seeds))
     flag = make_stop_flag(executor)
     # a local pool's last students take the cores that the finished ones leave idle
     share = ThreadShare() if isinstance(executor, cf.ProcessPoolExecutor) else None
@@ -308,61 +298,94 @@ def expand(
         hidden=hidden, activation=activation, config=config, engine=engine,
         stop=flag if share is None else SharingStop(flag, share), deadline=deadline, fixed=fixed,
     )
-
-    def finish(i: int, res: TrainResult | None) -> str | None:
-        nonlocal done
-        results[i] = res
-        if res is not None and res.status is not TrainStatus.STOPPED and on_result is not None:
-            on_result(i, res)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return enough(results) if enough is not None and reason is None else None
-
     try:
         if executor is None:
             for i in todo:
-                res = train_student(x, y, seed=seeds[i], **kwargs)
-                why = finish(i, res)
-                if why is not None:
-                    reason = why
+                if tally.record(i, train_student(x, y, seed=seeds[i], **kwargs)):
                     flag.set()
-            return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
-        futures = {executor.submit(train_student, x, y, seed=seeds[i], **kwargs): i for i in todo}
-
-        def share_cores(left: int) -> None:
-            running = min(left, getattr(executor, "_max_workers", left))
-            share.set(spare_threads(running))
-
-        if share is not None:
-            share_cores(len(todo))
-        try:
-            # Not cf.as_completed: it also waits for the futures cancelled here, and a Dask
-            # executor never reports one whose task finished while it was being cancelled
-            # (setting the result of a cancelled future fails), which hung a test run.
-            pending = set(futures)
-            while pending:
-                finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    if fut.cancelled():
-                        continue
-                    why = finish(futures[fut], fut.result())
-                    if why is not None:
-                        reason = why
-                        flag.set()
-                        pending = {other for other in pending if not other.cancel()}
-                if reason is None and share is not None and pending:
-                    share_cores(len(pending))
-        except BaseException:
-            flag.set()
-            for fut in futures:
-                fut.cancel()
-            raise
+        else:
+            _run_on(executor, x, y, seeds, todo, kwargs, tally, flag, share)
     finally:
         flag.close()
         if share is not None:
             share.close()
-    return Expansion(tuple(results), tuple(reused), reason, time.monotonic() - t0)
+    return tally.expansion(t0)
+
+
+@dataclass(eq=False)
+class _Tally:
+    """The students of one :func:`expand` call as they end: results, the reason to stop the
+    rest once there is one, and the count reported to ``progress``."""
+
+    results: list[TrainResult | None]
+    reused: list[bool]
+    enough: Callable[[Sequence[TrainResult | None]], str | None] | None
+    on_result: Callable[[int, TrainResult], None] | None
+    progress: Callable[[int, int], None] | None
+    reason: str | None = None
+    done: int = 0
+
+    @classmethod
+    def start(cls, total: int, reuse, enough, on_result, progress) -> _Tally:
+        tally = cls([None] * total, [False] * total, enough, on_result, progress)
+        for i, res in (reuse or {}).items():
+            if not 0 <= i < total:
+                raise InputError(f"reuse names student {i}, outside the {total} seeds")
+            tally.results[i], tally.reused[i] = res, True
+        tally.done = sum(tally.reused)
+        tally.reason = enough(tally.results) if enough is not None else None
+        return tally
+
+    def record(self, i: int, res: TrainResult | None) -> bool:
+        """Note that student ``i`` ended; True when the ``enough`` rule has just said stop."""
+        self.results[i] = res
+        if res is not None and res.status is not TrainStatus.STOPPED and self.on_result:
+            self.on_result(i, res)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.results))
+        if self.enough is None or self.reason is not None:
+            return False
+        self.reason = self.enough(self.results)
+        return self.reason is not None
+
+    def expansion(self, t0: float) -> Expansion:
+        return Expansion(tuple(self.results), tuple(self.reused), self.reason,
+                         time.monotonic() - t0)
+
+
+def _run_on(executor: cf.Executor, x, y, seeds, todo, kwargs, tally: _Tally, flag,
+            share: ThreadShare | None) -> None:
+    """The students ``todo`` on ``executor``; once ``tally`` says stop, the queued ones are
+    cancelled and the running ones stopped through ``flag``."""
+    futures = {executor.submit(train_student, x, y, seed=seeds[i], **kwargs): i for i in todo}
+
+    def share_cores(left: int) -> None:
+        running = min(left, getattr(executor, "_max_workers", left))
+        share.set(spare_threads(running))
+
+    if share is not None:
+        share_cores(len(todo))
+    try:
+        # Not cf.as_completed: it also waits for the futures cancelled here, and a Dask
+        # executor never reports one whose task finished while it was being cancelled
+        # (setting the result of a cancelled future fails), which hung a test run.
+        pending = set(futures)
+        while pending:
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                if fut.cancelled():
+                    continue
+                if tally.record(futures[fut], fut.result()):
+                    flag.set()
+                    pending = {other for other in pending if not other.cancel()}
+            if tally.reason is None and share is not None and pending:
+                share_cores(len(pending))
+    except BaseException:
+        flag.set()
+        for fut in futures:
+            fut.cancel()
+        raise
 
 
 def train_students(

@@ -1,11 +1,14 @@
-"""Reconstruction of one hidden layer from the kept clusters, fine-tuning and pruning.
+"""Reconstruction of a hidden layer from its kept clusters, the output refit and pruning, for
+any depth (paper section 5 step 3-4 and appendix A.3; the stages of :mod:`ecflow.stage` and the
+finish of :mod:`ecflow.finish` call them).
 
-Paper section 5 step 3-4 and appendix A.3. Notation: a student computes
-``f(x) = A σ(W x + b) + c`` with ``A`` of shape ``(d_out, m)``; neuron ``j`` is ``v_j = [w_j, b_j]``
-and ``z_j = w_j·x + b_j``.
+Notation: a student with one hidden layer computes ``f(x) = A σ(W x + b) + c`` with ``A`` of
+shape ``(d_out, m)``; neuron ``j`` is ``v_j = [w_j, b_j]`` and ``z_j = w_j·x + b_j``; in a deep
+network ``x`` is the layer below and ``A`` the layer above.
 
-**Collapse.** Each kept cluster becomes one hidden neuron, taken from the lowest-loss student
-among the cluster's contributors: its member nearest to the cluster's medoid, averaged with its
+**Collapse.** Each kept cluster becomes one hidden neuron (:func:`collapse_layer`; with the
+output layer compensated, :func:`collapse_clusters`), taken from the lowest-loss student
+among the cluster's contributors (or, for deep students, the student of the cluster's medoid): its member nearest to the cluster's medoid, averaged with its
 other copies of that neuron when it holds several (members farther than ``_COPY_DEG`` are
 strays let in by the loose ``β`` and left out). Copies are first brought to a common
 orientation, ``s_j = sign(v_j · v_ref)``, and
@@ -23,28 +26,27 @@ the queries: :func:`choose_orientations` tries the orientations (exhaustively up
 ``2**max_exhaustive`` combinations, greedily beyond) and refits the output layer by linear
 least squares for each.
 
-**Output refit.** :func:`refit_output` solves ``min ‖[h(x), 1] [A c]^T - y‖`` exactly; it
-absorbs constant-type neurons and the split of a teacher neuron over several clusters.
+**Output refit.** :func:`refit_output` solves ``min ‖[h_L(x), 1] [A c]^T - y‖`` exactly on the
+last hidden layer; it absorbs constant-type neurons and the split of a teacher neuron over
+several clusters.
 
-**Fine-tune and prune.** The reconstruction is fine-tuned with the engine; then
-:func:`prune_network` tries to remove each neuron, least supported first: the smaller network
-(output refit, fine-tuned if the refit alone is not enough) replaces the current one when it
-reaches the same precision, so the recovered width is minimal.
+**Prune.** :func:`prune_network` tries to remove each hidden neuron, top layer first, least
+supported first (:func:`remove_hidden_neuron`: the layer above refit by least squares): the
+smaller network, fine-tuned if the refit alone is not enough, replaces the current one when it
+reaches the same precision, so the recovered widths are minimal.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import itertools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ecflow.activations import Activation, Compensation
+from ecflow.budget import Budget
 from ecflow.clustering import ClusterResult, neuron_angles_deg
 from ecflow.engines.base import Engine, TrainConfig, TrainResult
 from ecflow.errors import InputError
@@ -54,7 +56,6 @@ from ecflow.networks import MLP, Layer, check_xy
 
 __all__ = [
     "default_finetune",
-    "within_deadline",
     "support_order",
     "NeuronCertificate",
     "Collapsed",
@@ -65,6 +66,7 @@ __all__ = [
     "refit_output",
     "choose_orientations",
     "remove_neurons",
+    "remove_hidden_neuron",
     "network_rmse",
     "prune_network",
 ]
@@ -78,26 +80,12 @@ symmetries) are copies of one neuron: at zero loss they coincide, and on a g tea
 far below the angle to any other neuron."""
 
 
-
 def default_finetune() -> TrainConfig:
     """The fine-tune of a reconstruction (shallow and layer-wise): near the optimum
     Levenberg-Marquardt converges in a few dozen steps; a minute bounds the rare fine-tune of a
     spurious reconstruction that stalls."""
     return TrainConfig(max_seconds=60.0)
 
-
-def within_deadline(
-    config: TrainConfig, deadline: float | None, cut: list[str], what: str
-) -> TrainConfig:
-    """``config`` with its budget cut to what is left before ``deadline``
-    (``time.monotonic()``); the cut is noted in ``cut`` under ``what``."""
-    if deadline is None:
-        return config
-    left = deadline - time.monotonic()
-    if left >= config.total_seconds:
-        return config
-    cut.append(f"{what}: budget cut from {config.total_seconds:.0f} s to {max(left, 0):.0f} s")
-    return dataclasses.replace(config, max_seconds=max(left, 0.5))
 
 @dataclass(frozen=True)
 class NeuronCertificate:
@@ -218,28 +206,20 @@ def collapse_clusters(
     InputError
         No kept cluster, or inconsistent inputs.
     """
-    act = _check_collapse(students, losses, clustering)
-    losses_arr = np.asarray(losses, dtype=np.float64)
-    bias = students[int(np.argmin(losses_arr))].layers[1].bias.copy()
-    rows, out_cols, sources = [], [], []
-    for cl in clustering.kept:
-        owners = student[cl.members]
-        s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
-        hid, out = students[s_best].layers
-        idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
-        v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
-        new_v, comp = _merge_copies(act, v, ref, out.weight[:, idx])
+    _check_collapse(students, losses, clustering)
+    hidden, comps, sources = _collapse(
+        [s.layers[0] for s in students], [s.layers[1].weight for s in students], losses,
+        clustering, student, neuron, lowest_loss=True,
+    )
+    bias = students[int(np.argmin(np.asarray(losses, dtype=np.float64)))].layers[1].bias.copy()
+    for comp in comps:
         bias = bias + comp.bias
-        rows.append(new_v)
-        out_cols.append(comp.output_weight.reshape(students[0].d_out))
-        sources.append(s_best)
-    V = np.vstack(rows)
-    hidden = Layer(V[:, :-1].copy(), V[:, -1].copy(), act)
+    out_cols = [comp.output_weight.reshape(students[0].d_out) for comp in comps]
     output = Layer(np.column_stack(out_cols), bias, students[0].layers[1].activation)
     return Collapsed(
         network=MLP((hidden, output)),
         cluster=tuple(c.label for c in clustering.kept),
-        source_student=tuple(sources),
+        source_student=sources,
     )
 
 
@@ -250,14 +230,16 @@ def collapse_layer(
     clustering: ClusterResult,
     student: np.ndarray,
     neuron: np.ndarray,
+    *,
+    lowest_loss: bool = False,
 ) -> tuple[Layer, tuple[int, ...]]:
-    """One neuron per kept cluster of one hidden layer of deep students, incoming side only.
+    """One neuron per kept cluster of one hidden layer of the students, incoming side only.
 
-    The layer-wise recovery of a deep teacher (:mod:`ecflow.layerwise`) keeps only the
-    incoming ``[w, b]`` of each cluster: the copies of the core neuron held by the student of
-    the cluster's medoid (the member with the least median angle to the others), oriented and
-    merged by the class's algebra as in :func:`collapse_clusters`; the layer above is retrained
-    or refit on it, so no output weight is carried over.
+    Every stage (:mod:`ecflow.stage`) keeps only the incoming ``[w, b]`` of each cluster: the
+    copies of the core neuron held by one student of the cluster (of its medoid, the member
+    with the least median angle to the others, or of lowest loss), oriented and merged by the
+    class's algebra as in :func:`collapse_clusters`; the layer above is retrained or refit on
+    it, so no output weight is carried over.
 
     Parameters
     ----------
@@ -267,12 +249,15 @@ def collapse_layer(
     next_weights : sequence of ndarray of shape (n_next, n_hidden), float64
         Each student's weights of the layer above (they orient an even+linear neuron).
     losses : sequence of float
-        Final training loss of each student (one per student, checked; the neuron is taken
-        from the student of the cluster's medoid, whatever its loss).
+        Final training loss of each student (one per student, checked).
     clustering : ClusterResult
         Of the ``[w, b]`` rows of ``layers``.
     student, neuron : ndarray of shape (n_neurons,), int
         Student and in-student index of each clustered neuron.
+    lowest_loss : bool, default=False
+        Take each neuron from the cluster's student of lowest loss (as
+        :func:`collapse_clusters`: students at zero loss, one hidden layer) instead of the
+        student of its medoid, whatever its loss.
 
     Returns
     -------
@@ -291,25 +276,40 @@ def collapse_layer(
             "no cluster is both big and aligned: lower gamma, raise beta_deg, or train the "
             "students longer or wider"
         )
+    layer, _, sources = _collapse(layers, next_weights, losses, clustering, student, neuron,
+                                  lowest_loss=lowest_loss)
+    return layer, sources
+
+
+def _collapse(layers, next_weights, losses, clustering: ClusterResult, student, neuron, *,
+              lowest_loss: bool) -> tuple[Layer, list[Compensation], tuple[int, ...]]:
+    """The collapse of both :func:`collapse_layer` and :func:`collapse_clusters`: per kept
+    cluster, the chosen student's copies merged into one neuron, and the compensation of the
+    weights above that the merge implies."""
     act: Activation = layers[0].activation
-    rows, sources = [], []
+    losses_arr = np.asarray(losses, dtype=np.float64)
+    rows, comps, sources = [], [], []
     for cl in clustering.kept:
         owners = student[cl.members]
-        # The medoid's student, not the lowest-loss one: a deep student at MSE 1e-8 can still
-        # hold one teacher neuron as a near pair of its own, ~5 degrees off (measured on a
-        # g 8-4-2-1 teacher: 2 of 4 such students, among them the lowest-loss one), while the
-        # cluster's centre is where the other students agree, within 1e-3 degrees.
-        core = clustering.angles_deg[np.ix_(cl.members, cl.members)]
-        medoid = int(np.argmin(np.median(core, axis=1)))
-        s_best = int(owners[medoid])
+        if lowest_loss:
+            s_best = min(set(owners.tolist()), key=lambda s: (losses_arr[s], s))
+        else:
+            # The medoid's student, not the lowest-loss one: a deep student at MSE 1e-8 can
+            # still hold one teacher neuron as a near pair of its own, ~5 degrees off (measured
+            # on a g 8-4-2-1 teacher: 2 of 4 such students, among them the lowest-loss one),
+            # while the cluster's centre is where the other students agree, within 1e-3
+            # degrees.
+            core = clustering.angles_deg[np.ix_(cl.members, cl.members)]
+            s_best = int(owners[int(np.argmin(np.median(core, axis=1)))])
         hid = layers[s_best]
         idx, ref = _copies(clustering, cl.members, owners == s_best, neuron, hid)
         v = np.hstack([hid.weight[idx], hid.bias[idx, None]])
-        new_v, _ = _merge_copies(act, v, ref, np.asarray(next_weights[s_best])[:, idx])
+        new_v, comp = _merge_copies(act, v, ref, np.asarray(next_weights[s_best])[:, idx])
         rows.append(new_v)
+        comps.append(comp)
         sources.append(s_best)
     V = np.vstack(rows)
-    return Layer(V[:, :-1].copy(), V[:, -1].copy(), act), tuple(sources)
+    return Layer(V[:, :-1].copy(), V[:, -1].copy(), act), comps, tuple(sources)
 
 
 def _check_collapse(
@@ -398,38 +398,45 @@ def _merge_copies(
     return new_v, act.compensate(a, signs, norms, new_v)
 
 
-def _design(net: MLP, x: np.ndarray) -> np.ndarray:
-    h = net.hidden(x, 0)
+def _design(h: np.ndarray) -> np.ndarray:
+    """``[h, 1]``: hidden activations and a column of ones for the bias."""
     return np.hstack([h, np.ones((h.shape[0], 1))])
 
 
-def refit_output(network: MLP, x: np.ndarray, y: np.ndarray) -> MLP:
-    """Refit the output layer by linear least squares, hidden layer fixed.
+def _lstsq(h: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Coefficients ``(n_hidden + 1, n_targets)`` of ``min ‖[h, 1] C - target‖``."""
+    coef, *_ = np.linalg.lstsq(_design(h), target, rcond=None)
+    return coef
 
-    Solves ``min_{A, c} ‖h(x) A^T + c - y‖_F`` with ``h(x)`` the hidden activations, by SVD
-    (``numpy.linalg.lstsq``; rank-deficient columns, such as a neuron that duplicates another
-    or a constant neuron beside the bias, get the minimum-norm solution).
+
+def refit_output(network: MLP, x: np.ndarray, y: np.ndarray) -> MLP:
+    """Refit the output layer by linear least squares, every hidden layer fixed.
+
+    Solves ``min_{A, c} ‖h_L(x) A^T + c - y‖_F`` with ``h_L(x)`` the activations of the last
+    hidden layer, by SVD (``numpy.linalg.lstsq``; rank-deficient columns, such as a neuron
+    that duplicates another or a constant neuron beside the bias, get the minimum-norm
+    solution). The one output refit of the package, for any depth.
 
     Parameters
     ----------
     network : MLP
-        One hidden layer, ``identity`` output.
+        At least one hidden layer, ``identity`` output.
     x : ndarray of shape (n_samples, d_in), float64
     y : ndarray of shape (n_samples, d_out), float64
 
     Returns
     -------
     MLP
-        Same hidden layer, new output weight ``(d_out, n_hidden)`` and bias ``(d_out,)``.
+        Same hidden layers, new output weight ``(d_out, n_hidden)`` and bias ``(d_out,)``.
     """
-    _check_one_hidden(network, "network")
     x, y = check_xy(x, y)
-    if network.layers[1].activation.name != "identity":
-        raise InputError("refit_output needs an identity output layer")
-    design = _design(network, x)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    out = Layer(coef[:-1].T.copy(), coef[-1].copy(), network.layers[1].activation)
-    return network.replace_layer(1, out)
+    if len(network.layers) < 2 or network.layers[-1].activation.name != "identity":
+        raise InputError("refit_output needs at least one hidden layer and an identity output "
+                         f"layer, got sizes {network.sizes}")
+    top = len(network.layers) - 1
+    coef = _lstsq(network.hidden(x, top - 1), y)
+    out = Layer(coef[:-1].T.copy(), coef[-1].copy(), network.layers[-1].activation)
+    return network.replace_layer(top, out)
 
 
 def _flip(network: MLP, flips: Sequence[int]) -> MLP:
@@ -487,7 +494,7 @@ def choose_orientations(
     m = network.layers[0].n_out
 
     def residual(flips: Sequence[int]) -> float:
-        design = _design(_flip(network, flips), xs)
+        design = _design(_flip(network, flips).hidden(xs, 0))
         coef, *_ = np.linalg.lstsq(design, ys, rcond=None)
         return float(np.sum((design @ coef - ys) ** 2))
 
@@ -558,6 +565,46 @@ class PruneConfig:
             raise InputError(f"rel_factor must be at least 1, got {self.rel_factor!r}")
 
 
+def remove_hidden_neuron(network: MLP, layer: int, neuron: int, x: np.ndarray,
+                         y: np.ndarray) -> MLP:
+    """The network without neuron ``neuron`` of hidden layer ``layer`` (0-based), the layer
+    above refit by least squares.
+
+    The output layer is refit on ``y`` (:func:`refit_output`; with one hidden layer through
+    :func:`choose_orientations`, which also orients the even+linear classes). A hidden layer
+    above is refit on its own pre-activations ``W_{l+1} h_l + b_{l+1}`` before the removal:
+    exact when the removed neuron was a duplicate, a constant or a zero neuron.
+
+    Parameters
+    ----------
+    network : MLP
+    layer : int
+        Hidden layer index, ``0 <= layer < len(network.layers) - 1``.
+    neuron : int
+    x : ndarray of shape (n_samples, d_in), float64
+    y : ndarray of shape (n_samples, d_out), float64
+    """
+    n_hidden = len(network.layers) - 1
+    if not 0 <= layer < n_hidden:
+        raise InputError(f"layer must be a hidden layer index in [0, {n_hidden}), got {layer}")
+    lyr, above = network.layers[layer], network.layers[layer + 1]
+    if not 0 <= neuron < lyr.n_out:
+        raise InputError(f"layer {layer} has {lyr.n_out} neurons, got neuron {neuron}")
+    if lyr.n_out == 1:
+        raise InputError(f"cannot remove the last neuron of hidden layer {layer}")
+    keep = np.delete(np.arange(lyr.n_out), neuron)
+    layers = list(network.layers)
+    layers[layer] = Layer(lyr.weight[keep], lyr.bias[keep], lyr.activation)
+    if layer + 1 == n_hidden:
+        layers[layer + 1] = Layer(above.weight[:, keep], above.bias, above.activation)
+        smaller = MLP(tuple(layers))
+        return choose_orientations(smaller, x, y) if n_hidden == 1 else refit_output(smaller, x, y)
+    h_full = network.hidden(x, layer)
+    coef = _lstsq(h_full[:, keep], h_full @ above.weight.T + above.bias)
+    layers[layer + 1] = Layer(coef[:-1].T.copy(), coef[-1].copy(), above.activation)
+    return MLP(tuple(layers))
+
+
 @dataclass(frozen=True, eq=False)
 class PruneResult:
     """Outcome of :func:`prune_network`.
@@ -567,10 +614,11 @@ class PruneResult:
     network : MLP
     rmse : float
         RMSE of ``network`` on the queries.
-    kept : tuple of int
-        Indices (into the input network's hidden layer) of the neurons that remain.
-    removed : tuple of int
-        Indices removed, in removal order.
+    kept : tuple of tuple of int
+        Per hidden layer, the indices (into the input network's layer) of the neurons that
+        remain.
+    removed : tuple of tuple of int
+        Per hidden layer, the indices removed, in removal order.
     tried : int
         Removals tried.
     finetunes : int
@@ -579,10 +627,59 @@ class PruneResult:
 
     network: MLP
     rmse: float
-    kept: tuple[int, ...]
-    removed: tuple[int, ...]
+    kept: tuple[tuple[int, ...], ...]
+    removed: tuple[tuple[int, ...], ...]
     tried: int
     finetunes: int
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(r) for r in self.removed)
+
+
+def _check_orders(orders, sizes: Sequence[int]) -> list[list[int]]:
+    if orders is None:
+        return [list(range(m - 1, -1, -1)) for m in sizes]
+    orders = [[int(k) for k in o] for o in orders]
+    if len(orders) != len(sizes) or any(
+        sorted(o) != sorted(set(o)) or any(not 0 <= k < m for k in o)
+        for o, m in zip(orders, sizes)
+    ):
+        raise InputError(
+            f"orders must list distinct neuron indices per hidden layer {tuple(sizes)}, got "
+            f"{orders}"
+        )
+    return orders
+
+
+@dataclass(frozen=True, eq=False)
+class _Pruning:
+    """What :func:`prune_network`'s tries share: the queries, the tolerance, the fine-tune."""
+
+    x: np.ndarray
+    y: np.ndarray
+    engine: Engine
+    train_config: TrainConfig
+    config: PruneConfig
+    budget: Budget
+    tol: float
+
+    def attempt(self, current: MLP, layer: int, pos: int) -> tuple[MLP, float, bool] | None:
+        """The network without that neuron, its RMSE, and whether it was fine-tuned; None when
+        the budget ran out before its fine-tune."""
+        smaller = remove_hidden_neuron(current, layer, pos, self.x, self.y)
+        rmse = network_rmse(smaller, self.x, self.y)
+        scale = float(np.std(self.y)) or 1.0
+        if not self.tol < rmse <= self.config.skip_rmse * scale:
+            return smaller, rmse, False
+        if self.budget.expired():
+            return None
+        result: TrainResult = self.engine.train(
+            self.x, self.y, smaller, self.budget.fit(self.train_config)
+        )
+        if result.rmse < rmse:
+            smaller, rmse = result.network, network_rmse(result.network, self.x, self.y)
+        return smaller, rmse, True
 
 
 def prune_network(
@@ -592,82 +689,69 @@ def prune_network(
     *,
     engine: Engine,
     train_config: TrainConfig,
-    order: Sequence[int] | None = None,
+    orders: Sequence[Sequence[int]] | None = None,
     config: PruneConfig = PruneConfig(),
-    deadline: float | None = None,
+    budget: Budget | None = None,
     on_try: Callable[[int, int], None] | None = None,
 ) -> PruneResult:
-    """Remove every hidden neuron the network can do without at the same precision.
+    """Remove every hidden neuron, in any layer, that the network can do without at the same
+    precision: the one pruning of the package.
 
-    Tries each neuron once, in ``order`` (default: last to first): removes it, refits the
-    output layer (:func:`choose_orientations`, which also fixes orientations for even+linear
-    classes), and fine-tunes with ``engine`` when the refit alone is not within tolerance
-    (:class:`PruneConfig`). An accepted removal replaces the current network.
+    Layers are visited from the top (where the refit is the exact output fit) down; in each,
+    the neurons in ``orders[layer]`` (default last to first), each tried once. A removal
+    (:func:`remove_hidden_neuron`) is fine-tuned with ``engine`` when the refit alone is not
+    within tolerance but within ``config.skip_rmse`` of ``std(y)``, and accepted, replacing the
+    current network, when its RMSE is at most ``max(abs_rmse, rel_factor * RMSE before
+    pruning)`` (the starting precision, so that successive removals cannot drift).
 
     Parameters
     ----------
     network : MLP
-        One hidden layer, typically already fine-tuned.
+        Typically fine-tuned.
     x : ndarray of shape (n_samples, d_in), float64
     y : ndarray of shape (n_samples, d_out), float64
     engine : Engine
     train_config : TrainConfig
         Budget of each fine-tune.
-    order : sequence of int, optional
-        Neuron indices to try, first tried first (e.g. least supported cluster first).
+    orders : sequence of sequence of int, optional
+        Per hidden layer, the neuron indices to try, first tried first (e.g. least supported
+        cluster first, :func:`support_order`).
     config : PruneConfig
-    deadline : float, optional
-        ``time.monotonic()`` value after which no new removal is tried.
+    budget : Budget, optional
+        No removal is tried once it has expired; each fine-tune is fitted to it.
     on_try : callable, optional
         ``on_try(done, total)`` after each tried removal.
     """
-    _check_one_hidden(network, "network")
     x, y = check_xy(x, y)
-    m = network.layers[0].n_out
-    order = list(range(m - 1, -1, -1)) if order is None else [int(k) for k in order]
-    if sorted(order) != sorted(set(order)) or any(not 0 <= k < m for k in order):
-        raise InputError(f"order must list distinct neuron indices in [0, {m}), got {order}")
-    scale = float(np.std(y)) or 1.0
-    current = network
-    current_rmse = network_rmse(network, x, y)
-    # Tolerance against the starting precision, so that successive removals cannot drift.
-    tol = max(config.abs_rmse, config.rel_factor * current_rmse)
-    alive = list(range(m))  # original index of each current neuron
-    removed: list[int] = []
-    tried = finetunes = 0
-    for done, k in enumerate(order, start=1):
-        if len(alive) == 1 or (deadline is not None and time.monotonic() > deadline):
-            break
-        tried += 1
-        pos = alive.index(k)
-        smaller = choose_orientations(remove_neurons(current, [pos]), x, y)
-        rmse = network_rmse(smaller, x, y)
-        if rmse > tol and rmse <= config.skip_rmse * scale:
-            budget = train_config
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if left < budget.total_seconds:
-                    budget = dataclasses.replace(budget, max_seconds=left)
-            result: TrainResult = engine.train(x, y, smaller, budget)
-            finetunes += 1
-            if result.rmse < rmse:
-                smaller, rmse = result.network, network_rmse(result.network, x, y)
-        accepted = rmse <= tol
-        logger.info("prune neuron %d: rmse %.3g (tolerance %.3g) %s", k, rmse, tol,
-                    "removed" if accepted else "kept")
-        if accepted:
-            current, current_rmse = smaller, rmse
-            alive.pop(pos)
-            removed.append(k)
-        if on_try is not None:
-            on_try(done, len(order))
-    return PruneResult(
-        network=current,
-        rmse=current_rmse,
-        kept=tuple(alive),
-        removed=tuple(removed),
-        tried=tried,
-        finetunes=finetunes,
-    )
+    sizes = list(network.hidden_sizes)
+    orders = _check_orders(orders, sizes)
+    budget = Budget() if budget is None else budget
+    current, current_rmse = network, network_rmse(network, x, y)
+    pruning = _Pruning(x, y, engine, train_config, config, budget,
+                       max(config.abs_rmse, config.rel_factor * current_rmse))
+    alive = [list(range(m)) for m in sizes]
+    removed: list[list[int]] = [[] for _ in sizes]
+    tried = finetunes = done = 0
+    total = sum(len(o) for o in orders)
+    for layer in range(len(sizes) - 1, -1, -1):
+        for k in orders[layer]:
+            if len(alive[layer]) == 1 or budget.expired():
+                break
+            tried += 1
+            outcome = pruning.attempt(current, layer, alive[layer].index(k))
+            if outcome is None:
+                break
+            smaller, rmse, tuned = outcome
+            finetunes += tuned
+            accepted = rmse <= pruning.tol
+            logger.info("prune layer %d neuron %d: rmse %.3g (tolerance %.3g) %s", layer + 1,
+                        k, rmse, pruning.tol, "removed" if accepted else "kept")
+            if accepted:
+                current, current_rmse = smaller, rmse
+                alive[layer].remove(k)
+                removed[layer].append(k)
+            done += 1
+            if on_try is not None:
+                on_try(done, total)
+    return PruneResult(current, current_rmse, tuple(tuple(a) for a in alive),
+                       tuple(tuple(r) for r in removed), tried, finetunes)

@@ -456,7 +456,38 @@ def train_classifier(
     seed = check_int(seed, "seed", minimum=0)
     act = get_activation(activation)
     started = time.perf_counter()
+    train, val, test = _split(data, seed, config)
+    x, labels = data.x, data.labels
+    shape = (data.d_in, hidden, data.n_classes)
+    init = glorot_normal(shape, (act, "identity"), np.random.default_rng([seed, 1]))
+    fit = _fit(init.flatten(), shape, act, x[train], labels[train], x[val], labels[val],
+               np.random.default_rng([seed, 2]), config)
 
+    def accuracy(rows: np.ndarray) -> float:
+        predicted = np.argmax(_logits(fit.theta, shape, act, x[rows]), axis=1)
+        return float(np.mean(predicted == labels[rows]))
+
+    return TrainedTeacher(
+        network=init.unflatten(fit.theta),
+        dataset=data.name,
+        seed=seed,
+        train_index=train,
+        val_index=val,
+        test_index=test,
+        x_train=np.array(x[train]),
+        train_accuracy=accuracy(train),
+        val_accuracy=accuracy(val),
+        test_accuracy=accuracy(test),
+        val_loss=float(fit.val_loss),
+        epochs=fit.epochs,
+        best_epoch=fit.best_epoch,
+        stopped_by=fit.stopped_by,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _split(data, seed: int, config: ClassifierConfig):
+    """The train/validation/test indices, each part non-empty."""
     train, val, test = split_indices(
         data.labels, seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
     )
@@ -465,21 +496,31 @@ def train_classifier(
             f"data set {data.name!r} is too small for a train/validation/test split: "
             f"{len(train)}/{len(val)}/{len(test)} images"
         )
-    x, labels = data.x, data.labels
-    shape = (data.d_in, hidden, data.n_classes)
-    init = glorot_normal(shape, (act, "identity"), np.random.default_rng([seed, 1]))
-    theta = init.flatten()
+    return train, val, test
+
+
+@dataclass(frozen=True, eq=False)
+class _Fit:
+    """The best epoch of :func:`_fit`: its parameters and validation loss, and how it ended."""
+
+    theta: np.ndarray
+    val_loss: float
+    best_epoch: int
+    epochs: int
+    stopped_by: str
+
+
+def _fit(theta, shape, act, x_train, y_train, x_val, y_val, batch_rng,
+         config: ClassifierConfig) -> _Fit:
+    """Adam on shuffled minibatches, the best epoch by validation loss, early stop on
+    ``patience`` epochs without a relative improvement of ``_MIN_RELATIVE_IMPROVEMENT``."""
     m = np.zeros_like(theta)
     v = np.zeros_like(theta)
-    batch_rng = np.random.default_rng([seed, 2])
-    x_train, y_train = x[train], labels[train]
-    x_val, y_val = x[val], labels[val]
-
     best_theta, best_loss, best_epoch = theta.copy(), np.inf, 0
     step, epoch, stopped_by = 0, 0, "max_epochs"
     while epoch < config.max_epochs:
         epoch += 1
-        order = batch_rng.permutation(len(train))
+        order = batch_rng.permutation(len(x_train))
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
             _, grad = _loss_grad(theta, shape, act, x_train[rows], y_train[rows])
@@ -495,25 +536,4 @@ def train_classifier(
         elif epoch - best_epoch >= config.patience:
             stopped_by = "patience"
             break
-
-    def accuracy(rows: np.ndarray) -> float:
-        predicted = np.argmax(_logits(best_theta, shape, act, x[rows]), axis=1)
-        return float(np.mean(predicted == labels[rows]))
-
-    return TrainedTeacher(
-        network=init.unflatten(best_theta),
-        dataset=data.name,
-        seed=seed,
-        train_index=train,
-        val_index=val,
-        test_index=test,
-        x_train=np.array(x_train),
-        train_accuracy=accuracy(train),
-        val_accuracy=accuracy(val),
-        test_accuracy=accuracy(test),
-        val_loss=float(best_loss),
-        epochs=epoch,
-        best_epoch=best_epoch,
-        stopped_by=stopped_by,
-        seconds=time.perf_counter() - started,
-    )
+    return _Fit(best_theta, best_loss, best_epoch, epoch, stopped_by)

@@ -30,13 +30,15 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ecflow._checks import check_int, check_number
 from ecflow.activations import ACTIVATIONS, get_activation
+from ecflow.budget import Budget
+from ecflow.context import Progress
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig, TrainResult
 from ecflow.errors import InputError
 from ecflow.expansion import train_student
@@ -53,8 +55,6 @@ __all__ = [
     "doubling_widths",
 ]
 
-Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)`` as in :mod:`ecflow.recover`; the phase is "width search"."""
 
 PHASE = "width search"
 
@@ -275,22 +275,9 @@ def _merge(trials: list[WidthTrial], new: WidthTrial) -> list[WidthTrial]:
     return trials + [new]
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """Wall-clock deadline shared by the rounds; None means no limit."""
-
-    deadline: float | None
-
-    def left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - time.monotonic()
-
-    def config(self, train: TrainConfig) -> TrainConfig | None:
-        left = self.left()
-        if left < 1.0:
-            return None
-        if left >= train.total_seconds:
-            return train
-        return dataclasses.replace(train, max_seconds=left)
+def _round_config(budget: Budget, train: TrainConfig) -> TrainConfig | None:
+    """A round's training fitted to the budget; None when less than a second is left."""
+    return None if budget.expired(1.0) else budget.fit(train)
 
 
 def _train_round(
@@ -388,7 +375,7 @@ def search_width(
     seed: int = 0,
     engine: str = "native",
     executor: cf.Executor | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     progress: Progress | None = None,
 ) -> WidthSearch:
     """Find the smallest student width, and the activation, at which short students of a teacher
@@ -409,8 +396,9 @@ def search_width(
     engine : str, default="native"
     executor : concurrent.futures.Executor, optional
         Trains the students of a round in parallel.
-    deadline : float, optional
-        ``time.monotonic()`` value after which no student starts and running ones stop.
+    budget : Budget, optional
+        No round starts with less than a second left; each student's time limit is fitted
+        to what is left.
     progress : callable, optional
         ``progress("width search", done, total)``.
 
@@ -425,6 +413,25 @@ def search_width(
     x, y = check_xy(x, y)
     if config.n_queries is not None:
         x, y = x[: config.n_queries], y[: config.n_queries]
+    candidates = _candidates(activations)
+    threshold = check_number(threshold, "threshold", positive=True)
+    if config.train.target_loss is None:
+        # Polishing below near-zero loss would tell the search nothing more.
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, target_loss=threshold)
+        )
+    rounds = _Rounds(x, y, config, threshold, Budget() if budget is None else budget,
+                     dict(seed=seed, config=config, engine=engine, executor=executor,
+                          progress=progress, counter=[0]))
+    state = _doubling(rounds, candidates)
+    if state.hi is None and not state.out_of_time and state.trials:
+        state = _second_chance(rounds, candidates, state)
+    if state.hi is not None and config.bisect:
+        state = _bisect(rounds, state)
+    return _outcome(state, candidates, config, threshold, time.monotonic() - t_start)
+
+
+def _candidates(activations) -> list[str]:
     if activations is None:
         candidates = list(ACTIVATIONS)
     elif isinstance(activations, str):
@@ -435,70 +442,102 @@ def search_width(
         raise InputError("activations must name at least one candidate")
     for a in candidates:
         get_activation(a)
-    threshold = check_number(threshold, "threshold", positive=True)
-    if config.train.target_loss is None:
-        # Polishing below near-zero loss would tell the search nothing more.
-        config = dataclasses.replace(
-            config, train=dataclasses.replace(config.train, target_loss=threshold)
-        )
-    budget = _Budget(deadline)
-    trials: list[WidthTrial] = []
-    counter = [0]
-    round_kwargs = dict(seed=seed, config=config, engine=engine, executor=executor,
-                        progress=progress, counter=counter)
-    lo, hi = 0, None
-    out_of_time = False
-    for width in doubling_widths(config.max_width):
-        train = budget.config(config.train)
+    return candidates
+
+
+@dataclass(frozen=True, eq=False)
+class _Rounds:
+    """What every round of one search shares: the pairs, the settings, the budget."""
+
+    x: np.ndarray
+    y: np.ndarray
+    config: WidthSearchConfig
+    threshold: float
+    budget: Budget
+    kwargs: dict
+
+    def train(self, width: int, activations: Sequence[str], attempt: int = 0
+              ) -> list[WidthTrial] | None:
+        """One round at ``width``; None when the budget has no second left for it."""
+        train = _round_config(self.budget, self.config.train)
         if train is None:
-            out_of_time = True
-            break
-        trials += _train_round(x, y, width, candidates, train=train, **round_kwargs)
-        if any(t.reached(threshold) for t in trials if t.width == width):
-            hi = width
-            break
+            return None
+        return _train_round(self.x, self.y, width, activations, train=train, attempt=attempt,
+                            **self.kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    """The search so far: its trials, the widest width known to fail (``lo``) and the
+    narrowest known to reach near-zero loss (``hi``, None: none yet)."""
+
+    trials: list[WidthTrial]
+    lo: int = 0
+    hi: int | None = None
+    out_of_time: bool = False
+
+
+def _doubling(rounds: _Rounds, candidates: Sequence[str]) -> _State:
+    """Widths 1, 2, 4, ... until one reaches near-zero loss."""
+    trials: list[WidthTrial] = []
+    lo = 0
+    for width in doubling_widths(rounds.config.max_width):
+        found = rounds.train(width, candidates)
+        if found is None:
+            return _State(trials, lo, None, True)
+        trials += found
+        if any(t.reached(rounds.threshold) for t in trials if t.width == width):
+            return _State(trials, lo, width)
         lo = width
-    if hi is None and not out_of_time and trials:
-        # A second chance near the lowest loss: a short student escapes a plateau by luck, and
-        # wider ones converge more slowly in a fixed time (Fig. A.2B), so a width just right
-        # can fail with its first seeds while every wider one fails too.
-        best = _rank(trials, candidates, threshold)[0]
-        for width in sorted({best.best_width, min(config.max_width,
-                                                  math.ceil(1.5 * best.best_width))}):
-            train = budget.config(config.train)
-            if train is None:
-                out_of_time = True
-                break
-            found = _train_round(x, y, width, [best.activation], train=train, attempt=1,
-                                 **round_kwargs)[0]
-            trials = _merge(trials, found)
-            if found.reached(threshold):
-                hi = width
-                lo = max((t.width for t in trials if t.activation == best.activation
-                          and t.width < width), default=0)
-                break
-    if hi is not None and config.bisect:
-        # Candidates that tie at the doubling width are bisected together: an activation that
-        # is only the right one up to a linear change of variables (relu by two leaky_relu
-        # neurons) needs more neurons and drops out here.
-        winners = [t.activation for t in trials if t.width == hi and t.reached(threshold)]
-        while hi - lo > 1:
-            train = budget.config(config.train)
-            if train is None:
-                break
-            mid = (lo + hi) // 2
-            found = _train_round(x, y, mid, winners, train=train, **round_kwargs)
-            trials += found
-            ok = [t.activation for t in found if t.reached(threshold)]
-            if ok:
-                hi, winners = mid, ok
-            else:
-                lo = mid
+    return _State(trials, lo)
+
+
+def _second_chance(rounds: _Rounds, candidates: Sequence[str], state: _State) -> _State:
+    """A second chance near the lowest loss: a short student escapes a plateau by luck, and
+    wider ones converge more slowly in a fixed time (Fig. A.2B), so a width just right can fail
+    with its first seeds while every wider one fails too."""
+    best = _rank(state.trials, candidates, rounds.threshold)[0]
+    trials = state.trials
+    for width in sorted({best.best_width, min(rounds.config.max_width,
+                                              math.ceil(1.5 * best.best_width))}):
+        found = rounds.train(width, [best.activation], attempt=1)
+        if found is None:
+            return _State(trials, state.lo, None, True)
+        trials = _merge(trials, found[0])
+        if found[0].reached(rounds.threshold):
+            lo = max((t.width for t in trials if t.activation == best.activation
+                      and t.width < width), default=0)
+            return _State(trials, lo, width)
+    return _State(trials, state.lo)
+
+
+def _bisect(rounds: _Rounds, state: _State) -> _State:
+    """Bisection between ``lo`` and ``hi``. Candidates that tie at the doubling width are
+    bisected together: an activation that is only the right one up to a linear change of
+    variables (relu by two leaky_relu neurons) needs more neurons and drops out here."""
+    trials, lo, hi = list(state.trials), state.lo, state.hi
+    winners = [t.activation for t in trials if t.width == hi and t.reached(rounds.threshold)]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        found = rounds.train(mid, winners)
+        if found is None:
+            break
+        trials += found
+        ok = [t.activation for t in found if t.reached(rounds.threshold)]
+        if ok:
+            hi, winners = mid, ok
+        else:
+            lo = mid
+    return _State(trials, lo, hi, state.out_of_time)
+
+
+def _outcome(state: _State, candidates, config: WidthSearchConfig, threshold: float,
+             seconds: float) -> WidthSearch:
+    trials, lo, hi = state.trials, state.lo, state.hi
     ranking = _rank(trials, candidates, threshold)
     chosen = ranking[0].activation if ranking else None
-    seconds = time.monotonic() - t_start
     if hi is None:
-        status = WidthStatus.DEADLINE if out_of_time else WidthStatus.NOT_FOUND
+        status = WidthStatus.DEADLINE if state.out_of_time else WidthStatus.NOT_FOUND
         best = f"; best MSE {ranking[0].best_loss:.2g}" if ranking else ""
         widest = max((t.width for t in trials), default=0)
         reason = f"{status.message} (widths up to {widest}{best})"
@@ -529,7 +568,7 @@ def search_black_box(
     seed: int = 0,
     engine: str = "native",
     executor: cf.Executor | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     progress: Progress | None = None,
 ) -> WidthSearch:
     """:func:`search_width` for ``--hidden auto``: the candidates come from ``activation``
@@ -550,7 +589,7 @@ def search_black_box(
     near_zero : float, optional
         MSE that counts as near-zero, when looser than the model's own (a recovery passes
         the loss at which its students are good enough to cluster, ``student_loss``).
-    config, seed, engine, executor, deadline, progress
+    config, seed, engine, executor, budget, progress
         As :func:`search_width`.
 
     Returns
@@ -570,7 +609,7 @@ def search_black_box(
         threshold = max(threshold, check_number(near_zero, "near_zero", positive=True))
     result = search_width(
         x, y, activations=candidates, config=config, threshold=threshold,
-        seed=seed, engine=engine, executor=executor, deadline=deadline, progress=progress,
+        seed=seed, engine=engine, executor=executor, budget=budget, progress=progress,
     )
     if len(candidates) == 1:
         return dataclasses.replace(

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ecflow import networks, teachers
+from ecflow.budget import Budget
 from ecflow.engines.base import TrainConfig, TrainStatus
 from ecflow.engines.native import NativeEngine
 from ecflow.engines.native.problem import StallRule
@@ -250,7 +251,7 @@ def test_max_minutes_cuts_and_reports():
 def test_prune_network_honours_its_deadline():
     net = _student(0, 6)
     res = prune_network(net, X, Y, engine=NativeEngine(), train_config=QUICK,
-                        deadline=time.monotonic() - 1.0)
+                        budget=Budget(time.monotonic() - 1.0))
     assert res.tried == 0 and res.network is net
 
 
@@ -387,3 +388,36 @@ def test_pool_workers_end_when_their_parent_is_killed():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# --- the budget: one owner of the clocks --------------------------------------------------------
+
+
+def test_budget_shares_fit_configs_and_log_their_cuts():
+    budget = Budget(time.monotonic() + 100.0)
+    assert 99.0 < budget.left() <= 100.0 and not budget.expired()
+    half = budget.share(0.5)
+    assert 49.0 < half.left() <= 50.0 and half.cuts is budget.cuts
+    long = TrainConfig(max_seconds=1000.0)
+    cut = half.fit(long, "fine-tune")
+    assert cut.max_seconds <= 50.0
+    assert budget.cuts == ["fine-tune: budget cut from 1000 s to 50 s"]
+    assert half.fit(TrainConfig(max_seconds=10.0)).max_seconds == 10.0  # fits: unchanged
+    assert half.fit(long).max_seconds <= 50.0 and len(budget.cuts) == 1  # unnamed: not logged
+    past = Budget(time.monotonic() - 1.0)
+    assert past.expired() and past.fit(long, floor=0.5).max_seconds == 0.5
+    with pytest.raises(InputError, match="share"):
+        budget.share(0.0)
+
+
+def test_budget_without_limit_and_its_wall_clock_round_trip():
+    free = Budget.minutes(None)
+    assert free.left() == float("inf") and free.wall_deadline() is None
+    assert free.share(0.4).end is None and Budget.until_wall(None).end is None
+    config = TrainConfig(max_seconds=5.0)
+    assert free.fit(config, "x") is config and free.cuts == []
+    budget = Budget.minutes(1.0)
+    back = Budget.until_wall(budget.wall_deadline())
+    assert abs(back.end - budget.end) < 1.0
+    with pytest.raises(InputError, match="max_minutes"):
+        Budget.minutes(-1.0)

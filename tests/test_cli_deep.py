@@ -44,6 +44,10 @@ def test_recover_and_recluster_a_deep_teacher(deep_teacher, tmp_path):
     # the second stage retrains on the first layer: its students' first width is that layer's
     assert second["student_hidden"][0] == first["n_kept_clusters"]
     assert [c["layer"] for c in rep["neurons"]] == [1, 1, 1, 2, 2]
+    # every student that trained, in every stage, is counted by the status it ended with
+    assert sum(rep["student_status"].values()) == sum(
+        lay["students_trained"] + lay["students_reused"] for lay in rep["layers"]
+    ) > 0
     assert {"layer-1.png", "layer-2.png", "dendrogram.png"} <= {f.name for f in plots.iterdir()}
     assert "Layer by layer" in p.stdout
     # students retrained on the neurons the bias rule kept, when it dropped any

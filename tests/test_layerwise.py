@@ -1,4 +1,5 @@
-"""Layer-wise recovery of deep networks: the refit, pruning, teacher match and frozen students."""
+"""Layer-wise recovery of deep networks: the refit, pruning, teacher match, frozen students and
+the stage of a layer above the first."""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ from ecflow.engines import get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.expansion import train_student
-from ecflow.layerwise import (
-    LayerwiseConfig,
-    match_layers,
-    prune_layers,
-    recover_layers,
-    refit_top,
-    remove_hidden_neuron,
-)
+from ecflow.budget import Budget
+from ecflow.context import Queries, Run
+from ecflow.layerwise import match_layers
 from ecflow.networks import MLP, Layer
+from ecflow.reconstruction import prune_network, refit_output, remove_hidden_neuron
+from ecflow.stage import StageConfig, run_stage
 from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher
 
 
@@ -65,29 +63,30 @@ def test_remove_hidden_neuron_rejects_bad_indices():
         remove_hidden_neuron(one, 1, 0, x[:, :2], y)
 
 
-def test_refit_top_recovers_the_output_layer():
+def test_refit_output_recovers_the_output_layer_of_a_deep_network():
     t, x, y = _teacher()
     out = t.layers[-1]
     blank = t.replace_layer(
         2, Layer(np.zeros_like(out.weight), np.zeros_like(out.bias), "identity")
     )
-    fitted = refit_top(blank, x, y)
+    fitted = refit_output(blank, x, y)
     np.testing.assert_allclose(fitted.layers[-1].weight, out.weight, atol=1e-10)
     np.testing.assert_allclose(fitted.layers[-1].bias, out.bias, atol=1e-10)
 
 
-def test_prune_layers_removes_exactly_the_superfluous_neurons():
+def test_prune_network_removes_exactly_the_superfluous_neurons_of_every_layer():
     t, x, y = _teacher()
     wide = _with_duplicate(_with_duplicate(t, 0, 2, 0.6), 1, 0, 0.5)
     assert wide.hidden_sizes == (4, 3)
-    result = prune_layers(wide, x, y, engine=get_engine("native"),
-                          train_config=TrainConfig(max_seconds=5))
+    result = prune_network(wide, x, y, engine=get_engine("native"),
+                           train_config=TrainConfig(max_seconds=5))
     assert result.network.hidden_sizes == (3, 2)
     assert result.removed == ((3,), (2,))
+    assert result.kept == ((0, 1, 2), (0, 1))
     assert result.rmse < 1e-12
     with pytest.raises(InputError, match="orders"):
-        prune_layers(wide, x, y, engine=get_engine("native"), train_config=TrainConfig(),
-                     orders=[[0, 0], [1]])
+        prune_network(wide, x, y, engine=get_engine("native"), train_config=TrainConfig(),
+                      orders=[[0, 0], [1]])
 
 
 @pytest.mark.parametrize("act", ["g", "tanh", "sigmoid"])
@@ -128,13 +127,15 @@ def test_frozen_student_keeps_its_fixed_weights_and_learns_their_biases():
                       config=TrainConfig(max_seconds=1))
 
 
-def test_recover_layers_rejects_bad_input():
+def test_stage_rejects_bad_input():
     t, x, y = _teacher()
-    cfg = LayerwiseConfig(n_students=2)
-    with pytest.raises(InputError, match="two hidden layers"):
-        recover_layers(x, y, widths=(4,), activation="g", seeds=[0, 1], config=cfg)
+    cfg = StageConfig(n_students=2)
+    queries = Queries(x, y)
+    with pytest.raises(InputError, match="fixed layers"):
+        # stage 2 needs the reconstructed layer 1 under it
+        run_stage(queries, Run(), Budget(), layer=2, fixed=(), widths=(4,), activation="g",
+                  seeds=[0, 1], config=cfg)
     with pytest.raises(InputError, match="work folder"):
-        recover_layers(x, y, widths=(4, 2), activation="g", seeds=[0, 1], config=cfg,
-                       train=False)
+        Run(train=False)
     with pytest.raises(ValueError, match="bias_std_max"):
-        LayerwiseConfig(bias_std_max=0)
+        StageConfig(bias_std_max=0)

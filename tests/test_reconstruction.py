@@ -209,7 +209,7 @@ def test_prune_removes_a_dead_neuron_by_refit_alone():
     result = prune_network(net, X, y, engine=get_engine("native"),
                            train_config=TrainConfig(max_seconds=5.0))
     assert result.network.hidden_sizes == (3,)
-    assert result.removed == (3,)
+    assert result.removed == ((3,),) and result.kept == ((0, 1, 2),)
     assert result.finetunes == 0
     assert result.rmse < 1e-13
 
@@ -230,7 +230,7 @@ def test_prune_fine_tunes_a_split_duplicate_away():
                            train_config=TrainConfig(max_seconds=10.0),
                            config=PruneConfig(abs_rmse=1e-11))
     assert result.network.hidden_sizes == (3,)
-    assert len(result.removed) == 1 and result.removed[0] in (0, 3)
+    assert len(result.removed[0]) == 1 and result.removed[0][0] in (0, 3)
     assert result.rmse < 1e-11
 
 
@@ -238,9 +238,9 @@ def test_prune_keeps_teacher_neurons():
     teacher = make_teacher("sigmoid", seed=9)
     y = teacher.forward(X)
     result = prune_network(teacher, X, y, engine=get_engine("native"),
-                           train_config=TrainConfig(max_seconds=5.0), order=[2, 0, 1])
+                           train_config=TrainConfig(max_seconds=5.0), orders=[[2, 0, 1]])
     assert result.network.hidden_sizes == (3,)
-    assert result.removed == ()
+    assert result.removed == ((),)
     assert result.tried == 3
 
 
@@ -249,9 +249,9 @@ def test_prune_and_collapse_reject_bad_input():
     y = teacher.forward(X)
     eng = get_engine("native")
     with pytest.raises(ValueError, match="order"):
-        prune_network(teacher, X, y, engine=eng, train_config=TrainConfig(), order=[0, 0])
+        prune_network(teacher, X, y, engine=eng, train_config=TrainConfig(), orders=[[0, 0]])
     with pytest.raises(ValueError, match="order"):
-        prune_network(teacher, X, y, engine=eng, train_config=TrainConfig(), order=[5])
+        prune_network(teacher, X, y, engine=eng, train_config=TrainConfig(), orders=[[5]])
     with pytest.raises(ValueError, match="rel_factor"):
         PruneConfig(rel_factor=0.5)
     with pytest.raises(ValueError, match="abs_rmse"):

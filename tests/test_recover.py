@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from test_reconstruction import exact_students, make_teacher
 from ecflow import networks, teachers
 from ecflow.engines.base import TrainConfig, TrainResult, TrainStatus
 from ecflow.networks import MLP
+from ecflow.config import DeepConfig, check_width_choice
 from ecflow.recover import RecoverConfig, RecoverStatus, reconstruct_from_students, recover
 
 QUICK = TrainConfig(max_seconds=5.0, max_steps=300)
@@ -39,9 +41,10 @@ def as_result(net, loss):
         (dict(hidden=0), "hidden"),
         (dict(hidden=(4, 0)), "hidden"),
         (dict(hidden=()), "hidden"),
-        (dict(bias_std_max=0.0), "bias_std_max"),
-        (dict(deep_gamma=0.0), "deep_gamma"),
-        (dict(deep_student_loss=-1.0), "deep_student_loss"),
+        (dict(deep=dict(bias_std_max=0.0)), "bias_std_max"),
+        (dict(deep=dict(gamma=0.0)), "gamma"),
+        (dict(deep=dict(student_loss=-1.0)), "student_loss"),
+        (dict(deep=dict(student_seconds=0.0)), "student_seconds"),
         (dict(rho=2, hidden=8), "rho or hidden"),
         (dict(activation="nope"), "activation"),
         (dict(seed=-1), "seed"),
@@ -50,7 +53,16 @@ def as_result(net, loss):
 )
 def test_config_rejects_impossible_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
+        if "deep" in kwargs:  # the deep overrides are their own part of the config
+            kwargs = {**kwargs, "deep": DeepConfig(**kwargs["deep"])}
         RecoverConfig(**kwargs)
+
+
+def test_deep_overrides_are_one_nested_part():
+    with pytest.raises(TypeError, match="deep"):
+        RecoverConfig(deep={"gamma": 0.3})
+    assert RecoverConfig().deep == DeepConfig()
+    assert RecoverConfig(deep=DeepConfig(gamma=None)).deep.gamma is None
 
 
 def test_config_types_and_defaults():
@@ -156,3 +168,24 @@ def test_recover_rejects_inconsistent_inputs():
         recover(teacher=teacher, config={"rho": 2})
     with pytest.raises(ValueError, match="d_in"):
         recover(teacher=teacher, x=np.zeros((5, 3)), config=RecoverConfig(rho=2))
+
+
+@pytest.mark.parametrize(
+    "rho, hidden, teacher, flags, message",
+    [
+        (2, None, False, False, "rho needs a teacher"),
+        (2, None, False, True, "--rho needs --teacher"),
+        (2, 8, True, False, "give rho or hidden, not both"),
+        (2, 8, None, True, "give --rho or --hidden, not both"),
+        (None, None, True, False, "give rho (a multiple"),
+        (None, None, False, False, "with pairs, give hidden"),
+        (None, None, False, True, "--hidden (the student width)"),
+    ],
+)
+def test_the_width_rule_is_one_function_in_two_vocabularies(rho, hidden, teacher, flags,
+                                                            message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_width_choice(rho, hidden, teacher=teacher, flags=flags)
+    # a config alone does not know whether a teacher will come
+    check_width_choice(None, None, teacher=None)
+    check_width_choice(2, None, teacher=True, flags=flags)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ecflow import plots, teachers
+from ecflow.budget import Budget
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.width_search import (
@@ -56,7 +57,7 @@ def test_not_found_and_deadline(tanh_pairs):
                                                 train=TrainConfig(max_seconds=2.0)))
     assert res.status is WidthStatus.NOT_FOUND and res.width is None
     assert res.student_width is None and "up to 2" in res.reason
-    res = search_width(*tanh_pairs, activations="tanh", deadline=time.monotonic() - 1)
+    res = search_width(*tanh_pairs, activations="tanh", budget=Budget(time.monotonic() - 1))
     assert res.status is WidthStatus.DEADLINE and res.trials == ()
     assert "--max-minutes" in res.reason
     assert plots.width_search_curve(res) is not None

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ecflow import blackbox, datasets, networks, teachers
 from ecflow.cli._app import EXIT_NOT_RECOVERED, app, error
+from ecflow.config import check_width_choice
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
@@ -237,14 +238,9 @@ def recover_command(
     """
     if (teacher is None) == (data is None):
         raise InputError("give exactly one of --teacher or --data")
-    if data is not None and rho is not None:
-        raise InputError("--rho needs --teacher (it multiplies the teacher's width); give --hidden")
+    check_width_choice(rho, hidden, teacher=teacher is not None, flags=True)
     if data is not None and queries is not None:
         raise InputError("--queries needs --teacher (with --data the pairs are the queries)")
-    if rho is not None and hidden is not None:
-        raise InputError("give --rho or --hidden, not both")
-    if rho is None and hidden is None:
-        raise InputError("give --rho (with --teacher) or --hidden (the student width)")
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
@@ -373,7 +369,7 @@ def _write_outputs(rec: Recovery, out: Path, report, plots, config: RecoverConfi
         from ecflow.plots import write_recovery_plots
 
         write_recovery_plots(rec, plots, beta_deg=config.beta_deg,
-                             bias_std_max=config.bias_std_max)
+                             bias_std_max=config.deep.bias_std_max)
     _print_report(Console(), rec)
     if rec.network is None:
         error(f"nothing reconstructed, {out} not written: {rec.reason}")

@@ -13,7 +13,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ecflow import teachers
+from ecflow.context import Progress
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.errors import InputError
 from ecflow.expansion import train_student
@@ -54,10 +55,10 @@ log = logging.getLogger(__name__)
 TABLE_INTERVAL_S = 60.0
 """Seconds between rewrites of the tables while students finish (always after a recovery)."""
 
-ProgressFn = Callable[[str, int, int], None]
-"""``progress(what, done, total)``: the package's one shape of progress callback (as
-:func:`ecflow.recover.recover`'s ``progress(phase, done, total)``); here ``what`` is the name
-of the unit that just finished, ``""`` for the first call."""
+ProgressFn = Progress
+"""``progress(what, done, total)``: the package's one shape of progress callback
+(:data:`ecflow.context.Progress`); here ``what`` is the name of the unit that just finished,
+``""`` for the first call."""
 
 
 class SweepStatus(enum.Enum):

@@ -23,6 +23,8 @@ One factorisation serves every trial ``λ`` at a point, so a rejected step costs
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.linalg
 
@@ -122,82 +124,100 @@ def levenberg_marquardt(
     theta = theta.copy()
     sse = problem.sum_sq(theta)
     tracker.observe(theta, sse / nd)
-    steps = 0
-    since = 0
-    ref = sse
-    lam = None
-    nu = 2.0
-    normal = normal_above > 0.0 and sse / nd > normal_above
+    state = _State(theta, sse, ref=sse, normal=normal_above > 0.0 and sse / nd > normal_above)
 
     def out_of_time() -> bool:
         return time.perf_counter() >= deadline
 
-    def leave_normal() -> bool:
+    while True:
+        if state.sse / nd <= tracker.loss_tol:
+            return PhaseOutcome("loss_tol", state.steps)
+        if tracker.should_stop():
+            return PhaseOutcome(tracker.stop_rule, state.steps)
+        if out_of_time():
+            return PhaseOutcome("max_seconds", state.steps)
+        if state.normal and state.sse / nd <= normal_above:
+            state.leave_normal()
+        factors = (_factor_normal if state.normal else _factor_qr)(
+            problem, state.theta, out_of_time
+        )
+        if factors is None:
+            return PhaseOutcome("max_seconds", state.steps)
+        grad = (2.0 / nd) * factors[3]
+        if float(np.linalg.norm(grad)) <= tracker.grad_tol:
+            if state.leave_normal():
+                continue
+            return PhaseOutcome("grad_tol", state.steps)
+        rule = _trial_steps(problem, state, factors, tracker, out_of_time, max_steps, patience)
+        if rule is not None:
+            return PhaseOutcome(rule, state.steps)
+
+
+@dataclass(eq=False)
+class _State:
+    """The iteration of :func:`levenberg_marquardt`: the point and its SSE, the reference SSE
+    of the patience count, the damping ``lam`` and its growth ``nu``, and whether steps come
+    from the normal equations."""
+
+    theta: np.ndarray
+    sse: float
+    ref: float
+    normal: bool
+    steps: int = 0
+    since: int = 0
+    lam: float | None = None
+    nu: float = 2.0
+
+    def leave_normal(self) -> bool:
         # a stall of the normal equations may be their rounding: hand over to the QR
-        nonlocal normal, since, lam, ref
-        if not normal:
+        if not self.normal:
             return False
-        normal, since, lam, ref = False, 0, None, sse
+        self.normal, self.since, self.lam, self.ref = False, 0, None, self.sse
         return True
 
+
+def _trial_steps(problem: Problem, state: _State, factors, tracker: Tracker, out_of_time,
+                 max_steps: int, patience: int) -> str | None:
+    """Trial steps at this point until one is accepted or the normal equations hand over (None:
+    a new factorisation), or a stopping rule fires (its name)."""
+    Vt, s, g, _ = factors
+    nd = problem.n_residuals
+    s0sq = float(np.max(s) ** 2) if s.size and np.max(s) > 0 else 1.0
+    floor = (_NORMAL_LAMBDA_FLOOR if state.normal else _LAMBDA_FLOOR) * s0sq
+    g2 = g * g
+    s2 = s * s
+    if state.lam is None:
+        state.lam = _LAMBDA_INIT * s0sq
+    state.lam = max(state.lam, floor)
     while True:
-        if sse / nd <= tracker.loss_tol:
-            return PhaseOutcome("loss_tol", steps)
-        if tracker.should_stop():
-            return PhaseOutcome(tracker.stop_rule, steps)
+        if state.steps >= max_steps:
+            return "max_steps"
         if out_of_time():
-            return PhaseOutcome("max_seconds", steps)
-        if normal and sse / nd <= normal_above:
-            leave_normal()
-        factors = (_factor_normal if normal else _factor_qr)(problem, theta, out_of_time)
-        if factors is None:
-            return PhaseOutcome("max_seconds", steps)
-        Vt, s, g, Jtr = factors
-        grad = (2.0 / nd) * Jtr
-        if float(np.linalg.norm(grad)) <= tracker.grad_tol:
-            if leave_normal():
-                continue
-            return PhaseOutcome("grad_tol", steps)
-        s0sq = float(np.max(s) ** 2) if s.size and np.max(s) > 0 else 1.0
-        floor = (_NORMAL_LAMBDA_FLOOR if normal else _LAMBDA_FLOOR) * s0sq
-        g2 = g * g
-        s2 = s * s
-        if lam is None:
-            lam = _LAMBDA_INIT * s0sq
-        lam = max(lam, floor)
-        # Trial steps at this point until one is accepted (new factorisation) or a rule fires.
-        while True:
-            if steps >= max_steps:
-                return PhaseOutcome("max_steps", steps)
-            if out_of_time():
-                return PhaseOutcome("max_seconds", steps)
-            steps += 1
-            since += 1
-            coef = s / (s2 + lam)
-            delta = -(Vt.T @ (coef * g))
-            pred = float(np.sum(g2 * (1.0 - (lam / (s2 + lam)) ** 2)))
-            trial = theta + delta
-            sse_new = problem.sum_sq(trial)
-            actual = sse - sse_new
-            accepted = np.isfinite(sse_new) and actual > 0.0 and pred > 0.0
-            if accepted:
-                tracker.observe(trial, sse_new / nd)
-                rho = actual / pred
-                lam = max(lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), floor)
-                nu = 2.0
-                theta, sse = trial, sse_new
-                if sse < ref * (1.0 - _IMPROVEMENT):
-                    ref, since = sse, 0
-            else:
-                lam *= nu
-                nu *= 2.0
-            if since >= patience:
-                if leave_normal():
-                    break
-                return PhaseOutcome("patience", steps)
-            if accepted:
-                break
-            if lam > _LAMBDA_CEIL * s0sq:
-                if leave_normal():
-                    break
-                return PhaseOutcome("stalled", steps)
+            return "max_seconds"
+        state.steps += 1
+        state.since += 1
+        lam = state.lam
+        coef = s / (s2 + lam)
+        delta = -(Vt.T @ (coef * g))
+        pred = float(np.sum(g2 * (1.0 - (lam / (s2 + lam)) ** 2)))
+        trial = state.theta + delta
+        sse_new = problem.sum_sq(trial)
+        actual = state.sse - sse_new
+        accepted = np.isfinite(sse_new) and actual > 0.0 and pred > 0.0
+        if accepted:
+            tracker.observe(trial, sse_new / nd)
+            rho = actual / pred
+            state.lam = max(lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), floor)
+            state.nu = 2.0
+            state.theta, state.sse = trial, sse_new
+            if state.sse < state.ref * (1.0 - _IMPROVEMENT):
+                state.ref, state.since = state.sse, 0
+        else:
+            state.lam *= state.nu
+            state.nu *= 2.0
+        if state.since >= patience:
+            return None if state.leave_normal() else "patience"
+        if accepted:
+            return None
+        if state.lam > _LAMBDA_CEIL * s0sq:
+            return None if state.leave_normal() else "stalled"

@@ -1,0 +1,185 @@
+"""The outcome of a recovery, and its report (the ``--report`` file and the root attributes of
+the recovered network's file).
+
+:class:`Recovery` is built in one place, :func:`ecflow.recover.recover`'s pipeline; its
+``status`` is a :class:`~ecflow.finish.RecoverStatus`, whose message says what to try.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecflow.clustering import ClusterResult
+from ecflow.finish import RecoverStatus
+from ecflow.layerwise import LayerReport
+from ecflow.networks import MLP
+from ecflow.reconstruction import NeuronCertificate
+from ecflow.width_search import WidthSearch
+
+__all__ = ["Recovery", "RecoverStatus"]
+
+
+@dataclass(frozen=True, eq=False)
+class Recovery:
+    """Outcome of a recovery.
+
+    Attributes
+    ----------
+    network : MLP or None
+        The recovered network; None when no cluster was kept.
+    hidden_sizes : tuple of int
+        Recovered hidden width(s); ``()`` without a network.
+    rmse_train : float or None
+        RMSE on the training queries.
+    rmse_fresh : float or None
+        RMSE on fresh queries; None without fresh data (``--data``: nothing is held out).
+    student_losses : tuple of float
+        Final MSE of each student.
+    neurons : tuple of NeuronCertificate
+        One per recovered hidden neuron.
+    max_cosine_distance : float or None
+        Largest cosine distance of a teacher neuron to its matched recovered neuron (teacher
+        known), else None. Between ``[w, b]`` vectors, or, when the queries do not span the
+        input space (:func:`ecflow.metrics.revealed_basis`), between the pre-activations over
+        the queries; the notes say so. The report adds their mean (``mean_cosine_distance``).
+    status : RecoverStatus
+    reason : str
+        ``status.message`` with the numbers behind it.
+    seconds : float
+        Wall-clock time of the whole recovery.
+    phase_seconds : mapping of str to float
+        Time per phase (students, clustering, reconstruction, fine-tune, pruning, metrics).
+    student_width : int
+    activation : str
+    n_kept_clusters : int
+        Clusters kept before pruning.
+    pruned : tuple of int
+        Reconstruction neurons removed by pruning (indices before pruning).
+    teacher_distances : tuple of float
+        Cosine distance of each teacher neuron to its match (teacher known), else ``()``.
+    notes : tuple of str
+    students_trained, students_reused, students_stopped, students_skipped : int
+        Students trained by this run (to their end or stopped), read back from the work folder,
+        stopped while training because they could no longer change the outcome, and never
+        started (cancelled in the queue, or no time left).
+    stop_reason : str or None
+        Why the expansion stopped early, if it did.
+    student_status : mapping of str to int
+        How many students ended with each :class:`~ecflow.engines.base.TrainStatus` name.
+    cut : tuple of str
+        What the ``max_minutes`` deadline cut (students, fine-tune budgets, pruning tries).
+    clustering : ClusterResult or None
+        For the plots; not part of the report.
+    width_search : WidthSearch or None
+        The width search of ``hidden="auto"`` (its loss-versus-width curve is a figure).
+    precision : mapping
+        For a black-box teacher: its precision, its rounding floor and the RMSE it was judged
+        against, with the reason (:meth:`BlackBox.precision_report`).
+    layers : tuple of LayerReport
+        A deep (layer-wise) recovery: one report per hidden layer (size, certificates,
+        retraining statistics, bias spreads, dropped and pruned neurons, teacher distances);
+        ``()`` for one hidden layer. Then ``neurons`` and ``teacher_distances`` hold every
+        layer's in order, and ``student_losses``, ``student_width`` and ``clustering`` are the
+        first layer's.
+    """
+
+    network: MLP | None
+    hidden_sizes: tuple[int, ...]
+    rmse_train: float | None
+    rmse_fresh: float | None
+    student_losses: tuple[float, ...]
+    neurons: tuple[NeuronCertificate, ...]
+    max_cosine_distance: float | None
+    status: RecoverStatus
+    reason: str
+    seconds: float
+    phase_seconds: Mapping[str, float]
+    student_width: int
+    activation: str
+    n_kept_clusters: int = 0
+    pruned: tuple[int, ...] = ()
+    teacher_distances: tuple[float, ...] = ()
+    notes: tuple[str, ...] = ()
+    students_trained: int = 0
+    students_reused: int = 0
+    students_stopped: int = 0
+    students_skipped: int = 0
+    stop_reason: str | None = None
+    student_status: Mapping[str, int] = field(default_factory=dict)
+    cut: tuple[str, ...] = ()
+    clustering: ClusterResult | None = field(default=None, repr=False)
+    width_search: WidthSearch | None = field(default=None, repr=False)
+    precision: Mapping[str, object] = field(default_factory=dict)
+    layers: tuple[LayerReport, ...] = ()
+
+    @property
+    def recovered(self) -> bool:
+        return self.status is RecoverStatus.RECOVERED
+
+    def to_report(self) -> dict:
+        """JSON-serialisable summary (the ``--report`` file; also the output's root attributes)."""
+
+        def num(v):
+            return None if v is None or not math.isfinite(v) else float(v)
+
+        return {
+            "status": self.status.name,
+            "reason": self.reason,
+            "hidden_sizes": list(self.hidden_sizes),
+            "sizes": list(self.network.sizes) if self.network is not None else [],
+            "activation": self.activation,
+            "student_width": self.student_width,
+            "rmse_train": num(self.rmse_train),
+            "rmse_fresh": num(self.rmse_fresh),
+            "max_cosine_distance": num(self.max_cosine_distance),
+            "mean_cosine_distance": (
+                num(float(np.mean(self.teacher_distances))) if self.teacher_distances else None
+            ),
+            "teacher_distances": [num(d) for d in self.teacher_distances],
+            "student_losses": [num(v) for v in self.student_losses],
+            "n_students": len(self.student_losses),
+            "n_kept_clusters": self.n_kept_clusters,
+            "pruned": list(self.pruned),
+            "neurons": [c.to_dict() for c in self.neurons],
+            "seconds": self.seconds,
+            "phase_seconds": dict(self.phase_seconds),
+            "notes": list(self.notes),
+            "students_trained": self.students_trained,
+            "students_reused": self.students_reused,
+            "students_stopped": self.students_stopped,
+            "students_skipped": self.students_skipped,
+            "stop_reason": self.stop_reason,
+            "student_status": dict(self.student_status),
+            "cut": list(self.cut),
+            **dict(self.precision),
+            "width_search": self.width_search.to_report() if self.width_search else None,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_attrs(self) -> dict:
+        """The report as HDF5 root attributes: numbers and strings as they are, lists of
+        numbers as arrays, anything nested as a JSON string; None values are left out."""
+        out = {}
+        for key, value in self.to_report().items():
+            if value is None:
+                continue
+            if isinstance(value, (dict, list)) and not _flat_numbers(value):
+                out[key] = json.dumps(value)
+            elif isinstance(value, list):
+                out[key] = np.asarray(value)
+            else:
+                out[key] = value
+        return out
+
+
+def _flat_numbers(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )

@@ -1,0 +1,74 @@
+"""One stage for any layer: clustering and collapse of trained students, the source rule, the
+work folder of a stage and its bad input; and the context values the stages share."""
+
+import numpy as np
+import pytest
+from test_recover import as_result
+from test_reconstruction import exact_students, make_teacher
+
+from ecflow import metrics, teachers
+from ecflow.budget import Budget
+from ecflow.clustering import ClusterConfig
+from ecflow.context import Queries, Run
+from ecflow.errors import InputError
+from ecflow.stage import Source, StageConfig, cluster_stage, run_stage
+
+
+def _exact(act="tanh", seed=11):
+    teacher = make_teacher(act, d_in=3, r=3, seed=seed)
+    nets = exact_students(act, teacher, np.random.default_rng(1))
+    x = teachers.sample_inputs(400, 3, 0)
+    return teacher, nets, Queries(x, teacher.forward(x), teacher=teacher)
+
+
+@pytest.mark.parametrize("source", list(Source))
+def test_cluster_stage_rebuilds_the_teacher_layer_from_exact_students(source):
+    teacher, nets, queries = _exact()
+    losses = [1e-30, 1e-32, 1e-30, 1e-30]
+    students = [as_result(n, v) for n, v in zip(nets, losses)]
+    stage = cluster_stage(queries, Run(), students, config=StageConfig(n_students=4, source=source))
+    assert stage.layer_out is not None and stage.layer_out.n_out == 3
+    assert len(stage.neurons) == 3 and all(c.layer == 1 for c in stage.neurons)
+    if source is Source.LOWEST_LOSS:
+        assert {c.source_student for c in stage.neurons} == {1}
+    hidden = stage.layer_out
+    v = np.hstack([hidden.weight, hidden.bias[:, None]])
+    vt = np.hstack([teacher.layers[0].weight, teacher.layers[0].bias[:, None]])
+    match = metrics.match_vectors(vt, v, teacher.layers[0].activation.symmetry)
+    assert match.complete and match.max_distance < 1e-20
+    # students trained elsewhere: no rounds, so no counts and no statuses
+    assert stage.rounds == () and stage.status_counts() == {} and stage.count("n_trained") == 0
+
+
+def test_cluster_stage_without_a_big_cluster_rebuilds_nothing():
+    teacher, nets, queries = _exact()
+    students = [as_result(nets[0], 1e-30)]
+    stage = cluster_stage(queries, Run(), students, config=StageConfig(
+        n_students=5, cluster=ClusterConfig(gamma=1.0)))
+    assert stage.layer_out is None and stage.neurons == ()
+
+
+def test_stage_reads_students_back_only_from_a_work_folder(tmp_path):
+    teacher, nets, queries = _exact()
+    args = dict(layer=1, fixed=(), widths=(4,), activation="tanh", seeds=[0, 1],
+                config=StageConfig(n_students=2))
+    with pytest.raises(InputError, match="recovery.json"):
+        run_stage(queries, Run(work_dir=tmp_path / "none", train=False), Budget(), **args)
+    with pytest.raises(InputError, match="fixed layers"):
+        run_stage(queries, Run(), Budget(), **{**args, "layer": 2})
+
+
+def test_stage_config_and_queries_validate():
+    with pytest.raises(ValueError, match="n_students"):
+        StageConfig(n_students=0)
+    with pytest.raises(TypeError, match="source"):
+        StageConfig(source="medoid")
+    assert StageConfig(n_students=10, cluster=ClusterConfig(gamma=0.3)).quorum == 3
+    x = np.zeros((5, 2))
+    with pytest.raises(InputError, match="both"):
+        Queries(x, np.zeros((5, 1)), x_fresh=x)
+    with pytest.raises(InputError, match="do not match"):
+        Queries(x, np.zeros((5, 1)), x_fresh=np.zeros((3, 3)), y_fresh=np.zeros((3, 1)))
+    calls = []
+    Run(progress=lambda *a: calls.append(a)).tick("pruning", 1, 2)
+    assert calls == [("pruning", 1, 2)] and Run().ticker("x") is None
