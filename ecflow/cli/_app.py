@@ -14,6 +14,7 @@ import sys
 import typer
 
 from ecflow.errors import InputError
+from ecflow.safety import printable
 
 try:  # typer >= 0.20 vendors its own click; older typer uses the click package
     from typer._click import exceptions as _cx
@@ -36,7 +37,8 @@ _Abort = (typer.Abort, getattr(_cx, "Abort", typer.Abort))
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    # a message can quote a file's names: control characters are replaced, not sent raw
+    return " ".join(printable(text).split())
 
 
 def error(message: str) -> None:

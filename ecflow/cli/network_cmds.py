@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
+from ecflow.cli._output import cell
 from ecflow.errors import InputError
 
 _TEACHER_DEFAULTS = {
@@ -37,7 +38,9 @@ def info(
     console = Console()
     table = Table(show_header=False, box=None)
     for key, value in summary.items():
-        table.add_row(f"[bold]{key}[/bold]", str(value))
+        name = cell(key)
+        name.stylize("bold")
+        table.add_row(name, cell(value))
     console.print(table)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ecflow import blackbox, datasets, networks, teachers
 from ecflow.cli._app import app, error
+from ecflow.cli._output import add_row
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
@@ -68,39 +69,39 @@ def _fmt(v) -> str:
 
 def _print_report(console: Console, rec: Recovery) -> None:
     summary = Table(title="Expand-and-Cluster recovery", show_header=False)
-    summary.add_row("status", rec.status.name)
-    summary.add_row("reason", rec.reason)
-    summary.add_row("recovered hidden size", ", ".join(map(str, rec.hidden_sizes)) or "none")
-    summary.add_row("student width, activation", f"{rec.student_width}, {rec.activation}")
-    summary.add_row("RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
+    add_row(summary, "status", rec.status.name)
+    add_row(summary, "reason", rec.reason)
+    add_row(summary, "recovered hidden size", ", ".join(map(str, rec.hidden_sizes)) or "none")
+    add_row(summary, "student width, activation", f"{rec.student_width}, {rec.activation}")
+    add_row(summary, "RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
     if rec.max_cosine_distance is not None:
         mean = rec.to_report()["mean_cosine_distance"]
-        summary.add_row("max (mean) cosine distance to teacher",
+        add_row(summary, "max (mean) cosine distance to teacher",
                         f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
     losses = sorted(rec.student_losses)
-    summary.add_row("student losses", ", ".join(_fmt(v) for v in losses))
-    summary.add_row("kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
-    summary.add_row(
+    add_row(summary, "student losses", ", ".join(_fmt(v) for v in losses))
+    add_row(summary, "kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
+    add_row(summary, 
         "seconds", f"{rec.seconds:.1f} (" + ", ".join(
             f"{k} {v:.1f}" for k, v in rec.phase_seconds.items()) + ")"
     )
-    summary.add_row(
+    add_row(summary, 
         "students trained, reused, stopped, not started",
         f"{rec.students_trained}, {rec.students_reused}, {rec.students_stopped}, "
         f"{rec.students_skipped}",
     )
     if rec.student_status:
-        summary.add_row(
+        add_row(summary, 
             "students ended", ", ".join(f"{k} {v}" for k, v in sorted(rec.student_status.items()))
         )
     if rec.stop_reason:
-        summary.add_row("early stop", rec.stop_reason)
+        add_row(summary, "early stop", rec.stop_reason)
     for item in rec.cut:
-        summary.add_row("cut by --max-minutes", item)
+        add_row(summary, "cut by --max-minutes", item)
     if rec.precision:
-        summary.add_row("precision", rec.precision["precision_reason"])
+        add_row(summary, "precision", rec.precision["precision_reason"])
     for note in rec.notes:
-        summary.add_row("note", note)
+        add_row(summary, "note", note)
     console.print(summary)
     if rec.width_search is not None:
         _print_width_search(console, rec.width_search)
@@ -113,7 +114,7 @@ def _print_report(console: Console, rec: Recovery) -> None:
             table.add_column(col)
         n_students = {r.layer: len(r.student_losses) for r in rec.layers}
         for c in rec.neurons:
-            table.add_row(
+            add_row(table, 
                 str(c.layer), str(c.neuron), str(c.cluster_size),
                 f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
                 f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
@@ -131,7 +132,7 @@ def _print_layers(console: Console, rec: Recovery) -> None:
         table.add_column(col)
     for r in rec.layers:
         losses = sorted(r.student_losses)
-        table.add_row(
+        add_row(table, 
             str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)), str(len(losses)),
             _fmt(losses[0]) if losses else "n/a", str(r.n_kept_clusters),
             _fmt(max(r.bias_std)) if r.bias_std else "-",
@@ -153,7 +154,7 @@ def _print_width_search(console: Console, search) -> None:
         table.add_column(col)
     for rank in search.ranking:
         widths, best = search.curve(rank.activation)
-        table.add_row(
+        add_row(table, 
             rank.activation, "-" if rank.width is None else str(rank.width),
             _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
         )

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ecflow import networks, symmetry
 from ecflow.cli._app import app
+from ecflow.cli._output import cell
 
 symmetry_app = typer.Typer(
     help="Neuron types of a zero-loss student and its minimal network (paper section 4).",
@@ -111,7 +112,7 @@ def map_(
         networks.check_destination(report)
     result = symmetry.reduce_network(s_net, x, teacher=t_net, config=config)
     mapping = result.mapping
-    table = Table(title=f"{Path(student).name} → {Path(teacher).name}")
+    table = Table(title=cell(f"{Path(student).name} → {Path(teacher).name}"))
     for col in ("neuron", "type", "group", "teacher", "sign", "scale", "share", "cos dist", "note"):
         table.add_column(col, justify="left" if col in ("type", "note") else "right")
     for n, m in zip(result.neurons, mapping.neurons):
