@@ -37,6 +37,7 @@ __all__ = [
     "check_array_bytes",
     "printable",
     "lock_folder",
+    "holds_lock",
     "check_outputs",
     "check_free_space",
     "remove_temporaries",
@@ -126,7 +127,9 @@ _held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def lock_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+def lock_folder(
+    folder: str | os.PathLike, what: str, *, busy: str | None = None
+) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` for as long as the block runs.
 
     The lock file ``folder/.lock`` is opened with ``O_NOFOLLOW`` (a planted symlink is refused,
@@ -140,6 +143,8 @@ def lock_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
         An existing folder (not a symlink to one).
     what : str
         How the message names the folder (``"--work-dir W"``).
+    busy : str, optional
+        The message when another process holds the lock.
     """
     import fcntl
 
@@ -175,8 +180,8 @@ def lock_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(
-                f"{what}: another ecflow process is using this folder; wait for it to finish "
-                "or use another folder"
+                busy or f"{what}: another ecflow process is using this folder; wait for it "
+                "to finish or use another folder"
             ) from None
         entry = [fd, 1]
         with _held_guard:
@@ -188,6 +193,16 @@ def lock_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
                 _held.pop(key, None)
     finally:
         os.close(fd)
+
+
+def holds_lock(folder: str | os.PathLike) -> bool:
+    """Whether this process holds :func:`lock_folder` on ``folder``."""
+    try:
+        st = Path(folder).stat()
+    except OSError:
+        return False
+    with _held_guard:
+        return (st.st_dev, st.st_ino) in _held
 
 
 def remove_temporaries(folder: str | os.PathLike) -> int:
