@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,9 @@ __all__ = [
     "check_free_space",
     "remove_temporaries",
     "is_disk_full",
+    "Interrupted",
+    "stop_on_signals",
+    "finish_before_interrupt",
 ]
 
 DEFAULT_MAX_ARRAY_BYTES = 1 << 30
@@ -101,7 +105,7 @@ def check_array_bytes(shape, what: str, *, itemsize: int = 8) -> int:
     if size > bound:
         raise InputError(
             f"{what}: shape {tuple(dims)} needs {size / 2**30:.3g} GiB, more than the "
-            f"{bound / 2**30:.3g} GiB ecflow reads into memory (set {_ENV_MAX} to allow more)"
+            f"{bound / 2**30:.3g} GiB ecflow allows for one array (set {_ENV_MAX} to allow more)"
         )
     return size
 
@@ -244,6 +248,12 @@ def _probe(folder: Path, what: str) -> None:
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(tmp)
+    check_free_space(folder, MIN_FREE_BYTES, what)
+
+
+MIN_FREE_BYTES = 1 << 20
+"""Free space a destination needs before any work starts (1 MiB): every output is larger than
+a few kB, and a disk this full is better reported before the training than after."""
 
 
 def check_outputs(
@@ -342,3 +352,76 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return "No space left on device" in text or "errno = 28" in text or "Disk quota" in text
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM under :func:`stop_on_signals`.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` swallows
+    it and every ``finally`` (worker shutdown, removal of temporary files) runs on the way out;
+    not a ``KeyboardInterrupt``, so that click does not turn it into an ``Abort``.
+
+    Attributes
+    ----------
+    signum : int
+    exit_code : int
+        ``128 + signum``: 130 for SIGINT, 143 for SIGTERM, as a shell reports them.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.exit_code = 128 + int(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while the block runs.
+
+    After the first signal both are ignored, so that a second Ctrl-C cannot cut the cleanup
+    short (workers left running, temporary files left behind). Outside the main thread this
+    does nothing (Python delivers signals only there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+
+    def handler(signum, frame):
+        for s in signums:
+            signal.signal(s, signal.SIG_IGN)
+        if _deferred["depth"]:
+            _deferred["pending"] = signum  # raised when the write in progress is complete
+            return
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+_deferred: dict[str, int | None] = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def finish_before_interrupt() -> Iterator[None]:
+    """Hold back :class:`Interrupted` until the block is done.
+
+    For short steps that belong together, such as writing a student and then vouching for it
+    in the manifest: a signal between the two would throw away a finished student.
+    """
+    _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferred["depth"] -= 1
+        pending = _deferred["pending"]
+        if not _deferred["depth"] and pending is not None:
+            _deferred["pending"] = None
+            raise Interrupted(pending)

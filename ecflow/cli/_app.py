@@ -4,7 +4,9 @@ Commands live in sibling modules (one per group) and only parse, call the librar
 print. An :class:`~ecflow.errors.InputError` (bad input, raised by the library's checks and at
 its file edges) or a usage error is printed as one line on stderr, ``ecflow: error: <message>``,
 with exit code 2 and no traceback. Any other exception is a bug: it propagates with its
-traceback and exit code 1, so that it never looks like a user mistake.
+traceback and exit code 1, so that it never looks like a user mistake. SIGINT and SIGTERM stop
+the command through the same ``finally`` blocks (workers stopped, temporary files removed) and
+print one line, exit 130 and 143; a full disk or a read-only destination is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 import typer
 
 from ecflow.errors import InputError
-from ecflow.safety import printable
+from ecflow.cli._signals import interrupted_message, os_error_message
+from ecflow.safety import Interrupted, printable, stop_on_signals
 
 try:  # typer >= 0.20 vendors its own click; older typer uses the click package
     from typer._click import exceptions as _cx
@@ -54,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     not caught: Python prints their traceback and exits 1.
     """
     try:
-        rv = app(args=argv, prog_name="ecflow", standalone_mode=False)
+        with stop_on_signals():
+            rv = app(args=argv, prog_name="ecflow", standalone_mode=False)
+    except Interrupted as exc:
+        # workers are stopped and temporary files removed on the way out (finally blocks)
+        error(interrupted_message())
+        rv = exc.exit_code
+    except OSError as exc:
+        message = os_error_message(exc)
+        if message is None:
+            raise
+        error(message)
+        rv = EXIT_BAD_INPUT
     except _NoArgsIsHelp as exc:
         typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         rv = 0

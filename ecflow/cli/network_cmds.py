@@ -13,11 +13,16 @@ from rich.table import Table
 from ecflow import networks, teachers
 from ecflow.cli._app import app
 from ecflow.cli._output import cell
+from ecflow.cli._sizes import check_rows, check_width
+from ecflow.safety import check_outputs
 from ecflow.errors import InputError
 
 _TEACHER_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(teachers.TeacherConfig)
 }
+
+_LARGEST_IMAGE = 784
+"""Pixels of the largest data set's images (mnist, fashion): bounds a classifier's first layer."""
 
 teacher_app = typer.Typer(help="Create teacher networks.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -62,6 +67,7 @@ def teacher_synthetic(
     sizes = (r,) if r is not None else teachers.parse_hidden(hidden)
     if r is not None and r < 1:
         raise InputError(f"--r must be positive, got {r}")
+    check_outputs({}, {"--out": out})
     config = teachers.TeacherConfig(d_in=d_in, hidden=sizes, activation=activation, d_out=d_out)
     net = teachers.synthetic_teacher(config, seed)
     networks.write_network(
@@ -80,7 +86,8 @@ def teacher_train(
     out: Path = typer.Option(..., "--out", help="Output network file (logits, with queries)."),
 ) -> None:
     """Train a classifier on a data set and write its logits network with its training inputs."""
-    networks.check_destination(out)
+    check_outputs({}, {"--out": out})
+    check_width("--hidden", (hidden,), _LARGEST_IMAGE, 10)
     config = teachers.ClassifierConfig(max_epochs=max_epochs)
     trained = teachers.train_classifier(dataset, hidden, activation, seed, config)
     net = trained.network
@@ -106,7 +113,9 @@ def query(
         raise InputError(f"--n must be positive, got {n}")
     if seed < 0:
         raise InputError(f"--seed must be non-negative, got {seed}")
+    check_outputs({"--teacher": teacher}, {"--out": out})
     net = networks.read_network(teacher)
+    check_rows("--n", n, net.d_in)
     x = teachers.sample_inputs(n, net.d_in, seed)
     y = teachers.query(net, x)
     networks.write_pairs(out, x, y, attrs={"seed": seed, "source": str(Path(teacher).name)})

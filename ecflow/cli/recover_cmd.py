@@ -13,27 +13,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecflow import blackbox, datasets, networks, teachers
+from ecflow import blackbox, datasets, networks, teachers, workdir
 from ecflow.cli._app import app, error
 from ecflow.cli._output import add_row
+from ecflow.cli._signals import set_resume_hint
+from ecflow.cli._sizes import MAX_RHO, check_scheduler, check_sizes, check_workers
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
+from ecflow.safety import check_array_bytes, check_outputs
 
 EXIT_NOT_RECONSTRUCTED = 1
-
-
-def _check_writable(path: Optional[Path], option: str) -> None:
-    # Fail before hours of training, not at the end when the output cannot be written.
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{option} {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a directory")
 
 
 def _default_queries(path: Path, nf: networks.NetworkFile):
@@ -246,8 +238,11 @@ def recover_command(
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be positive, got {workers}")
+    check_workers(workers)
+    check_scheduler(scheduler)
+    if rho is not None and not (0 < rho <= MAX_RHO):
+        raise InputError(f"--rho must be a positive number at most {MAX_RHO:g}, got {rho!r}")
+    check_array_bytes((students,), f"--students {students}: the students' seeds")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
@@ -258,9 +253,13 @@ def recover_command(
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
         max_minutes=max_minutes,
     )
-    _check_outputs(out, report, plots)
-    if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
-        raise InputError(f"--work-dir {work_dir}: exists and is not a directory")
+    query_file = Path(queries) if queries is not None and Path(queries).is_file() else None
+    _check_outputs(out, report, plots, inputs={"--teacher": teacher, "--data": data,
+                                               "--queries": query_file}, work_dir=work_dir)
+    set_resume_hint(
+        f"rerun with --work-dir {work_dir} to continue" if work_dir is not None
+        else "nothing was saved (--work-dir keeps each finished student)"
+    )
 
     if teacher is not None:
         x, note = None, None
@@ -279,13 +278,21 @@ def recover_command(
         pairs = networks.read_pairs(data)
         inputs = dict(x=pairs.x, y=pairs.y)
 
-    with _progress_bar() as progress:
-        with make_executor(workers, scheduler) as executor:
-            rec = recover(**inputs, config=config, engine=engine, executor=executor,
-                          progress=progress, work_dir=work_dir)
-    if teacher is not None and note is not None:
-        rec = dataclasses.replace(rec, notes=(note, *rec.notes))
-    _write_outputs(rec, out, report, plots, config)
+    check_sizes(inputs.get("x"), inputs.get("teacher"), width, rho, n_queries, n_fresh)
+    with contextlib.ExitStack() as stack:
+        repaired: list[str] = []
+        if work_dir is not None:
+            # one process per work folder; damaged students are set aside and trained again
+            stack.enter_context(workdir.locked(work_dir))
+            repaired = workdir.repair(work_dir)
+        with _progress_bar() as progress:
+            with make_executor(workers, scheduler) as executor:
+                rec = recover(**inputs, config=config, engine=engine, executor=executor,
+                              progress=progress, work_dir=work_dir)
+        notes = ([note] if teacher is not None and note is not None else []) + repaired
+        if notes:
+            rec = dataclasses.replace(rec, notes=(*notes, *rec.notes))
+        _write_outputs(rec, out, report, plots, config)
 
 
 @app.command("cluster")
@@ -314,17 +321,27 @@ def cluster_command(
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)
     config = RecoverConfig(gamma=gamma, beta_deg=beta_deg, prune=prune, max_minutes=max_minutes)
-    _check_outputs(out, report, plots)
-    with _progress_bar() as progress:
-        rec = cluster_saved(students, config=config, engine=engine, progress=progress)
-    _write_outputs(rec, out, report, plots, config)
+    _check_outputs(out, report, plots, inputs=_work_files(students))
+    with workdir.locked(students):
+        with _progress_bar() as progress:
+            rec = cluster_saved(students, config=config, engine=engine, progress=progress)
+        _write_outputs(rec, out, report, plots, config)
 
 
-def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path]) -> None:
-    for path, option in ((out, "--out"), (report, "--report")):
-        _check_writable(path, option)
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise InputError(f"--plots {plots}: exists and is not a directory")
+def _work_files(folder: Path) -> dict[str, Path]:
+    """The files of a work folder, as inputs that no output may replace."""
+    files = sorted(folder.glob("*.h5")) + sorted(folder.glob("*/*.h5")) + sorted(
+        folder.glob("*/*/*.h5"))
+    return {f"--students ({f.relative_to(folder)})": f for f in files}
+
+
+def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path], *,
+                   inputs: dict, work_dir: Optional[Path] = None) -> None:
+    # Fail before hours of training, not at the end when the output cannot be written.
+    if work_dir is not None and work_dir.is_dir():
+        inputs = {**inputs, **_work_files(work_dir)}
+    check_outputs(inputs, {"--out": out, "--report": report},
+                  {"--plots": plots, "--work-dir": work_dir})
 
 
 @contextlib.contextmanager
@@ -346,6 +363,10 @@ def _progress_bar():
 
     try:
         yield progress
+    except BaseException:
+        # an error or a signal ends with its one line alone, not under a last frame of bars
+        bar.console.quiet = True
+        raise
     finally:
         if tasks:
             bar.stop()

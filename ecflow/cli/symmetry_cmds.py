@@ -14,6 +14,7 @@ from rich.table import Table
 from ecflow import networks, symmetry
 from ecflow.cli._app import app
 from ecflow.cli._output import cell
+from ecflow.safety import check_outputs
 
 symmetry_app = typer.Typer(
     help="Neuron types of a zero-loss student and its minimal network (paper section 4).",
@@ -65,9 +66,7 @@ def reduce(
     config = _config(param_rtol, output_rtol, verify_rtol, n_verify, seed)
     net = networks.read_network(student)
     x = _domain(queries)
-    networks.check_destination(out)
-    if report is not None:
-        networks.check_destination(report)
+    check_outputs({"--student": student, "--queries": queries}, {"--out": out, "--report": report})
     result = symmetry.reduce_network(net, x, config=config)
     attrs = {
         "source": Path(student).name,
@@ -108,8 +107,8 @@ def map_(
     s_net = networks.read_network(student)
     t_net = networks.read_network(teacher)
     x = _domain(queries)
-    if report is not None:
-        networks.check_destination(report)
+    check_outputs({"--student": student, "--teacher": teacher, "--queries": queries},
+                  {"--report": report})
     result = symmetry.reduce_network(s_net, x, teacher=t_net, config=config)
     mapping = result.mapping
     table = Table(title=cell(f"{Path(student).name} → {Path(teacher).name}"))
