@@ -244,3 +244,99 @@ def test_old_onnx_is_refused(monkeypatch):
     monkeypatch.setattr(onnx, "__version__", "1.20.1")
     with pytest.raises(InputError, match="onnx >= 1.21"):
         interop._onnx()
+
+
+# --- destinations and options ----------------------------------------------------------------------
+
+
+def test_out_equal_to_an_input_or_to_another_output_is_refused_before_work(tmp_path, teacher,
+                                                                           capsys):
+    before = teacher.read_bytes()
+    rc, _, err = cli(capsys, "recover", "--teacher", teacher, "--hidden", "4", "--out", teacher)
+    assert_one_line(rc, err, contains="--out")
+    rc, _, err = cli(capsys, "recover", "--teacher", teacher, "--hidden", "4",
+                     "--out", tmp_path / "x.h5", "--report", tmp_path / "sub" / ".." / "x.h5")
+    assert_one_line(rc, err, contains="--report")
+    os.symlink(teacher, tmp_path / "alias.h5")
+    rc, _, err = cli(capsys, "query", "--teacher", teacher, "--n", "10",
+                     "--out", tmp_path / "alias.h5")
+    assert_one_line(rc, err, contains="same file")
+    rc, _, err = cli(capsys, "export", teacher, "--onnx", tmp_path / "t.onnx")
+    assert rc == 0
+    rc, _, err = cli(capsys, "import", tmp_path / "t.onnx", "--out", tmp_path / "t.onnx")
+    assert_one_line(rc, err, contains="--out")
+    assert teacher.read_bytes() == before
+
+
+def test_a_read_only_destination_is_found_before_work(tmp_path, teacher, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+    locked = tmp_path / "ro"
+    locked.mkdir()
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.samefile(dir, locked):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(safety.tempfile, "mkstemp", mkstemp)
+    for extra in (["--out", locked / "o.h5"],
+                  ["--out", tmp_path / "o.h5", "--plots", locked / "plots"],
+                  ["--out", tmp_path / "o.h5", "--work-dir", locked / "W"]):
+        rc, _, err = cli(capsys, "recover", "--teacher", teacher, "--hidden", "4", *extra)
+        assert_one_line(rc, err, contains="Read-only")
+    assert not list(locked.iterdir())
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, teacher, capsys, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(safety.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    rc, _, err = cli(capsys, "query", "--teacher", teacher, "--n", "100",
+                     "--out", tmp_path / "q.h5")
+    assert_one_line(rc, err, contains="disk space")
+    assert not (tmp_path / "q.h5").exists()
+    # a write that still fails for want of space (the HDF5 library's own error) is one line too
+    monkeypatch.undo()
+
+    real_file = networks._h5py().File
+
+    def full(path, mode="r", **kwargs):
+        if mode == "r":
+            return real_file(path, mode, **kwargs)
+        raise OSError(28, "Can't write data (file write failed: errno = 28, error message = "
+                      "'No space left on device')")
+
+    monkeypatch.setattr(networks._h5py(), "File", full)
+    rc, _, err = cli(capsys, "query", "--teacher", teacher, "--n", "100",
+                     "--out", tmp_path / "q.h5")
+    monkeypatch.undo()
+    assert_one_line(rc, err, contains="disk full")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q.h5")]
+
+
+@pytest.mark.parametrize("args, word", [
+    (["recover", "--rho", "1e308"], "--rho"),
+    (["recover", "--hidden", "99999999999"], "--hidden"),
+    (["recover", "--hidden", "4", "--n-queries", "100000000000"], "--n-queries"),
+    (["recover", "--hidden", "4", "--scheduler", "notaurl"], "--scheduler"),
+    (["recover", "--hidden", "4", "--workers", "100000000"], "--workers"),
+    (["recover", "--hidden", "4", "--students", "1000000000000"], "--students"),
+    (["query", "--n", "100000000000"], "--n"),
+])
+def test_options_that_size_arrays_are_range_checked(tmp_path, teacher, capsys, args, word):
+    rc, _, err = cli(capsys, *args, "--teacher", teacher, "--out", tmp_path / "o.h5")
+    assert_one_line(rc, err, contains=word)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_synthetic_teacher_sizes_are_range_checked(tmp_path, capsys):
+    rc, _, err = cli(capsys, "teacher", "synthetic", "--d-in", "100000", "--r", "3",
+                     "--out", tmp_path / "t.h5")
+    assert_one_line(rc, err, contains="d_in 100000")
+    rc, _, err = cli(capsys, "teacher", "synthetic", "--d-in", "3", "--hidden", "4,99999999999",
+                     "--out", tmp_path / "t.h5")
+    assert_one_line(rc, err, contains="99999999999")
