@@ -565,15 +565,27 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def _tensor_array(tensor) -> np.ndarray:
+    """A tensor's values; a tensor whose data does not fill its declared shape is bad input
+    (the checker does not look at sizes)."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"tensor {printable(tensor.name)!r:.60} of shape {list(tensor.dims)}: its data does "
+            f"not match ({_first_line(exc)})"
+        ) from None
+
+
 class _Graph:
     """Index of a model's graph: constants, producers and consumers of each tensor."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
         self.model = model
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            t.name: _tensor_array(t) for t in model.graph.initializer
         }
         self.producer: dict[str, Any] = {}
         self.consumers: dict[str, list] = {}
@@ -581,7 +593,7 @@ class _Graph:
             if node.op_type == "Constant":
                 value = _attr(node, "value", None)
                 if value is not None:
-                    self.consts[node.output[0]] = numpy_helper.to_array(value)
+                    self.consts[node.output[0]] = _tensor_array(value)
                     continue
             for out in node.output:
                 self.producer[out] = node
