@@ -374,7 +374,11 @@ def _attr(obj: Any, key: str, p: Path, where: str) -> Any:
     n = 1
     for d in shape:
         n *= int(d)
-    if max(n * aid.dtype.itemsize, aid.get_storage_size()) > _MAX_ATTR_BYTES:
+    try:  # HDF5 reports an error, not 0, for the storage of an empty attribute
+        stored = aid.get_storage_size() if n else 0
+    except (OSError, RuntimeError, ValueError):
+        stored = 0
+    if max(n * aid.dtype.itemsize, stored) > _MAX_ATTR_BYTES:
         raise InputError(f"{p}: attribute {key!r} of {where} is larger than 1 MiB")
     try:
         return _decode(obj.attrs[key])
