@@ -312,6 +312,14 @@ def check_outputs(
         seen[ident] = option
         if p.exists() and not p.is_dir():
             raise InputError(f"{option} {p}: exists and is not a directory")
+        if p.is_dir():
+            # ecflow writes its own files there: a symlink among them was planted
+            links = sorted(q.name for q in p.iterdir() if q.is_symlink())
+            if links:
+                raise InputError(
+                    f"{option} {p}: holds symbolic links ({', '.join(links[:3])}); ecflow "
+                    "writes only its own files there"
+                )
         target = p
         while not target.exists():
             target = target.parent if str(target.parent) else Path(".")

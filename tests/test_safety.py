@@ -340,3 +340,16 @@ def test_synthetic_teacher_sizes_are_range_checked(tmp_path, capsys):
     rc, _, err = cli(capsys, "teacher", "synthetic", "--d-in", "3", "--hidden", "4,99999999999",
                      "--out", tmp_path / "t.h5")
     assert_one_line(rc, err, contains="99999999999")
+
+
+def test_symlinks_planted_in_output_folders_are_refused(tmp_path, teacher, capsys):
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep")
+    for option in ("--plots", "--work-dir"):
+        folder = tmp_path / option.strip("-")
+        folder.mkdir()
+        os.symlink(victim, folder / "dendrogram.png")
+        rc, _, err = cli(capsys, "recover", "--teacher", teacher, "--hidden", "4",
+                         "--out", tmp_path / "o.h5", option, folder)
+        assert_one_line(rc, err, contains="symbolic links")
+    assert victim.read_bytes() == b"keep"
