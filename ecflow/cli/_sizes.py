@@ -84,4 +84,4 @@ def check_scheduler(address: str | None) -> None:
 
 def check_workers(workers: int | None) -> None:
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
-        raise InputError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
+        raise InputError(f"--workers must be a positive integer at most {MAX_WORKERS}, got {workers}")
