@@ -602,7 +602,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise
 
 
-def _check_space(path: str | os.PathLike, *arrays: Any, attrs: Mapping[str, Any] | None = None) -> None:
+def _check_space(
+    path: str | os.PathLike, *arrays: Any, attrs: Mapping[str, Any] | None = None
+) -> None:
     """Refuse to start a write that cannot fit on the destination's file system.
 
     The HDF5 library does not fail cleanly when the disk fills up mid-write: measured, a

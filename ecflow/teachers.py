@@ -99,7 +99,9 @@ class TeacherConfig:
         # the standardisation samples are drawn at once: refuse what cannot fit, before drawing
         n_in = self.d_in
         for name, width in (("d_in", self.d_in), *(("hidden layer size", h) for h in hidden)):
-            check_array_bytes((self.n_normalise, width), f"{name} {width}: the standardisation samples")
+            check_array_bytes(
+                (self.n_normalise, width), f"{name} {width}: the standardisation samples"
+            )
             check_array_bytes((width, n_in), f"{name} {width}: the layer's weights")
             n_in = width
 

@@ -246,7 +246,7 @@ def test_old_onnx_is_refused(monkeypatch):
         interop._onnx()
 
 
-# --- destinations and options ----------------------------------------------------------------------
+# --- destinations and options --------------------------------------------------------------------
 
 
 def test_out_equal_to_an_input_or_to_another_output_is_refused_before_work(tmp_path, teacher,

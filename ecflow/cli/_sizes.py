@@ -67,7 +67,9 @@ def check_sizes(x, teacher, width, rho, n_queries: int, n_fresh: int) -> None:
             check_array_bytes((int(n), int(w)), f"--hidden {w}: the hidden layer's activations")
 
 
-_ADDRESS = re.compile(r"(?:(tcp|tls|inproc|ucx|ws|wss)://)?([A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+_ADDRESS = re.compile(
+    r"(?:(tcp|tls|inproc|ucx|ws|wss)://)?([A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})"
+)
 
 
 def check_scheduler(address: str | None) -> None:
@@ -84,4 +86,6 @@ def check_scheduler(address: str | None) -> None:
 
 def check_workers(workers: int | None) -> None:
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
-        raise InputError(f"--workers must be a positive integer at most {MAX_WORKERS}, got {workers}")
+        raise InputError(
+            f"--workers must be a positive integer at most {MAX_WORKERS}, got {workers}"
+        )

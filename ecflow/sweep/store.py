@@ -332,7 +332,9 @@ def directory_lock(out: Path) -> Iterator[None]:
         for key in ("config", "teachers", "students", "recoveries"):
             folder = _paths(out)[key]
             if key != "config" and folder.is_symlink():
-                raise InputError(f"{folder}: is a symbolic link; a sweep writes only its own folders")
+                raise InputError(
+                    f"{folder}: is a symbolic link; a sweep writes only its own folders"
+                )
         for folder in (out, *(_paths(out)[k] for k in ("teachers", "students", "recoveries"))):
             remove_temporaries(folder)
         yield
