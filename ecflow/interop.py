@@ -103,21 +103,38 @@ _MAX_ONNX_BYTES = 2 << 30
 """Protobuf cannot hold a message over 2 GiB: a larger file is not a model."""
 
 
+def _node_tensors(nodes) -> Iterator[Any]:
+    """The tensors held by the attributes of ``nodes``, subgraphs included."""
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(
+                a.sparse_tensors
+            ):
+                yield sparse.values
+                yield sparse.indices
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for sub in a.graphs:
+                yield from _tensors(sub)
+
+
 def _tensors(graph) -> Iterator[Any]:
     """Every tensor of a graph and its subgraphs: initializers and node attributes."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
-        for a in node.attribute:
-            if a.HasField("t"):
-                yield a.t
-            yield from a.tensors
-            if a.HasField("g"):
-                yield from _tensors(a.g)
-            for sub in a.graphs:
-                yield from _tensors(sub)
+    yield from _node_tensors(graph.node)
+
+
+def _model_tensors(model) -> Iterator[Any]:
+    """Every tensor of a model: its graph's and those of its functions' nodes."""
+    yield from _tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
 
 
 def _external_file(tensor, folder: Path, p: Path) -> None:
@@ -184,7 +201,7 @@ def load_onnx(path: str | os.PathLike):
         raise InputError(f"{p}: not a valid ONNX model ({_first_line(exc)})") from None
     folder = p.resolve().parent
     external = False
-    for tensor in _tensors(model.graph):
+    for tensor in _model_tensors(model):
         check_array_bytes(tensor.dims, f"{p}: tensor {printable(tensor.name)!r:.60}")
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             _external_file(tensor, folder, p)

@@ -15,7 +15,12 @@ File layout (``docs/formats.md``, spec version 1)::
 
 All HDF5 I/O of the package lives here. Readers validate everything the spec lists and raise
 ``ValueError``/``TypeError`` naming the file and the offending item; writers are atomic
-(temporary file in the destination folder, then ``os.replace``).
+(temporary file in the destination folder, then ``os.replace``) and check the free space first.
+
+Files may come from anyone, so readers also refuse what would read outside the file or beyond
+memory (``docs/safety.md``): external and soft links, external storage, virtual datasets,
+declared shapes over :func:`ecflow.safety.max_array_bytes` (compressed data at its decompressed
+size, checked before reading) and attributes over 1 MiB.
 """
 
 from __future__ import annotations

@@ -353,3 +353,18 @@ def test_symlinks_planted_in_output_folders_are_refused(tmp_path, teacher, capsy
                          "--out", tmp_path / "o.h5", option, folder)
         assert_one_line(rc, err, contains="symbolic links")
     assert victim.read_bytes() == b"keep"
+
+
+def test_onnx_external_data_of_a_constant_node_is_checked_too(tmp_path, secret):
+    net = networks.glorot_normal((3, 4, 1), ["tanh", "identity"], 0)
+    model = interop.network_to_onnx(net)
+    value = onnx.helper.make_tensor("c", TensorProto.DOUBLE, [12], np.zeros(12))
+    value.ClearField("double_data")
+    value.data_location = TensorProto.EXTERNAL
+    entry = value.external_data.add()
+    entry.key, entry.value = "location", str(secret)
+    model.graph.node.append(onnx.helper.make_node("Constant", [], ["unused"], value=value))
+    path = tmp_path / "const.onnx"
+    onnx.save(model, path)
+    with pytest.raises(InputError, match="outside the model's folder"):
+        interop.load_onnx(path)
