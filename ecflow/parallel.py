@@ -79,7 +79,8 @@ def _init_worker(n_threads: int) -> None:
 
 
 def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop a pool at once (interrupted): cancel queued work, terminate running workers.
+    """Stop a pool at once (interrupted or failed): cancel queued work, terminate running
+    workers.
 
     ``shutdown(wait=True)`` would wait for every running student to finish its budget.
     """
@@ -149,9 +150,10 @@ def make_executor(
     ) as pool:
         try:
             yield pool
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # a signal, Ctrl-C or exit: stop now
-                _stop_workers(pool)
+        except BaseException:
+            # a signal, or an error nobody will wait for results after (a full disk while
+            # saving a student): stop now, not when the running students end their budgets
+            _stop_workers(pool)
             raise
 
 

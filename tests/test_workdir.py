@@ -151,3 +151,36 @@ def test_the_cli_report_names_the_retrained_student(wd, tmp_path, capsys):
     rep = json.loads(report.read_text())
     assert any("student-002.h5: damaged" in n for n in rep["notes"]), rep["notes"]
     assert "student-002.h5" in out
+
+
+def test_a_disk_full_while_saving_a_student_is_one_line_and_the_folder_stays_usable(
+        tmp_path, capsys, monkeypatch):
+    networks.write_network(tmp_path / "t.h5", TEACHER)
+    wd = tmp_path / "W"
+    real = networks.check_free_space
+
+    def nearly_full(folder, n_bytes, what):
+        if "student-001" in what:
+            raise InputError(f"{what}: not enough disk space (0 bytes free)")
+        return real(folder, n_bytes, what)
+
+    monkeypatch.setattr(networks, "check_free_space", nearly_full)
+    args = ["recover", "--teacher", str(tmp_path / "t.h5"), "--rho", "2", "--students", "3",
+            "--n-queries", "400", "--n-fresh", "100", "--no-early-stop", "--workers", "1",
+            "--max-seconds", "10", "--work-dir", str(wd), "--out", str(tmp_path / "o.h5"),
+            "--report", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    _, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert err.strip().splitlines() == [
+        f"ecflow: error: {wd / 'students' / 'student-001.h5'}: not enough disk space "
+        "(0 bytes free)"]
+    assert not (tmp_path / "o.h5").exists()
+    assert not [p for p in wd.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["students_reused"] >= 1 and rep["students_trained"] >= 1

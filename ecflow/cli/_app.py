@@ -41,7 +41,7 @@ _Abort = (typer.Abort, getattr(_cx, "Abort", typer.Abort))
 
 def _one_line(text: str) -> str:
     # a message can quote a file's names: control characters are replaced, not sent raw
-    return " ".join(printable(text).split())
+    return printable(" ".join(str(text).split()))
 
 
 def error(message: str) -> None:
