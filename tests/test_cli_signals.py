@@ -119,6 +119,8 @@ def test_a_second_process_on_a_work_folder_is_refused(tmp_path, teacher):
     first = _start(tmp_path, teacher, work)
     try:
         _wait_for_students(work, 1, first)
+        # paused, it holds the folder however fast its students are; resumed, it finishes
+        first.send_signal(signal.SIGSTOP)
         second = subprocess.run(
             [sys.executable, "-m", "ecflow", "recover", "--teacher", str(teacher), *SLOW,
              "--work-dir", str(work), "--out", str(tmp_path / "o2.h5")],
@@ -135,6 +137,7 @@ def test_a_second_process_on_a_work_folder_is_refused(tmp_path, teacher):
             capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=60,
         )
         assert cluster.returncode == 2 and "another ecflow process" in cluster.stderr
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
