@@ -13,7 +13,7 @@ import re
 from ecflow.errors import InputError
 from ecflow.safety import check_array_bytes
 
-__all__ = ["check_sizes", "check_width", "check_rows", "check_scheduler", "check_workers",
+__all__ = ["check_sizes", "check_rho", "check_width", "check_rows", "check_scheduler", "check_workers",
            "MAX_RHO", "MAX_WORKERS"]
 
 MAX_RHO = 1e6
@@ -21,6 +21,12 @@ MAX_RHO = 1e6
 
 MAX_WORKERS = 4096
 """Largest ``--workers``: more processes than any machine has cores."""
+
+
+def check_rho(rho: float | None) -> None:
+    """``--rho`` multiplies a width: beyond :data:`MAX_RHO` (or NaN) the width overflows."""
+    if rho is not None and not (math.isfinite(rho) and 0 < rho <= MAX_RHO):
+        raise InputError(f"--rho must be a positive number at most {MAX_RHO:g}, got {rho!r}")
 
 
 def check_width(option: str, widths, d_in: int, d_out: int) -> None:
@@ -47,8 +53,6 @@ def check_sizes(x, teacher, width, rho, n_queries: int, n_fresh: int) -> None:
     width : tuple of int, "auto" or None
     rho : float or None
     """
-    if rho is not None and not (math.isfinite(rho) and 0 < rho <= MAX_RHO):
-        raise InputError(f"--rho must be a positive number at most {MAX_RHO:g}, got {rho!r}")
     d_in = x.shape[1] if x is not None else getattr(teacher, "d_in", None)
     d_out = getattr(teacher, "d_out", None) or 1
     if d_in is None:

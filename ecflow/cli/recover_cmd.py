@@ -17,7 +17,7 @@ from ecflow import blackbox, datasets, networks, teachers, workdir
 from ecflow.cli._app import app, error
 from ecflow.cli._output import add_row
 from ecflow.cli._signals import set_resume_hint
-from ecflow.cli._sizes import MAX_RHO, check_scheduler, check_sizes, check_workers
+from ecflow.cli._sizes import check_rho, check_scheduler, check_sizes, check_workers
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
@@ -69,21 +69,24 @@ def _print_report(console: Console, rec: Recovery) -> None:
     if rec.max_cosine_distance is not None:
         mean = rec.to_report()["mean_cosine_distance"]
         add_row(summary, "max (mean) cosine distance to teacher",
-                        f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
+                f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
     losses = sorted(rec.student_losses)
     add_row(summary, "student losses", ", ".join(_fmt(v) for v in losses))
     add_row(summary, "kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
-    add_row(summary, 
+    add_row(
+        summary,
         "seconds", f"{rec.seconds:.1f} (" + ", ".join(
             f"{k} {v:.1f}" for k, v in rec.phase_seconds.items()) + ")"
     )
-    add_row(summary, 
+    add_row(
+        summary,
         "students trained, reused, stopped, not started",
         f"{rec.students_trained}, {rec.students_reused}, {rec.students_stopped}, "
         f"{rec.students_skipped}",
     )
     if rec.student_status:
-        add_row(summary, 
+        add_row(
+            summary,
             "students ended", ", ".join(f"{k} {v}" for k, v in sorted(rec.student_status.items()))
         )
     if rec.stop_reason:
@@ -106,7 +109,8 @@ def _print_report(console: Console, rec: Recovery) -> None:
             table.add_column(col)
         n_students = {r.layer: len(r.student_losses) for r in rec.layers}
         for c in rec.neurons:
-            add_row(table, 
+            add_row(
+                table,
                 str(c.layer), str(c.neuron), str(c.cluster_size),
                 f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
                 f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
@@ -124,7 +128,8 @@ def _print_layers(console: Console, rec: Recovery) -> None:
         table.add_column(col)
     for r in rec.layers:
         losses = sorted(r.student_losses)
-        add_row(table, 
+        add_row(
+            table,
             str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)), str(len(losses)),
             _fmt(losses[0]) if losses else "n/a", str(r.n_kept_clusters),
             _fmt(max(r.bias_std)) if r.bias_std else "-",
@@ -146,7 +151,8 @@ def _print_width_search(console: Console, search) -> None:
         table.add_column(col)
     for rank in search.ranking:
         widths, best = search.curve(rank.activation)
-        add_row(table, 
+        add_row(
+            table,
             rank.activation, "-" if rank.width is None else str(rank.width),
             _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
         )
@@ -240,8 +246,7 @@ def recover_command(
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
     check_workers(workers)
     check_scheduler(scheduler)
-    if rho is not None and not (0 < rho <= MAX_RHO):
-        raise InputError(f"--rho must be a positive number at most {MAX_RHO:g}, got {rho!r}")
+    check_rho(rho)
     check_array_bytes((students,), f"--students {students}: the students' seeds")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
