@@ -211,6 +211,9 @@ class WorkDir:
                     f"work folder {self.path} holds another recovery's students "
                     f"({', '.join(diff)} differ): use a new --work-dir"
                 )
+            # a rerun trains again what it cannot trust (done already when the CLI repaired)
+            self.set_aside_damaged()
+            old = self.read_manifest()
             current = dataclasses.replace(
                 manifest if len(manifest.seeds) > len(old.seeds) else old,
                 checksums=dict(old.checksums), legacy=False,
@@ -239,6 +242,36 @@ class WorkDir:
                 f"{self.students_path}: is a symbolic link; a work folder writes only its own "
                 "folders"
             )
+
+    def set_aside_damaged(self) -> list[str]:
+        """Rename the student files the manifest does not vouch for to ``*.h5.damaged`` and
+        drop their checksums, so that they are trained again (see :func:`repair`).
+
+        Returns
+        -------
+        list of str
+            One note per student set aside or missing.
+        """
+        self._check_own_folders()
+        manifest = self.read_manifest()
+        checksums = dict(manifest.checksums)
+        names = {f"students/{p.name}" for p in self.students_path.glob("student-*.h5")}
+        names |= {n for n in checksums if n.startswith("students/")}
+        notes = []
+        for name in sorted(names):
+            if self._intact(manifest, name):
+                continue
+            checksums.pop(name, None)
+            p = self.path / name
+            if p.exists() or p.is_symlink():
+                p.replace(p.with_name(p.name + ".damaged"))
+                notes.append(f"{name}: damaged, set aside as {p.name}.damaged and trained again")
+            else:
+                notes.append(f"{name}: missing, trained again")
+            _log.warning("%s: %s", self.path, notes[-1])
+        if checksums != manifest.checksums:
+            self._write_manifest(dataclasses.replace(manifest, checksums=checksums))
+        return notes
 
     def _write_data(self, current: Manifest, x, y, x_fresh, y_fresh, teacher,
                     old: Manifest | None) -> list[str]:
@@ -454,24 +487,6 @@ def repair(path: str | os.PathLike) -> list[str]:
     notes: list[str] = []
     for folder in _folders(Path(path)):
         wd = WorkDir(folder)
-        if not wd.exists():
-            continue
-        wd._check_own_folders()
-        manifest = wd.read_manifest()
-        checksums = dict(manifest.checksums)
-        names = {f"students/{p.name}" for p in wd.students_path.glob("student-*.h5")}
-        names |= {n for n in checksums if n.startswith("students/")}
-        for name in sorted(names):
-            p = folder / name
-            if wd._intact(manifest, name):
-                continue
-            checksums.pop(name, None)
-            if p.exists() or p.is_symlink():
-                p.replace(p.with_name(p.name + ".damaged"))
-                notes.append(f"{folder.name}/{name}: damaged, set aside as {p.name}.damaged "
-                             "and trained again")
-            else:
-                notes.append(f"{folder.name}/{name}: missing, trained again")
-        if checksums != manifest.checksums:
-            wd._write_manifest(dataclasses.replace(manifest, checksums=checksums))
+        if wd.exists():
+            notes += [f"{folder.name}/{n}" for n in wd.set_aside_damaged()]
     return notes

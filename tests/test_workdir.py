@@ -184,3 +184,10 @@ def test_a_disk_full_while_saving_a_student_is_one_line_and_the_folder_stays_usa
     assert info.value.code == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["students_reused"] >= 1 and rep["students_trained"] >= 1
+
+
+def test_the_library_rerun_also_retrains_a_damaged_student(wd):
+    _truncate(_student(wd, 0))
+    rec = recover(teacher=TEACHER, config=CONFIG, work_dir=wd)
+    assert rec.students_reused == 2 and rec.students_trained == 1
+    assert (wd / "students" / "student-000.h5.damaged").is_file()
