@@ -368,3 +368,15 @@ def test_onnx_external_data_of_a_constant_node_is_checked_too(tmp_path, secret):
     onnx.save(model, path)
     with pytest.raises(InputError, match="outside the model's folder"):
         interop.load_onnx(path)
+
+
+def test_a_query_npy_declaring_a_huge_shape_is_refused(tmp_path, teacher, capsys):
+    from numpy.lib import format as npy_format
+
+    path = tmp_path / "q.npy"
+    with open(path, "wb") as fh:  # a header only: 10^6 x 10^6 float64 declared, no data
+        npy_format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    rc, _, err = cli(capsys, "recover", "--teacher", teacher, "--hidden", "4",
+                     "--queries", path, "--out", tmp_path / "o.h5")
+    assert_one_line(rc, err, contains="q.npy")
