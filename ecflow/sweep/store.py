@@ -393,6 +393,12 @@ class Store:
     out : Path
         The sweep directory (layout in :mod:`ecflow.sweep`).
     config : SweepConfig
+
+    Attributes
+    ----------
+    damaged : list of str
+        Units whose files :meth:`load` found damaged (removed when the lock is held, so that
+        they are redone).
     """
 
     def __init__(self, out: Path, config: SweepConfig):
