@@ -29,6 +29,7 @@ from ecflow._extras import require
 from ecflow.engines.base import NEAR_ZERO_LOSS
 from ecflow.errors import InputError
 from ecflow.networks import MLP
+from ecflow.safety import check_array_bytes
 
 __all__ = ["FLOOR_FACTOR", "BlackBox", "from_network", "from_onnx", "from_callable"]
 
@@ -385,6 +386,10 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
         raise InputError(f"{p}: input {inp.describe()} is not a batch of vectors (N, d_in)")
     if inp.dtype not in _DTYPES:
         raise InputError(f"{p}: input {inp.describe()} is not float32 or float64")
+    if inp.shape[0] == 0 or inp.shape[1] == 0:
+        raise InputError(f"{p}: input {inp.describe()} has a zero dimension")
+    # a declared d_in of 10^9 would fail as a MemoryError in the first probe
+    check_array_bytes((max(_PROBE_ROWS, inp.shape[0] or 0), inp.shape[1]), f"{p}: input")
     outputs = {t.name: t for t in info.outputs}
     if output is None:
         if len(outputs) != 1:

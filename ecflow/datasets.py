@@ -40,6 +40,7 @@ import numpy as np
 from ecflow import networks
 from ecflow._extras import require
 from ecflow.errors import InputError
+from ecflow.safety import check_array_bytes
 
 __all__ = [
     "Dataset",
@@ -268,8 +269,14 @@ def _array_from_file(path: Path) -> np.ndarray:
         x = networks.read_queries(path).x
     elif suffix == ".npy":
         try:
-            x = np.load(path, allow_pickle=False)
+            # the header first (a memory map reads nothing): its declared shape is checked
+            # against the array bound before the data is read
+            mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+            check_array_bytes(mapped.shape, str(path))
+            x = np.array(mapped)
         except (OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(f"{path}: cannot read the .npy file ({exc})") from None
     else:
         raise InputError(

@@ -28,7 +28,8 @@ raises :class:`~ecflow.errors.InputError` naming the first unsupported node.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,11 @@ from ecflow._extras import require
 from ecflow.activations import ACTIVATIONS, Activation
 from ecflow.errors import InputError
 from ecflow.networks import MLP, Layer, atomic_path, check_destination
+from ecflow.safety import check_array_bytes, printable
 
 __all__ = [
     "OPSET",
+    "ONNX_MIN_VERSION",
     "OnnxTensorInfo",
     "OnnxInfo",
     "load_onnx",
@@ -77,12 +80,107 @@ _DENSE_OPS = {"Gemm", "MatMul"}
 _AFFINE_OPS = {"Gemm", "MatMul", "Add", "Sub", "Identity", "Cast", "Constant", "Flatten", "Reshape"}
 
 
+ONNX_MIN_VERSION = (1, 21)
+"""Oldest onnx read with: 1.16 fixed the external-data path traversal (CVE-2024-27318), 1.21
+the symlink and hard-link escapes. :func:`load_onnx` checks external data itself as well."""
+
+
 def _onnx():
-    return require("onnx", "onnx", "ONNX support")
+    onnx = require("onnx", "onnx", "ONNX support")
+    found = tuple(int(part) for part in re.findall(r"\d+", onnx.__version__)[:2])
+    if found < ONNX_MIN_VERSION:
+        raise InputError(
+            f"onnx {onnx.__version__} is installed, ecflow reads ONNX files with onnx >= "
+            f"{'.'.join(map(str, ONNX_MIN_VERSION))} (older ones follow external-data paths "
+            "out of the model's folder): pip install -U onnx"
+        )
+    return onnx
+
+
+_MAX_ONNX_BYTES = 2 << 30
+"""Protobuf cannot hold a message over 2 GiB: a larger file is not a model."""
+
+
+def _node_tensors(nodes) -> Iterator[Any]:
+    """The tensors held by the attributes of ``nodes``, subgraphs included."""
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(
+                a.sparse_tensors
+            ):
+                yield sparse.values
+                yield sparse.indices
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for sub in a.graphs:
+                yield from _tensors(sub)
+
+
+def _tensors(graph) -> Iterator[Any]:
+    """Every tensor of a graph and its subgraphs: initializers and node attributes."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _model_tensors(model) -> Iterator[Any]:
+    """Every tensor of a model: its graph's and those of its functions' nodes."""
+    yield from _tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _external_file(tensor, folder: Path, p: Path) -> None:
+    """Check that an external-data tensor reads a regular file inside the model's folder.
+
+    What onnx >= 1.21 refuses, refused again here (a model from someone else must not read
+    ``/etc/passwd`` into ecflow's outputs): an absolute or ``..`` location, a symlink, a file
+    with several hard links, and an offset or length past the end of the file.
+    """
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    where = f"{p}: tensor {tensor.name!r:.60} keeps its data in {location!r:.80}"
+    rel = Path(location)
+    if not location or rel.is_absolute() or ".." in rel.parts or "\0" in location:
+        raise InputError(f"{where}, outside the model's folder; ecflow refuses it")
+    target = folder / rel
+    parent = target.parent
+    while parent != folder:
+        if parent.is_symlink():
+            raise InputError(f"{where}, behind a symbolic link; ecflow refuses it")
+        parent = parent.parent
+    try:
+        st = os.lstat(target)
+    except OSError:
+        raise InputError(f"{where}, which does not exist") from None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{where}, which is not a regular file (a symbolic link?)")
+    if st.st_nlink > 1:
+        raise InputError(f"{where}, a file with several hard links; ecflow refuses it")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else st.st_size - offset
+    except ValueError:
+        raise InputError(f"{where} with a non-integer offset or length") from None
+    if offset < 0 or length < 0 or offset + length > st.st_size:
+        raise InputError(f"{where} at bytes {offset}..{offset + length}, past its end")
+    if length > _MAX_ONNX_BYTES:
+        raise InputError(f"{where}: {length} bytes, more than a model holds")
 
 
 def load_onnx(path: str | os.PathLike):
     """Read an ONNX model, raising :class:`InputError` for a missing, corrupt or non-ONNX file.
+
+    External data (tensors kept in files beside the model) is read only from regular files
+    inside the model's folder (:func:`_external_file`); declared tensor shapes are checked
+    against :func:`ecflow.safety.max_array_bytes`.
 
     Returns
     -------
@@ -92,15 +190,38 @@ def load_onnx(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
+    size = p.stat().st_size
+    if size > _MAX_ONNX_BYTES:
+        raise InputError(f"{p}: {size} bytes, more than an ONNX model (protobuf) can hold")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf errors have no common base class
+        raise InputError(f"{p}: not a valid ONNX model ({_first_line(exc)})") from None
+    folder = p.resolve().parent
+    external = False
+    for tensor in _model_tensors(model):
+        check_array_bytes(tensor.dims, f"{p}: tensor {printable(tensor.name)!r:.60}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _external_file(tensor, folder, p)
+            external = True
+    try:
+        if external:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(folder))
         onnx.checker.check_model(model)
+    except InputError:
+        raise
     except Exception as exc:  # protobuf and checker errors have no common base class
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p}: not a valid ONNX model ({first})") from None
+        raise InputError(f"{p}: not a valid ONNX model ({_first_line(exc)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{p}: not a valid ONNX model (empty graph)")
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return printable(text.splitlines()[0]) if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -187,6 +308,9 @@ def _tensor_info(value_info) -> OnnxTensorInfo:
     if not tt.HasField("shape"):
         return OnnxTensorInfo(value_info.name, None, dtype)
     dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    if any(d is not None and d < 0 for d in dims):
+        shown = ", ".join("N" if d is None else str(d) for d in dims)
+        raise InputError(f"{value_info.name!r:.60} declares a negative dimension [{shown}]")
     return OnnxTensorInfo(value_info.name, dims, dtype)
 
 
@@ -230,8 +354,11 @@ def guess_activation(model) -> tuple[str | None, str]:
 def describe_onnx(path: str | os.PathLike) -> OnnxInfo:
     """Read inputs, outputs, precision, operators, activation and MLP shape of an ONNX file."""
     model = load_onnx(path)
-    inputs = tuple(_tensor_info(v) for v in _graph_inputs(model))
-    outputs = tuple(_tensor_info(v) for v in model.graph.output)
+    try:
+        inputs = tuple(_tensor_info(v) for v in _graph_inputs(model))
+        outputs = tuple(_tensor_info(v) for v in model.graph.output)
+    except InputError as exc:
+        raise InputError(f"{Path(path)}: {exc}") from None
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -467,15 +594,27 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def _tensor_array(tensor) -> np.ndarray:
+    """A tensor's values; a tensor whose data does not fill its declared shape is bad input
+    (the checker does not look at sizes)."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"tensor {printable(tensor.name)!r:.60} of shape {list(tensor.dims)}: its data does "
+            f"not match ({_first_line(exc)})"
+        ) from None
+
+
 class _Graph:
     """Index of a model's graph: constants, producers and consumers of each tensor."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
         self.model = model
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            t.name: _tensor_array(t) for t in model.graph.initializer
         }
         self.producer: dict[str, Any] = {}
         self.consumers: dict[str, list] = {}
@@ -483,7 +622,7 @@ class _Graph:
             if node.op_type == "Constant":
                 value = _attr(node, "value", None)
                 if value is not None:
-                    self.consts[node.output[0]] = numpy_helper.to_array(value)
+                    self.consts[node.output[0]] = _tensor_array(value)
                     continue
             for out in node.output:
                 self.producer[out] = node

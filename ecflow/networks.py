@@ -15,13 +15,19 @@ File layout (``docs/formats.md``, spec version 1)::
 
 All HDF5 I/O of the package lives here. Readers validate everything the spec lists and raise
 ``ValueError``/``TypeError`` naming the file and the offending item; writers are atomic
-(temporary file in the destination folder, then ``os.replace``).
+(temporary file in the destination folder, then ``os.replace``) and check the free space first.
+
+Files may come from anyone, so readers also refuse what would read outside the file or beyond
+memory (``docs/safety.md``): external and soft links, external storage, virtual datasets,
+declared shapes over :func:`ecflow.safety.max_array_bytes` (compressed data at its decompressed
+size, checked before reading) and attributes over 1 MiB.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ import numpy as np
 
 from ecflow.activations import Activation, get_activation
 from ecflow.errors import InputError, InputTypeError
+from ecflow.safety import check_array_bytes, check_free_space
 
 __all__ = [
     "FORMAT_VERSION",
@@ -290,6 +297,8 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
         raise InputError(f"{p}: file not found")
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected an HDF5 file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file, expected an HDF5 file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
     try:
@@ -298,10 +307,46 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
         raise InputError(f"{p}: not a readable HDF5 file ({_first_line(exc)})") from None
     try:
         yield f
-    except (KeyError, OSError, RuntimeError) as exc:
+    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)})") from None
     finally:
         f.close()
+
+
+def _member(group: Any, name: str, p: Path, where: str) -> Any:
+    """``group[name]``, refusing anything but a plain (hard) link.
+
+    An external link reads another file and a soft link can lead to one; neither is part of
+    the spec, and following them would let a model file pull in any file of the machine.
+    """
+    h5py = _h5py()
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise InputError(f"{p}: missing {where}")
+    if not isinstance(link, h5py.HardLink):
+        kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a link"
+        raise InputError(f"{p}: {where} is {kind}; ecflow reads only objects stored in the file")
+    return group[name]
+
+
+def _check_storage(ds: Any, p: Path, where: str) -> None:
+    """Refuse data kept outside the file, and declared shapes too large to read."""
+    if ds.external:
+        raise InputError(
+            f"{p}: {where} keeps its data in an external file; ecflow reads only data stored "
+            "in the model file"
+        )
+    if ds.is_virtual:
+        raise InputError(
+            f"{p}: {where} is a virtual dataset (data mapped from other files); ecflow reads "
+            "only data stored in the model file"
+        )
+    if ds.shape is None:
+        raise InputError(f"{p}: {where} holds no data (empty dataspace)")
+    # compressed data counts at its decompressed float64 size: a few kB of gzip can declare GBs
+    check_array_bytes(ds.shape, f"{p}: {where}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -314,26 +359,69 @@ def _decode(v: Any) -> Any:
         return v.decode("utf-8", errors="replace")
     if isinstance(v, np.ndarray) and v.dtype.kind in "SO":
         return [_decode(e) for e in v.tolist()]
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _decode(v[()])
     if isinstance(v, np.generic):
         return v.item()
     return v
 
 
+_MAX_ATTR_BYTES = 1 << 20
+"""Largest attribute read (1 MiB): the spec's attributes are names, numbers and short reports."""
+
+
+def _attr(obj: Any, key: str, p: Path, where: str) -> Any:
+    """Attribute ``key`` of ``obj`` (None when absent), size-checked before it is read."""
+    if key not in obj.attrs:
+        return None
+    aid = obj.attrs.get_id(key)
+    shape = aid.shape or ()
+    n = 1
+    for d in shape:
+        n *= int(d)
+    try:  # HDF5 reports an error, not 0, for the storage of an empty attribute
+        stored = aid.get_storage_size() if n else 0
+    except (OSError, RuntimeError, ValueError):
+        stored = 0
+    if max(n * aid.dtype.itemsize, stored) > _MAX_ATTR_BYTES:
+        raise InputError(f"{p}: attribute {key!r} of {where} is larger than 1 MiB")
+    try:
+        return _decode(obj.attrs[key])
+    except (OSError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"{p}: attribute {key!r} of {where} cannot be read ({_first_line(exc)})"
+        ) from None
+
+
+def _string_attr(obj: Any, key: str, p: Path, where: str) -> str | None:
+    v = _attr(obj, key, p, where)
+    if v is not None and not isinstance(v, str):
+        raise InputError(f"{p}: attribute {key!r} of {where} must be a string, got {v!r:.60}")
+    return v
+
+
 def _check_header(f: Any, p: Path, expected: str) -> None:
-    fmt = _decode(f.attrs.get("ecflow_format"))
+    fmt = _string_attr(f, "ecflow_format", p, "/")
     if fmt is None:
         raise InputError(f"{p}: missing root attribute 'ecflow_format' (expected {expected!r})")
     if fmt != expected:
-        raise InputError(f"{p}: ecflow_format is {fmt!r}, expected {expected!r}")
-    version = _decode(f.attrs.get("version"))
+        raise InputError(f"{p}: ecflow_format is {fmt!r:.60}, expected {expected!r}")
+    version = _attr(f, "version", p, "/")
     if version is None:
         raise InputError(f"{p}: missing root attribute 'version'")
     if isinstance(version, float) and version.is_integer():
         version = int(version)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(f"{p}: version must be an integer, got {version!r}")
+        raise InputError(f"{p}: version must be an integer, got {version!r:.60}")
     if version != FORMAT_VERSION:
         raise InputError(f"{p}: unsupported version {version}, this ecflow reads {FORMAT_VERSION}")
+
+
+def _group(parent: Any, name: str, p: Path, where: str) -> Any:
+    g = _member(parent, name, p, f"group {where}")
+    if not isinstance(g, _h5py().Group):
+        raise InputError(f"{p}: {where} must be a group, got a dataset")
+    return g
 
 
 def _read_dataset(group: Any, name: str, p: Path, ndim: int) -> np.ndarray:
@@ -341,11 +429,14 @@ def _read_dataset(group: Any, name: str, p: Path, ndim: int) -> np.ndarray:
     where = f"{group.name.rstrip('/')}/{name}"
     if name not in group:
         raise InputError(f"{p}: missing dataset {where}")
-    ds = group[name]
+    ds = _member(group, name, p, f"dataset {where}")
     if not isinstance(ds, h5py.Dataset):
         raise InputError(f"{p}: {where} must be a dataset")
     if ds.dtype.kind != "f":
         raise InputError(f"{p}: {where} must be a float dataset, got dtype {ds.dtype}")
+    _check_storage(ds, p, where)
+    if len(ds.shape) != ndim:
+        raise InputError(f"{p}: {where} must be {ndim}-dimensional, got shape {ds.shape}")
     arr = np.asarray(ds[()], dtype=np.float64)
     if arr.ndim != ndim:
         raise InputError(f"{p}: {where} must be {ndim}-dimensional, got shape {arr.shape}")
@@ -359,7 +450,7 @@ def _read_queries(f: Any, p: Path, required: bool) -> tuple[np.ndarray | None, n
         if required:
             raise InputError(f"{p}: missing group /queries (a pairs file needs /queries/x and /y)")
         return None, None
-    g = f["queries"]
+    g = _group(f, "queries", p, "/queries")
     x = _read_dataset(g, "x", p, 2)
     y = _read_dataset(g, "y", p, 2)
     if x.shape[0] != y.shape[0]:
@@ -371,30 +462,39 @@ def _read_queries(f: Any, p: Path, required: bool) -> tuple[np.ndarray | None, n
     return x, y
 
 
-def _extra_attrs(f: Any) -> dict[str, Any]:
-    return {k: _decode(v) for k, v in f.attrs.items() if k not in ("ecflow_format", "version")}
+def _extra_attrs(f: Any, p: Path) -> dict[str, Any]:
+    return {
+        k: _attr(f, k, p, "/") for k in f.attrs.keys() if k not in ("ecflow_format", "version")
+    }
+
+
+_LAYER_NAME = re.compile("0|[1-9][0-9]{0,5}")
+"""Layer group names: ASCII decimal without leading zeros (``str.isdigit`` also takes ``²``)."""
 
 
 def _read_layers(f: Any, p: Path, prefix: str = "") -> MLP:
     where = f"{prefix}/layers"
-    if "layers" not in f or len(f["layers"]) == 0:
+    if "layers" not in f:
         raise InputError(f"{p}: missing group {where} (a network needs at least one layer)")
-    g = f["layers"]
+    g = _group(f, "layers", p, where)
     names = list(g.keys())
-    if not all(n.isdigit() and (n == "0" or not n.startswith("0")) for n in names):
-        raise InputError(f"{p}: {where} must hold groups named 0, 1, 2, ..., got {sorted(names)}")
+    if not names:
+        raise InputError(f"{p}: {where} is empty (a network needs at least one layer)")
+    if not all(_LAYER_NAME.fullmatch(n) for n in names):
+        shown = ", ".join(repr(n) for n in sorted(names)[:8])
+        raise InputError(f"{p}: {where} must hold groups named 0, 1, 2, ..., got {shown}")
     idx = sorted(int(n) for n in names)
     if idx != list(range(len(idx))):
         missing = sorted(set(range(idx[-1] + 1)) - set(idx))
         raise InputError(f"{p}: gap in layer numbering, {where}/{missing[0]} is missing")
     layers: list[Layer] = []
     for i in idx:
-        lg = g[str(i)]
-        act = _decode(lg.attrs.get("activation"))
+        lg = _group(g, str(i), p, f"{where}/{i}")
+        act = _attr(lg, "activation", p, f"{where}/{i}")
         if act is None:
             raise InputError(f"{p}: {where}/{i} has no 'activation' attribute")
         if not isinstance(act, str):
-            raise InputError(f"{p}: {where}/{i} activation must be a string, got {act!r}")
+            raise InputError(f"{p}: {where}/{i} activation must be a string, got {act!r:.60}")
         try:
             activation = get_activation(act)
         except ValueError as exc:
@@ -436,7 +536,7 @@ def read_network_file(path: str | os.PathLike) -> NetworkFile:
                 f"{p}: /queries has x {x.shape} and y {y.shape} but the network is "
                 f"{net.d_in} -> {net.d_out}"
             )
-        return NetworkFile(net, x, y, _extra_attrs(f))
+        return NetworkFile(net, x, y, _extra_attrs(f, p))
 
 
 def read_network(path: str | os.PathLike) -> MLP:
@@ -450,7 +550,7 @@ def read_pairs(path: str | os.PathLike) -> PairsFile:
     with _open_for_reading(p) as f:
         _check_header(f, p, "pairs")
         x, y = _read_queries(f, p, required=True)
-        return PairsFile(x, y, _extra_attrs(f))
+        return PairsFile(x, y, _extra_attrs(f, p))
 
 
 def read_queries(path: str | os.PathLike) -> PairsFile:
@@ -460,7 +560,7 @@ def read_queries(path: str | os.PathLike) -> PairsFile:
     """
     p = Path(path)
     with _open_for_reading(p) as f:
-        fmt = _decode(f.attrs.get("ecflow_format"))
+        fmt = _string_attr(f, "ecflow_format", p, "/")
     if fmt != "mlp":
         return read_pairs(p)
     nf = read_network_file(p)
@@ -528,6 +628,23 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise
 
 
+def _check_space(
+    path: str | os.PathLike, *arrays: Any, attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse to start a write that cannot fit on the destination's file system.
+
+    The HDF5 library does not fail cleanly when the disk fills up mid-write: measured, a
+    ``query`` into a full tmpfs ended in a segmentation fault (rc 139). Checking the free space
+    first turns that into one line; the estimate is the arrays' bytes plus 10 % and the
+    attributes' text.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    n = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
+    n += sum(len(str(v)) for v in (attrs or {}).values())
+    check_free_space(folder, n + n // 10, str(dest))
+
+
 def _write_attr(f: Any, key: str, value: Any) -> None:
     if value is None:
         return
@@ -578,6 +695,7 @@ def write_network(
                 f"{network.d_in} -> {network.d_out}"
             )
     h5py = _h5py()
+    _check_space(path, x, y, *(a for l in network.layers for a in (l.weight, l.bias)), attrs=attrs)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["ecflow_format"] = "mlp"
@@ -602,6 +720,7 @@ def write_pairs(
     """Write a pairs file atomically: ``/queries/x`` ``(n, d_in)`` and ``/queries/y`` ``(n, d_out)``."""
     x, y = check_xy(x, y)
     h5py = _h5py()
+    _check_space(path, x, y, attrs=attrs)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["ecflow_format"] = "pairs"
@@ -619,7 +738,7 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
     settings or attributes)."""
     p = Path(path)
     with _open_for_reading(p) as f:
-        fmt = _decode(f.attrs.get("ecflow_format"))
+        fmt = _string_attr(f, "ecflow_format", p, "/")
     if fmt == "job":
         job = read_job(p)
         out = {
@@ -690,6 +809,7 @@ def write_job(
             f"pairs x {x.shape}, y {y.shape} do not match the network {init.d_in} -> {init.d_out}"
         )
     h5py = _h5py()
+    _check_space(path, x, y, *(a for l in init.layers for a in (l.weight, l.bias)), attrs=settings)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["ecflow_format"] = "job"
@@ -711,13 +831,13 @@ def read_job(path: str | os.PathLike) -> JobFile:
         x, y = _read_queries(f, p, required=True)
         if "init" not in f:
             raise InputError(f"{p}: missing group /init (the initial network)")
-        init = _read_layers(f["init"], p, prefix="/init")
+        init = _read_layers(_group(f, "init", p, "/init"), p, prefix="/init")
         if x.shape[1] != init.d_in or y.shape[1] != init.d_out:
             raise InputError(
                 f"{p}: /queries x {x.shape}, y {y.shape} do not match /init "
                 f"{init.d_in} -> {init.d_out}"
             )
-        return JobFile(x, y, init, _extra_attrs(f))
+        return JobFile(x, y, init, _extra_attrs(f, p))
 
 
 def glorot_normal(

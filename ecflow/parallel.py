@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -73,6 +74,25 @@ def _exit_with_parent(poll: float = _PARENT_POLL_SECONDS) -> None:
 def _init_worker(n_threads: int) -> None:
     pin_blas_threads(n_threads)
     _exit_with_parent()
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself, so a
+    # worker printing its own KeyboardInterrupt traceback would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool at once (interrupted or failed): cancel queued work, terminate running
+    workers.
+
+    ``shutdown(wait=True)`` would wait for every running student to finish its budget.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=10)
 
 
 def default_workers() -> int:
@@ -126,7 +146,13 @@ def make_executor(
     with cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)
     ) as pool:
-        yield pool
+        try:
+            yield pool
+        except BaseException:
+            # a signal, or an error nobody will wait for results after (a full disk while
+            # saving a student): stop now, not when the running students end their budgets
+            _stop_workers(pool)
+            raise
 
 
 # --- cooperative stop flags ----------------------------------------------------------------------

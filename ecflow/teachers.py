@@ -36,6 +36,7 @@ from ecflow import datasets
 from ecflow._checks import check_int, check_number
 from ecflow.activations import Activation, get_activation
 from ecflow.errors import InputError
+from ecflow.safety import check_array_bytes
 from ecflow.networks import MLP, Layer, glorot_normal, standardise_inputs
 
 __all__ = [
@@ -95,6 +96,14 @@ class TeacherConfig:
         get_activation(self.activation)
         if self.n_normalise < 2:
             raise InputError(f"n_normalise must be at least 2, got {self.n_normalise}")
+        # the standardisation samples are drawn at once: refuse what cannot fit, before drawing
+        n_in = self.d_in
+        for name, width in (("d_in", self.d_in), *(("hidden layer size", h) for h in hidden)):
+            check_array_bytes(
+                (self.n_normalise, width), f"{name} {width}: the standardisation samples"
+            )
+            check_array_bytes((width, n_in), f"{name} {width}: the layer's weights")
+            n_in = width
 
 
 def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> np.ndarray:
@@ -106,6 +115,7 @@ def sample_inputs(n: int, d_in: int, rng: np.random.Generator | int | None) -> n
     """
     n = check_int(n, "n")
     d_in = check_int(d_in, "d_in")
+    check_array_bytes((n, d_in), f"{n} inputs of dimension {d_in}")
     rng = np.random.default_rng(rng)
     return rng.uniform(-INPUT_HALF_WIDTH, INPUT_HALF_WIDTH, size=(n, d_in))
 

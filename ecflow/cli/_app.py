@@ -10,7 +10,9 @@ print. Exit codes:
 - 3: ``ecflow recover`` and ``ecflow cluster`` ran correctly but recovered no network
   (:data:`EXIT_NOT_RECOVERED`); an inexact network is written and exits 0, its status
   ``INEXACT`` in the summary and the report;
-- 130: interrupted.
+- 130 / 143: interrupted by SIGINT / SIGTERM: the same ``finally`` blocks stop the workers
+  and remove temporary files, and one line is printed; a full disk or a read-only
+  destination is bad input (2).
 
 An ``InputError`` raised inside a command names the library's field (``n_students must be
 ...``); :class:`_Command` rewrites those names into the flags the user typed (``--students``).
@@ -25,6 +27,8 @@ import typer
 from typer.core import TyperCommand
 
 from ecflow.errors import InputError
+from ecflow.cli._signals import interrupted_message, os_error_message
+from ecflow.safety import Interrupted, printable, stop_on_signals
 
 try:  # typer >= 0.20 vendors its own click; older typer uses the click package
     from typer._click import exceptions as _cx
@@ -131,7 +135,8 @@ def _root(
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    # a message can quote a file's names: control characters are replaced, not sent raw
+    return printable(" ".join(str(text).split()))
 
 
 def error(message: str) -> None:
@@ -147,7 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     not caught: Python prints their traceback and exits 1.
     """
     try:
-        rv = app(args=argv, prog_name="ecflow", standalone_mode=False)
+        with stop_on_signals():
+            rv = app(args=argv, prog_name="ecflow", standalone_mode=False)
+    except Interrupted as exc:
+        # workers are stopped and temporary files removed on the way out (finally blocks)
+        error(interrupted_message())
+        rv = exc.exit_code
+    except OSError as exc:
+        message = os_error_message(exc)
+        if message is None:
+            raise
+        error(message)
+        rv = EXIT_BAD_INPUT
     except _NoArgsIsHelp as exc:
         # Its message is the help of the group run without a command (plain text: no rich).
         typer.echo(exc.format_message())

@@ -10,6 +10,7 @@ import typer
 from ecflow import interop, networks
 from ecflow.cli._app import app
 from ecflow.errors import InputError
+from ecflow.safety import check_outputs
 
 
 @app.command("import")
@@ -18,6 +19,7 @@ def import_command(
     out: Path = typer.Option(..., "--out", help="Output network file (HDF5)."),
 ) -> None:
     """Convert an ONNX graph that is a plain MLP to an ecflow network file, exactly."""
+    check_outputs({"MODEL": model}, {"--out": out})
     net = interop.read_onnx_network(model)
     networks.write_network(out, net, attrs={"source": model.name, "imported_from": "onnx"})
     typer.echo(f"wrote {out}: {net.describe()}")
@@ -35,6 +37,7 @@ def export_command(
     onnxruntime, PyTorch and the others."""
     if onnx_path.suffix.lower() != ".onnx":
         raise InputError(f"--onnx {onnx_path}: the file name must end in .onnx")
+    check_outputs({"NETWORK": network}, {"--onnx": onnx_path})
     net = networks.read_network(network)
     interop.write_onnx(onnx_path, net, float32=float32)
     precision = "float32" if float32 else "float64"

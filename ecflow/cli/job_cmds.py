@@ -14,6 +14,8 @@ import typer
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
+from ecflow.cli._sizes import check_width
+from ecflow.safety import check_outputs
 from ecflow.engines import TrainConfig
 from ecflow.engines.jobs import run_job, write_job_file
 from ecflow.errors import InputError
@@ -53,8 +55,10 @@ def make_job(
         flow_seconds=flow_seconds,
         polish_seconds=polish_seconds,
     )
+    check_outputs({"--data": data}, {"--out": out})
     pairs = networks.read_pairs(data)
     d_in, d_out = pairs.x.shape[1], pairs.y.shape[1]
+    check_width("--hidden", sizes, d_in, d_out)
     init = networks.glorot_normal(
         (d_in, *sizes, d_out), [activation] * len(sizes) + ["identity"], seed
     )
@@ -71,6 +75,7 @@ def train_job(
     ),
 ) -> None:
     """Train the student of a job file and write the result file."""
+    check_outputs({"JOB": job}, {"--out": out})
     result = run_job(job, out, engine)
     typer.echo(
         f"wrote {out}: {result.reason} (loss {result.loss:.3g}, rmse {result.rmse:.3g}, "

@@ -13,11 +13,17 @@ from rich.text import Text
 
 from ecflow import blackbox, networks, teachers
 from ecflow.cli._app import Typer, app
+from ecflow.cli._output import cell
+from ecflow.cli._sizes import check_rows, check_width
+from ecflow.safety import check_outputs
 from ecflow.errors import InputError
 
 _TEACHER_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(teachers.TeacherConfig)
 }
+
+_LARGEST_IMAGE = 784
+"""Pixels of the largest data set's images (mnist, fashion): bounds a classifier's first layer."""
 
 teacher_app = Typer(help="Create teacher networks.")
 app.add_typer(teacher_app, name="teacher")
@@ -38,8 +44,9 @@ def info(
     console = Console()
     table = Table(show_header=False, box=None)
     for key, value in summary.items():
-        # Names and attributes come from the user's file: text, never rich markup.
-        table.add_row(Text(str(key), style="bold"), Text(str(value)))
+        name = cell(key)
+        name.stylize("bold")
+        table.add_row(name, cell(value))
     console.print(table)
 
 
@@ -61,6 +68,7 @@ def teacher_synthetic(
     sizes = (r,) if r is not None else teachers.parse_hidden(hidden)
     if r is not None and r < 1:
         raise InputError(f"--r must be positive, got {r}")
+    check_outputs({}, {"--out": out})
     config = teachers.TeacherConfig(d_in=d_in, hidden=sizes, activation=activation, d_out=d_out)
     net = teachers.synthetic_teacher(config, seed)
     networks.write_network(
@@ -79,7 +87,8 @@ def teacher_train(
     out: Path = typer.Option(..., "--out", help="Output network file (logits, with queries)."),
 ) -> None:
     """Train a classifier on a data set and write its logits network with its training inputs."""
-    networks.check_destination(out)
+    check_outputs({}, {"--out": out})
+    check_width("--hidden", (hidden,), _LARGEST_IMAGE, 10)
     config = teachers.ClassifierConfig(max_epochs=max_epochs)
     trained = teachers.train_classifier(dataset, hidden, activation, seed, config)
     net = trained.network
@@ -110,10 +119,12 @@ def query(
         raise InputError(f"--n must be positive, got {n}")
     if seed < 0:
         raise InputError(f"--seed must be non-negative, got {seed}")
+    check_outputs({"--teacher": teacher}, {"--out": out})
     if teacher.suffix.lower() == ".onnx":
         box = blackbox.from_onnx(teacher)
     else:
         box = blackbox.from_network(networks.read_network(teacher))
+    check_rows("--n", n, box.d_in)
     x, y = box.query(teachers.sample_inputs(n, box.d_in, seed))
     networks.write_pairs(out, x, y, attrs={"seed": seed, "source": str(Path(teacher).name)})
     typer.echo(f"wrote {out}: {n} pairs, d_in {box.d_in}, d_out {box.d_out}")

@@ -13,25 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecflow import blackbox, datasets, networks, teachers
+from ecflow import blackbox, datasets, networks, teachers, workdir
 from ecflow.cli._app import EXIT_NOT_RECOVERED, app, error
+from ecflow.cli._output import add_row
+from ecflow.cli._signals import set_resume_hint
+from ecflow.cli._sizes import check_rho, check_scheduler, check_sizes, check_workers
 from ecflow.config import check_width_choice
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
-
-
-def _check_writable(path: Optional[Path], option: str) -> None:
-    # Fail before hours of training, not at the end when the output cannot be written.
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{option} {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise InputError(f"{option} {path}: is a directory")
+from ecflow.safety import check_array_bytes, check_outputs
 
 
 def _default_queries(path: Path, nf: networks.NetworkFile):
@@ -67,39 +60,42 @@ def _fmt(v) -> str:
 
 def _print_report(console: Console, rec: Recovery) -> None:
     summary = Table(title="Expand-and-Cluster recovery", show_header=False)
-    summary.add_row("status", rec.status.name)
-    summary.add_row("reason", rec.reason)
-    summary.add_row("recovered hidden size", ", ".join(map(str, rec.hidden_sizes)) or "none")
-    summary.add_row("student width, activation", f"{rec.student_width}, {rec.activation}")
-    summary.add_row("RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
+    add_row(summary, "status", rec.status.name)
+    add_row(summary, "reason", rec.reason)
+    add_row(summary, "recovered hidden size", ", ".join(map(str, rec.hidden_sizes)) or "none")
+    add_row(summary, "student width, activation", f"{rec.student_width}, {rec.activation}")
+    add_row(summary, "RMSE train / fresh", f"{_fmt(rec.rmse_train)} / {_fmt(rec.rmse_fresh)}")
     if rec.max_cosine_distance is not None:
         mean = rec.to_report()["mean_cosine_distance"]
-        summary.add_row("max (mean) cosine distance to teacher",
-                        f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
+        add_row(summary, "max (mean) cosine distance to teacher",
+                f"{_fmt(rec.max_cosine_distance)} ({_fmt(mean)})")
     losses = sorted(rec.student_losses)
-    summary.add_row("student losses", ", ".join(_fmt(v) for v in losses))
-    summary.add_row("kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
-    summary.add_row(
+    add_row(summary, "student losses", ", ".join(_fmt(v) for v in losses))
+    add_row(summary, "kept clusters, pruned", f"{rec.n_kept_clusters}, {len(rec.pruned)}")
+    add_row(
+        summary,
         "seconds", f"{rec.seconds:.1f} (" + ", ".join(
             f"{k} {v:.1f}" for k, v in rec.phase_seconds.items()) + ")"
     )
-    summary.add_row(
+    add_row(
+        summary,
         "students trained, reused, stopped, not started",
         f"{rec.students_trained}, {rec.students_reused}, {rec.students_stopped}, "
         f"{rec.students_skipped}",
     )
     if rec.student_status:
-        summary.add_row(
+        add_row(
+            summary,
             "students ended", ", ".join(f"{k} {v}" for k, v in sorted(rec.student_status.items()))
         )
     if rec.stop_reason:
-        summary.add_row("early stop", rec.stop_reason)
+        add_row(summary, "early stop", rec.stop_reason)
     for item in rec.cut:
-        summary.add_row("cut by --max-minutes", item)
+        add_row(summary, "cut by --max-minutes", item)
     if rec.precision:
-        summary.add_row("precision", rec.precision["precision_reason"])
+        add_row(summary, "precision", rec.precision["precision_reason"])
     for note in rec.notes:
-        summary.add_row("note", note)
+        add_row(summary, "note", note)
     console.print(summary)
     if rec.width_search is not None:
         _print_width_search(console, rec.width_search)
@@ -112,7 +108,8 @@ def _print_report(console: Console, rec: Recovery) -> None:
             table.add_column(col)
         n_students = {r.layer: len(r.student_losses) for r in rec.layers}
         for c in rec.neurons:
-            table.add_row(
+            add_row(
+                table,
                 str(c.layer), str(c.neuron), str(c.cluster_size),
                 f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
                 f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
@@ -130,7 +127,8 @@ def _print_layers(console: Console, rec: Recovery) -> None:
         table.add_column(col)
     for r in rec.layers:
         losses = sorted(r.student_losses)
-        table.add_row(
+        add_row(
+            table,
             str(r.layer), str(r.size), "-".join(map(str, r.student_hidden)), str(len(losses)),
             _fmt(losses[0]) if losses else "n/a", str(r.n_kept_clusters),
             _fmt(max(r.bias_std)) if r.bias_std else "-",
@@ -152,7 +150,8 @@ def _print_width_search(console: Console, search) -> None:
         table.add_column(col)
     for rank in search.ranking:
         widths, best = search.curve(rank.activation)
-        table.add_row(
+        add_row(
+            table,
             rank.activation, "-" if rank.width is None else str(rank.width),
             _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
         )
@@ -244,8 +243,10 @@ def recover_command(
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)  # a missing optional engine (julia) fails here, before any work
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be positive, got {workers}")
+    check_workers(workers)
+    check_scheduler(scheduler)
+    check_rho(rho)
+    check_array_bytes((students,), f"--students {students}: the students' seeds")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
@@ -256,9 +257,13 @@ def recover_command(
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
         max_minutes=max_minutes,
     )
-    _check_outputs(out, report, plots)
-    if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
-        raise InputError(f"--work-dir {work_dir}: exists and is not a directory")
+    query_file = Path(queries) if queries is not None and Path(queries).is_file() else None
+    _check_outputs(out, report, plots, inputs={"--teacher": teacher, "--data": data,
+                                               "--queries": query_file}, work_dir=work_dir)
+    set_resume_hint(
+        f"rerun with --work-dir {work_dir} to continue" if work_dir is not None
+        else "nothing was saved (--work-dir keeps each finished student)"
+    )
 
     if teacher is not None:
         x, note = None, None
@@ -277,13 +282,21 @@ def recover_command(
         pairs = networks.read_pairs(data)
         inputs = dict(x=pairs.x, y=pairs.y)
 
-    with _progress_bar() as progress:
-        with make_executor(workers, scheduler) as executor:
-            rec = recover(**inputs, config=config, engine=engine, executor=executor,
-                          progress=progress, work_dir=work_dir)
-    if teacher is not None and note is not None:
-        rec = dataclasses.replace(rec, notes=(note, *rec.notes))
-    _write_outputs(rec, out, report, plots, config)
+    check_sizes(inputs.get("x"), inputs.get("teacher"), width, rho, n_queries, n_fresh)
+    with contextlib.ExitStack() as stack:
+        repaired: list[str] = []
+        if work_dir is not None:
+            # one process per work folder; damaged students are set aside and trained again
+            stack.enter_context(workdir.locked(work_dir))
+            repaired = workdir.repair(work_dir)
+        with _progress_bar() as progress:
+            with make_executor(workers, scheduler) as executor:
+                rec = recover(**inputs, config=config, engine=engine, executor=executor,
+                              progress=progress, work_dir=work_dir)
+        notes = ([note] if teacher is not None and note is not None else []) + repaired
+        if notes:
+            rec = dataclasses.replace(rec, notes=(*notes, *rec.notes))
+        _write_outputs(rec, out, report, plots, config)
 
 
 @app.command("cluster")
@@ -321,17 +334,27 @@ def cluster_command(
         raise InputError(f"unknown engine {engine!r}; expected one of: {', '.join(ENGINES)}")
     get_engine(engine)
     config = RecoverConfig(gamma=gamma, beta_deg=beta_deg, prune=prune, max_minutes=max_minutes)
-    _check_outputs(out, report, plots)
-    with _progress_bar() as progress:
-        rec = cluster_saved(work_dir, config=config, engine=engine, progress=progress)
-    _write_outputs(rec, out, report, plots, config)
+    _check_outputs(out, report, plots, inputs=_work_files(work_dir))
+    with workdir.locked(work_dir):
+        with _progress_bar() as progress:
+            rec = cluster_saved(work_dir, config=config, engine=engine, progress=progress)
+        _write_outputs(rec, out, report, plots, config)
 
 
-def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path]) -> None:
-    for path, option in ((out, "--out"), (report, "--report")):
-        _check_writable(path, option)
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise InputError(f"--plots {plots}: exists and is not a directory")
+def _work_files(folder: Path) -> dict[str, Path]:
+    """The files of a work folder, as inputs that no output may replace."""
+    files = sorted(folder.glob("*.h5")) + sorted(folder.glob("*/*.h5")) + sorted(
+        folder.glob("*/*/*.h5"))
+    return {f"--work-dir ({f.relative_to(folder)})": f for f in files}
+
+
+def _check_outputs(out: Path, report: Optional[Path], plots: Optional[Path], *,
+                   inputs: dict, work_dir: Optional[Path] = None) -> None:
+    # Fail before hours of training, not at the end when the output cannot be written.
+    if work_dir is not None and work_dir.is_dir():
+        inputs = {**inputs, **_work_files(work_dir)}
+    check_outputs(inputs, {"--out": out, "--report": report},
+                  {"--plots": plots, "--work-dir": work_dir})
 
 
 @contextlib.contextmanager
@@ -353,6 +376,10 @@ def _progress_bar():
 
     try:
         yield progress
+    except BaseException:
+        # an error or a signal ends with its one line alone, not under a last frame of bars
+        bar.console.quiet = True
+        raise
     finally:
         if tasks:
             bar.stop()

@@ -19,6 +19,8 @@ from rich.progress import (
 
 from ecflow import plots, sweep
 from ecflow.cli._app import app
+from ecflow.cli._signals import set_resume_hint
+from ecflow.cli._sizes import check_rows, check_scheduler, check_width, check_workers
 from ecflow.engines import get_engine
 from ecflow.errors import InputError
 from ecflow.teachers import parse_hidden
@@ -66,6 +68,9 @@ def _progress_bar():
 
     try:
         yield progress
+    except BaseException:
+        bar.console.quiet = True  # the error's one line alone, not under a last frame of bars
+        raise
     finally:
         if started:
             bar.stop()
@@ -126,6 +131,15 @@ def synthetic_sweep(
     else:
         config = sweep.profile_config(profile or sweep.Profile.QUICK.value, **overrides)
     get_engine(config.engine)  # a missing optional engine (julia) fails here, before any work
+    check_workers(workers)
+    check_scheduler(scheduler)
+    for d in config.d_in:
+        check_rows("--n-queries", config.n_queries, d)
+        check_rows("--n-fresh", config.n_fresh, d)
+        for r_teacher in config.r:
+            for factor in config.rho:
+                check_width("--r and --rho", (r_teacher * factor,), d, 1)
+    set_resume_hint(f"rerun with --out {out} --resume to continue")
 
     with _progress_bar() as progress:
         result = sweep.run_sweep(

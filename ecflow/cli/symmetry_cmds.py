@@ -13,6 +13,8 @@ from rich.table import Table
 
 from ecflow import networks, symmetry
 from ecflow.cli._app import Typer, app
+from ecflow.cli._output import cell
+from ecflow.safety import check_outputs
 
 symmetry_app = Typer(
     help="Neuron types of a zero-loss student and its minimal network (paper section 4)."
@@ -63,9 +65,7 @@ def reduce(
     config = _config(param_rtol, output_rtol, verify_rtol, n_verify, seed)
     net = networks.read_network(student)
     x = _domain(queries)
-    networks.check_destination(out)
-    if report is not None:
-        networks.check_destination(report)
+    check_outputs({"--student": student, "--queries": queries}, {"--out": out, "--report": report})
     result = symmetry.reduce_network(net, x, config=config)
     attrs = {
         "source": Path(student).name,
@@ -106,11 +106,11 @@ def map_(
     s_net = networks.read_network(student)
     t_net = networks.read_network(teacher)
     x = _domain(queries)
-    if report is not None:
-        networks.check_destination(report)
+    check_outputs({"--student": student, "--teacher": teacher, "--queries": queries},
+                  {"--report": report})
     result = symmetry.reduce_network(s_net, x, teacher=t_net, config=config)
     mapping = result.mapping
-    table = Table(title=f"{Path(student).name} → {Path(teacher).name}")
+    table = Table(title=cell(f"{Path(student).name} → {Path(teacher).name}"))
     for col in ("neuron", "type", "group", "teacher", "sign", "scale", "share", "cos dist", "note"):
         table.add_column(col, justify="left" if col in ("type", "note") else "right")
     for n, m in zip(result.neurons, mapping.neurons):

@@ -12,6 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ecflow import networks, teachers
 from ecflow.cli._app import app
+from ecflow.cli._sizes import check_width
+from ecflow.safety import check_outputs
 from ecflow.activations import get_activation
 from ecflow.engines import TrainConfig, get_engine, jobs
 from ecflow.expansion import train_student
@@ -44,8 +46,9 @@ def train(
     config = TrainConfig(schedule=schedule, optimizer=optimizer, max_seconds=max_seconds)
     get_engine(engine)  # a missing optional engine fails before the data is read
     get_activation(activation)
-    networks.check_destination(out)
+    check_outputs({"--data": data}, {"--out": out})
     pairs = networks.read_pairs(data)
+    check_width("--hidden", sizes, pairs.x.shape[1], pairs.y.shape[1])
     budget = config.total_seconds
     sizes_text = "-".join(map(str, (pairs.x.shape[1], *sizes, pairs.y.shape[1])))
     console = Console(stderr=True)
@@ -64,10 +67,14 @@ def train(
         def progress(elapsed: float, loss: float) -> None:
             bar.update(task, completed=min(elapsed, budget), loss=loss, rmse=np.sqrt(loss))
 
-        result = train_student(
-            pairs.x, pairs.y, hidden=sizes, activation=activation, seed=seed, config=config,
-            engine=engine, progress=progress,
-        )
+        try:
+            result = train_student(
+                pairs.x, pairs.y, hidden=sizes, activation=activation, seed=seed,
+                config=config, engine=engine, progress=progress,
+            )
+        except BaseException:
+            console.quiet = True  # an error or a signal ends with its one line alone
+            raise
         bar.update(task, completed=budget)
     jobs.write_result_file(out, result, attrs={"seed": np.int64(seed)})
     typer.echo(

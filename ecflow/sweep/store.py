@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from ecflow.engines import jobs
 from ecflow.engines.base import TrainResult
 from ecflow.errors import InputError
 from ecflow.recover import Recovery
+from ecflow.safety import holds_lock, lock_folder, remove_temporaries
 from ecflow.sweep.config import (
     STUDENT_SEED,
     SUCCESS_RMSE,
@@ -119,6 +121,14 @@ def _recovery_record(unit: RecoveryUnit, rec: Recovery) -> dict[str, Any]:
 def write_json(path: Path, obj: Any) -> None:
     with networks.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def _read_record(path: Path) -> Any:
+    """A unit's JSON record, or None when it cannot be parsed (a truncated write)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def read_json(path: Path) -> Any:
@@ -312,15 +322,61 @@ def prepare_directory(
 @contextlib.contextmanager
 def directory_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` so that two runs never write the same sweep; the
-    kernel releases it when the process dies, SIGKILL included."""
-    import fcntl
+    kernel releases it when the process dies, SIGKILL included.
 
-    with open(out / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"{out}: another sweep is running in this folder") from None
+    The lock file is opened without following links (a planted ``.lock`` symlink is refused,
+    its target untouched). Once the lock is held, the temporary files of killed writers are
+    removed: no other run can be writing them.
+    """
+    with lock_folder(out, str(out), busy=f"{out}: another sweep is running in this folder"):
+        for key in ("config", "teachers", "students", "recoveries"):
+            folder = _paths(out)[key]
+            if key != "config" and folder.is_symlink():
+                raise InputError(
+                    f"{folder}: is a symbolic link; a sweep writes only its own folders"
+                )
+        for folder in (out, *(_paths(out)[k] for k in ("teachers", "students", "recoveries"))):
+            remove_temporaries(folder)
         yield
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a record's proof that its result file is the one written)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_STUDENT_FIELDS = {
+    "d_in": int, "r": int, "teacher": int, "rho": int, "student": int, "seed": int,
+    "hidden": list, "status": str, "steps": int, "seconds": (int, float),
+}
+_RECOVERY_FIELDS = {
+    "d_in": int, "r": int, "teacher": int, "rho": int, "teacher_size": int,
+    "recovered_size": int, "success": bool, "status": str, "seconds": (int, float),
+}
+_OPTIONAL_NUMBERS = {
+    "student": ("loss", "rmse"),
+    "recovery": ("rmse_train", "rmse_fresh", "max_cosine_distance"),
+}
+
+
+def _valid_record(record: Any, unit: Any, kind: str) -> bool:
+    """Whether a JSON record has the fields and types the tables read, for this unit."""
+    fields = _STUDENT_FIELDS if kind == "student" else _RECOVERY_FIELDS
+    if not isinstance(record, dict):
+        return False
+    for key, types in fields.items():
+        v = record.get(key)
+        if not isinstance(v, types) or (types is int and isinstance(v, bool)):
+            return False
+    for key in _OPTIONAL_NUMBERS[kind]:
+        v = record.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return False
+    return all(record[f.name] == getattr(unit, f.name) for f in dataclasses.fields(unit))
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -337,6 +393,12 @@ class Store:
     out : Path
         The sweep directory (layout in :mod:`ecflow.sweep`).
     config : SweepConfig
+
+    Attributes
+    ----------
+    damaged : list of str
+        Units whose files :meth:`load` found damaged (removed when the lock is held, so that
+        they are redone).
     """
 
     def __init__(self, out: Path, config: SweepConfig):
@@ -347,6 +409,7 @@ class Store:
         self.recoveries = recovery_units(config)
         self.student_records: dict[StudentUnit, dict[str, Any]] = {}
         self.recovery_records: dict[RecoveryUnit, dict[str, Any]] = {}
+        self.damaged: list[str] = []
 
     @property
     def n_units(self) -> int:
@@ -363,23 +426,62 @@ class Store:
         return self.paths["recoveries"] / f"{u.name}.{ext}"
 
     def load(self) -> None:
-        """Read the records of the finished units; remove what killed writers left."""
-        # A run killed while writing leaves hidden temporary files (networks.atomic_path).
-        folders = (self.out, self.paths["teachers"], self.paths["students"],
-                   self.paths["recoveries"])
-        for folder in (f for f in folders if f.is_dir()):
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+        """Read the records of the finished units.
+
+        A unit whose record is unreadable, of the wrong shape or for another unit, or whose
+        result file is missing, truncated or not the one the record was written with, is not
+        finished: its files are removed and a resume redoes it. Removing is safe only under
+        :func:`directory_lock`; before it, the damaged unit is only skipped.
+        """
         self.student_records.clear()
         self.recovery_records.clear()
+        self.damaged = []
         for u in self.students:
             p = self.student_path(u, "json")
-            if p.is_file() and self.student_path(u, "h5").is_file():
-                self.student_records[u] = read_json(p)
+            if not p.is_file():
+                continue
+            record = _read_record(p)
+            if _valid_record(record, u, "student") and self._student_file_ok(u, record):
+                self.student_records[u] = record
+            else:
+                self.damaged.append(u.name)
         for g in self.recoveries:
             p = self.recovery_path(g, "json")
-            if p.is_file():
-                self.recovery_records[g] = read_json(p)
+            if not p.is_file():
+                continue
+            record = _read_record(p)
+            if _valid_record(record, g, "recovery"):
+                self.recovery_records[g] = record
+            else:
+                self.damaged.append(g.name)
+        if self.damaged and holds_lock(self.out):
+            self.drop_damaged()
+
+    def _student_file_ok(self, u: StudentUnit, record: Mapping[str, Any]) -> bool:
+        h5 = self.student_path(u, "h5")
+        if not h5.is_file():
+            return False
+        digest = record.get("sha256")
+        if digest is not None:
+            return file_digest(h5) == digest
+        try:  # a record written before records carried digests
+            jobs.read_result_file(h5)
+        except InputError:
+            return False
+        return True
+
+    def drop_damaged(self) -> None:
+        """Remove the files of the units :meth:`load` found damaged (under the lock)."""
+        names = set(self.damaged)
+        for u in self.students:
+            if u.name in names:
+                for ext in ("json", "h5"):
+                    self.student_path(u, ext).unlink(missing_ok=True)
+        for g in self.recoveries:
+            if g.name in names:
+                for ext in ("json", "h5"):
+                    self.recovery_path(g, ext).unlink(missing_ok=True)
+        self.damaged = []
 
     def write_teacher(self, key: TeacherKey, data: Mapping[str, Any], seed: int) -> None:
         """The teacher's network file with its training queries (once per teacher)."""
@@ -402,9 +504,9 @@ class Store:
         """The student's result file, then its record (which marks it finished)."""
         seed = unit_seed(self.config, STUDENT_SEED, u.d_in, u.r, u.teacher, u.rho, u.student)
         record = _student_record(u, seed, res)
-        jobs.write_result_file(
-            self.student_path(u, "h5"), res, attrs={k: record[k] for k in _UNIT_KEYS}
-        )
+        h5 = self.student_path(u, "h5")
+        jobs.write_result_file(h5, res, attrs={k: record[k] for k in _UNIT_KEYS})
+        record["sha256"] = file_digest(h5)
         write_json(self.student_path(u, "json"), record)
         self.student_records[u] = record
 
