@@ -336,7 +336,7 @@ def test_options_that_size_arrays_are_range_checked(tmp_path, teacher, capsys, a
 def test_synthetic_teacher_sizes_are_range_checked(tmp_path, capsys):
     rc, _, err = cli(capsys, "teacher", "synthetic", "--d-in", "100000", "--r", "3",
                      "--out", tmp_path / "t.h5")
-    assert_one_line(rc, err, contains="d_in 100000")
+    assert_one_line(rc, err, contains="--d-in 100000")
     rc, _, err = cli(capsys, "teacher", "synthetic", "--d-in", "3", "--hidden", "4,99999999999",
                      "--out", tmp_path / "t.h5")
     assert_one_line(rc, err, contains="99999999999")
