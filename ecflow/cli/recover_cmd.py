@@ -265,23 +265,7 @@ def recover_command(
         else "nothing was saved (--work-dir keeps each finished student)"
     )
 
-    if teacher is not None:
-        x, note = None, None
-        if teacher.suffix.lower() == ".onnx":
-            net = blackbox.from_onnx(teacher)
-        else:
-            nf = networks.read_network_file(teacher)
-            net = nf.network
-            if queries is None:
-                x, note = _default_queries(teacher, nf)
-        if queries is not None:
-            x = datasets.query_inputs(queries, net.d_in)
-            note = f"queries: {len(x)} inputs from {queries}"
-        inputs = dict(teacher=net, x=x)
-    else:
-        pairs = networks.read_pairs(data)
-        inputs = dict(x=pairs.x, y=pairs.y)
-
+    inputs, note = _read_inputs(teacher, data, queries)
     check_sizes(inputs.get("x"), inputs.get("teacher"), width, rho, n_queries, n_fresh)
     with contextlib.ExitStack() as stack:
         repaired: list[str] = []
@@ -293,10 +277,29 @@ def recover_command(
             with make_executor(workers, scheduler) as executor:
                 rec = recover(**inputs, config=config, engine=engine, executor=executor,
                               progress=progress, work_dir=work_dir)
-        notes = ([note] if teacher is not None and note is not None else []) + repaired
+        notes = ([note] if note is not None else []) + repaired
         if notes:
             rec = dataclasses.replace(rec, notes=(*notes, *rec.notes))
         _write_outputs(rec, out, report, plots, config)
+
+
+def _read_inputs(teacher: Optional[Path], data: Optional[Path], queries: Optional[str]):
+    """``(keyword arguments of recover, note on the queries or None)`` from the files given."""
+    if teacher is None:
+        pairs = networks.read_pairs(data)
+        return dict(x=pairs.x, y=pairs.y), None
+    x, note = None, None
+    if teacher.suffix.lower() == ".onnx":
+        net = blackbox.from_onnx(teacher)
+    else:
+        nf = networks.read_network_file(teacher)
+        net = nf.network
+        if queries is None:
+            x, note = _default_queries(teacher, nf)
+    if queries is not None:
+        x = datasets.query_inputs(queries, net.d_in)
+        note = f"queries: {len(x)} inputs from {queries}"
+    return dict(teacher=net, x=x), note
 
 
 @app.command("cluster")
