@@ -86,6 +86,7 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
     ``shutdown(wait=True)`` would wait for every running student to finish its budget.
     """
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         with contextlib.suppress(Exception):
@@ -93,6 +94,13 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
     for proc in processes:
         with contextlib.suppress(Exception):
             proc.join(timeout=10)
+    # The pool's manager thread sees the broken pool and closes its wake-up pipe; left running,
+    # it can do so while the interpreter's exit hook writes to that pipe ("Exception ignored
+    # ... Bad file descriptor" with a traceback after the one-line message, seen once in three
+    # SIGINTs of a two-worker recovery). Waiting for it here ends the race.
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager.join(timeout=10)
 
 
 def default_workers() -> int:
