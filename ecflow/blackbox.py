@@ -64,6 +64,9 @@ class BlackBox:
         Hidden activation read from the model when it names one unambiguously.
     activation_reason : str
         Why ``activation`` is what it is.
+    outputs : str or None
+        ``"probabilities"`` when the model says it answers a softmax
+        (:func:`ecflow.oracle.onnx_head`), else None (not said).
     """
 
     function: Callable[[np.ndarray], np.ndarray]
@@ -75,6 +78,7 @@ class BlackBox:
     network: MLP | None = None
     activation: str | None = None
     activation_reason: str = "a black box does not say its activation"
+    outputs: str | None = None
 
     def __post_init__(self):
         if self.precision not in _DTYPES:
@@ -371,7 +375,7 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
         ``(N, d_in)`` of float32 or float64, several outputs and no ``output``, or a probe
         answer that is NaN.
     """
-    from ecflow import interop
+    from ecflow import interop, oracle
 
     p = Path(path)
     info = interop.describe_onnx(p)
@@ -386,6 +390,9 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
     if inp.dtype not in _DTYPES:
         raise InputError(f"{p}: input {inp.describe()} is not float32 or float64")
     outputs = {t.name: t for t in info.outputs}
+    head = oracle.onnx_head(model, outputs, output)
+    if head is not None:
+        model, output, outputs[head.output] = head.model, head.output, head.info
     if output is None:
         if len(outputs) != 1:
             raise InputError(
@@ -421,8 +428,9 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
         d_out=d_out,
         precision=precision,
         name=p.name,
-        activation=info.activation,
-        activation_reason=info.activation_reason,
+        activation=head.activation if head else info.activation,
+        activation_reason=head.activation_reason if head else info.activation_reason,
+        outputs=head.kind.value if head else None,
     )
 
 

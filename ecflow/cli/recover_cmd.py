@@ -19,6 +19,7 @@ from ecflow.config import check_width_choice
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
+from ecflow.oracle import OracleConfig, OutputKind
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 
@@ -61,6 +62,25 @@ def _default_queries(path: Path, nf: networks.NetworkFile):
     return None, None
 
 
+def _oracle_config(outputs, decimals, noise_std, max_queries, *, teacher: bool
+                   ) -> OracleConfig:
+    """The flags on the teacher's answers, each checked under its own name."""
+    kinds = [k.value for k in OutputKind]
+    if outputs is not None and outputs not in kinds:
+        raise InputError(f"--outputs must be one of {', '.join(kinds)}, got {outputs!r}")
+    if decimals is not None and decimals < 0:
+        raise InputError(f"--output-decimals must be >= 0, got {decimals}")
+    if noise_std is not None and not noise_std > 0:
+        raise InputError(f"--noise-std must be positive, got {noise_std}")
+    if max_queries is not None:
+        if not teacher:
+            raise InputError("--max-queries needs --teacher (with --data nothing is queried)")
+        if max_queries < 1:
+            raise InputError(f"--max-queries must be positive, got {max_queries}")
+    return OracleConfig(outputs=outputs, output_decimals=decimals, noise_std=noise_std,
+                        max_queries=max_queries)
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3g}"
 
@@ -98,6 +118,11 @@ def _print_report(console: Console, rec: Recovery) -> None:
         summary.add_row("cut by --max-minutes", item)
     if rec.precision:
         summary.add_row("precision", rec.precision["precision_reason"])
+        summary.add_row("outputs", str(rec.precision.get("outputs", "logits")))
+    if rec.precision.get("queries_used") is not None:
+        limit = rec.precision.get("max_queries")
+        summary.add_row("queries used", f"{rec.precision['queries_used']}"
+                        + (f" of --max-queries {limit}" if limit is not None else ""))
     for note in rec.notes:
         summary.add_row("note", note)
     console.print(summary)
@@ -227,6 +252,22 @@ def recover_command(
         help="Save each student here as it finishes; a rerun with the same folder reuses them.",
     ),
     prune: bool = typer.Option(_D.prune, "--prune/--no-prune", help="Prune superfluous neurons."),
+    outputs: Optional[str] = typer.Option(
+        None, "--outputs",
+        help="What the teacher or the pairs answer: logits, or probabilities (a softmax; "
+        "p and 1 - p for a binary classifier). Default: read from an ONNX model, else logits.",
+    ),
+    output_decimals: Optional[int] = typer.Option(
+        None, "--output-decimals",
+        help="The answers are rounded to this many decimals (default: read from the values).",
+    ),
+    noise_std: Optional[float] = typer.Option(
+        None, "--noise-std", help="Standard deviation of Gaussian noise on the answers."
+    ),
+    max_queries: Optional[int] = typer.Option(
+        None, "--max-queries",
+        help="Most inputs sent to the teacher, training and fresh queries together.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
 ) -> None:
@@ -248,13 +289,15 @@ def recover_command(
         raise InputError(f"--workers must be positive, got {workers}")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
+    answers = _oracle_config(outputs, output_decimals, noise_std, max_queries,
+                             teacher=teacher is not None)
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
     train = TrainConfig(max_seconds=max_seconds, stall_factor=stall_factor)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, oracle=answers,
     )
     _check_outputs(out, report, plots)
     if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
