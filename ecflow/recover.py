@@ -280,6 +280,9 @@ def _pairs_problem(x, y, config: RecoverConfig) -> _Problem:
         raise InputError("give a teacher, or input-output pairs x and y")
     x, y = check_xy(x, y)
     check_width_choice(config.rho, config.hidden, teacher=False)
+    if config.oracle.max_queries is not None:
+        raise InputError("max_queries bounds the queries sent to a teacher; given pairs are "
+                         "not queried")
     kind = config.oracle.kind(None)
     answers = oracle.read_answers(x, y, kind, eps=float(np.finfo(np.float64).eps),
                                   config=config.oracle, name="the pairs")

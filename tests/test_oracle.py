@@ -189,6 +189,13 @@ def test_given_inputs_past_the_budget_raise(g_teacher):
         recover(query=_Counting(g_teacher), d_in=4, x=np.zeros((200, 4)), config=config)
 
 
+def test_pairs_take_no_query_budget():
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(InputError, match="max_queries"):
+        recover(x=x, y=x[:, :1], config=RecoverConfig(
+            hidden=2, oracle=OracleConfig(max_queries=10)))
+
+
 def test_rounded_answers_are_recovered_at_the_exact_size():
     teacher = _Counting(_teacher(4, 3, 1, "tanh", 3), lambda z: np.round(z, 6))
     rec = recover(query=teacher, d_in=4, config=RecoverConfig(hidden=6, activation="tanh",
@@ -288,6 +295,18 @@ def test_cli_recovers_a_sklearn_classifier_from_its_probabilities(tmp_path):
     match = match_vectors(t, r, rec.layers[0].activation.symmetry)
     assert match.complete and match.max_distance <= 1e-8
     assert "queries used" in res.stdout
+
+
+def test_cli_export_softmax(tmp_path):
+    pytest.importorskip("onnxruntime")
+    net = _teacher(3, 2, 3, "tanh", 4)
+    path, onnx_path = tmp_path / "n.h5", tmp_path / "n.onnx"
+    networks.write_network(path, net)
+    res = run("export", path, "--onnx", onnx_path, "--softmax")
+    assert res.returncode == 0, res.stderr
+    x = teachers.sample_inputs(10, 3, 0)
+    box = blackbox.from_onnx(onnx_path)
+    np.testing.assert_allclose(box(x), _softmax(net.forward(x)), atol=1e-14)
 
 
 def test_cli_rejects_bad_probabilities(tmp_path):
