@@ -21,7 +21,7 @@ Usage::
                                 [--queries 500,1000,2000,5000] [--n-queries 8000]
                                 [--out FILE] [--note TEXT] [--plot-only]
 
-A teacher is ``activation:d_in:r`` (seed 100). Every row records the load average of the
+A teacher is ``activation:d_in:r`` or ``activation:d_in:r:seed`` (default seed 100). Every row records the load average of the
 machine; the floor rows are drawn in ``oracle-floor.png`` beside the result file.
 """
 
@@ -51,7 +51,7 @@ from ecflow.recover import recover  # noqa: E402
 OUT = Path(__file__).parent / "results" / "oracle.json"
 DECIMALS = (8, 6, 4, 2)
 NOISE = (1e-8, 1e-6, 1e-4, 1e-3)
-CARLINI = {"parameters": 100_000, "queries": 2**21.5,
+CARLINI = {"parameters": 100_000, "queries_log2": 21.5, "queries": 2**21.5,
            "source": "Carlini, Jagielski, Mironov (2020), cited in the issue"}
 
 
@@ -97,8 +97,9 @@ def _save(out: Path, group: str, key: str, row: dict, note: str | None) -> None:
 
 
 def _teacher(spec: str):
-    act, d_in, r = spec.split(":")
-    return teachers.synthetic_teacher(teachers.TeacherConfig(int(d_in), (int(r),), act), 100)
+    act, d_in, r, *seed = spec.split(":")
+    config = teachers.TeacherConfig(int(d_in), (int(r),), act)
+    return teachers.synthetic_teacher(config, int(seed[0]) if seed else 100)
 
 
 def _sklearn(n_classes: int, hidden: int, seed: int, folder: Path):
