@@ -369,6 +369,31 @@ def student_loss_at_floor(precision: dict) -> float | None:
     return (NOISE_FACTOR * floor) ** 2 if floor > 0 else None
 
 
+def residual_note(student_losses, rmse: float | None, precision: dict) -> str | None:
+    """A hint when a recovery misses its tolerance on answers with no stated floor: the
+    residual of the best student, ``sqrt(min MSE)``, at the width that fits, is what the data
+    allows when the answers are noisy (section "Noise floor" of the module docstring). Only
+    a hint: a failed recovery has a large residual too, so it is not judged against it.
+
+    Parameters
+    ----------
+    student_losses : sequence of float
+        Final MSE of each student.
+    rmse : float or None
+        The recovery's RMSE.
+    precision : dict
+        The report's precision lines (:func:`answer_floor`).
+    """
+    losses = [v for v in student_losses if np.isfinite(v)]
+    if not losses or rmse is None or precision.get("output_floor"):
+        return None
+    residual = math.sqrt(min(losses))
+    if rmse <= precision.get("rmse_tol", 0.0) or residual <= precision.get("rmse_tol", 0.0):
+        return None
+    return (f"the best student's residual RMSE is {residual:.3g}: if the answers are noisy, "
+            f"that is about their floor (state it with --noise-std {residual:.2g})")
+
+
 def answer_floor(answers: Answers, box_report: dict, rmse_tol: float) -> dict:
     """The report's lines on precision, the rounding and noise of the answers added to the
     model's own (:meth:`ecflow.blackbox.BlackBox.precision_report`).

@@ -414,6 +414,10 @@ def _recovery(stages: Sequence[Stage], finished: Finished | None, *, widths, act
             teacher_distances=tuple(d for layer in finished.teacher_distances for d in layer),
         )
         notes = [*notes, *finished.notes]
+        hint = oracle.residual_note(fields["student_losses"], finished.rmse_fresh
+                                    if finished.rmse_fresh is not None else finished.rmse_train,
+                                    dict(precision or {}))
+        notes += [hint] if hint else []
     elif stages:
         fields.update(status=RecoverStatus.NO_CLUSTERS,
                       reason=_no_network_reason(stages, widths, config))

@@ -207,6 +207,20 @@ def test_rounded_answers_are_recovered_at_the_exact_size():
     assert report["rmse_fresh"] <= report["rmse_tol"]
 
 
+def test_unstated_noise_gives_a_residual_hint():
+    net = _teacher(4, 3, 1, "tanh", 3)
+    rng = np.random.default_rng(0)
+    teacher = _Counting(net, lambda z: z + 1e-4 * rng.standard_normal(z.shape))
+    rec = recover(query=teacher, d_in=4, config=RecoverConfig(
+        hidden=6, activation="tanh", n_queries=4000, n_fresh=1000, n_students=4,
+        train=TrainConfig(max_seconds=3.0), finetune=TrainConfig(max_seconds=3.0)))
+    assert not rec.recovered
+    hint = [n for n in rec.notes if "--noise-std" in n]
+    assert len(hint) == 1
+    residual = float(hint[0].split("residual RMSE is ")[1].split(":")[0])
+    assert 5e-5 < residual < 2e-4  # the noise, 1e-4
+
+
 def test_probability_callable_recovers_the_centred_logits():
     net = _teacher(4, 3, 3, "tanh", 1)
     teacher = _Counting(net, _softmax)
