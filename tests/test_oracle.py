@@ -335,6 +335,16 @@ def test_cli_rejects_bad_probabilities(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_cli_rejects_an_onnx_model_whose_answers_are_not_probabilities(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = interop.write_onnx(tmp_path / "logits.onnx", _teacher(3, 2, 3, "tanh", 5))
+    res = run("recover", "--teacher", model, "--hidden", "4", "--outputs", "probabilities",
+              "--out", tmp_path / "o.h5")
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "logits.onnx" in res.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--outputs", "softmax"], "--outputs"),
     (["--max-queries", "0"], "--max-queries"),
