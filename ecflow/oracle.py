@@ -531,7 +531,14 @@ def onnx_head(model, outputs: dict, output: str | None) -> OnnxHead | None:
                 continue
             model = onnx.ModelProto()
             model.CopyFrom(inferred)
-            model.graph.output.append(types[source])
+            # The ZipMap goes: its map output is not queried, and onnxruntime rejects a ZipMap
+            # of float64 probabilities, which skl2onnx writes for a DoubleTensorType input.
+            kept = [n for n in model.graph.node if n.op_type != "ZipMap"]
+            del model.graph.node[:]
+            model.graph.node.extend(kept)
+            outs = [o for o in model.graph.output if o.name != name]
+            del model.graph.output[:]
+            model.graph.output.extend([*outs, types[source]])
             info = _tensor_info(types[source])
         body = _ancestors(logits, producers)
         view = onnx.ModelProto()

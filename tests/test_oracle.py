@@ -257,11 +257,11 @@ def _sklearn_classifier(n_classes: int, hidden: int, seed: int):
                                      max_iter=300, random_state=seed).fit(x, labels)
 
 
-def _skl2onnx(clf, path, zipmap=False):
+def _skl2onnx(clf, path, zipmap=False, float32=False):
     skl2onnx = pytest.importorskip("skl2onnx", reason="skl2onnx is not installed")
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
-    kind = FloatTensorType if zipmap else DoubleTensorType  # onnxruntime's ZipMap takes float
+    kind = FloatTensorType if float32 else DoubleTensorType
     model = skl2onnx.to_onnx(clf, initial_types=[("X", kind([None, clf.n_features_in_]))],
                              options={id(clf): {"zipmap": zipmap}})
     path.write_bytes(model.SerializeToString())
@@ -269,13 +269,15 @@ def _skl2onnx(clf, path, zipmap=False):
 
 
 @pytest.mark.parametrize("zipmap", [False, True])
-def test_skl2onnx_probabilities_are_recognised(tmp_path, zipmap):
+@pytest.mark.parametrize("float32", [False, True])
+def test_skl2onnx_probabilities_are_recognised(tmp_path, zipmap, float32):
     pytest.importorskip("onnxruntime")
     clf = _sklearn_classifier(3, 4, 0)
-    box = blackbox.from_onnx(_skl2onnx(clf, tmp_path / "clf.onnx", zipmap))
+    box = blackbox.from_onnx(_skl2onnx(clf, tmp_path / "clf.onnx", zipmap, float32))
     assert box.outputs == "probabilities" and box.activation == "tanh"
+    assert box.precision == ("float32" if float32 else "float64")
     x = teachers.sample_inputs(20, 4, 0)
-    np.testing.assert_allclose(box(x), clf.predict_proba(x), atol=1e-6 if zipmap else 1e-12)
+    np.testing.assert_allclose(box(x), clf.predict_proba(x), atol=1e-6 if float32 else 1e-12)
 
 
 def test_export_softmax_answers_probabilities(tmp_path):
