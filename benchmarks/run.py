@@ -114,6 +114,15 @@ RESULTS: tuple[Reproduction, ...] = (
                    "--prototype", "4x4", "--prototype-teachers", "1", "--workers", "2"),),
         recorded_seconds=_sum("run_seconds", "cases"),
     ),
+    Reproduction(
+        name="oracle",
+        commands=(("benchmarks.oracle", "--groups", "probabilities,floor,queries",
+                   "--teachers", "tanh:4:4", "--queries", "500,1000,2000,5000"),),
+        recorded_seconds=lambda d: sum(
+            row["seconds"] for group in ("probabilities", "floor", "queries")
+            for row in d.get(group, {}).values()
+        ),
+    ),
     _sweep("medium-d16r8-240s", "--profile", "medium", "--d-in", "16", "--r", "8", "--rho", "4",
            "--students", "6", "--max-seconds", "240"),
     Reproduction(

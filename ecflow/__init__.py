@@ -40,6 +40,7 @@ _PUBLIC = {
     "sample_inputs": ("ecflow.teachers", "sample_inputs"),
     "from_callable": ("ecflow.blackbox", "from_callable"),
     "from_onnx": ("ecflow.blackbox", "from_onnx"),
+    "OracleConfig": ("ecflow.oracle", "OracleConfig"),
     "run_sweep": ("ecflow.sweep", "run_sweep"),
     "SweepConfig": ("ecflow.sweep", "SweepConfig"),
     "profile_config": ("ecflow.sweep", "profile_config"),

@@ -65,6 +65,9 @@ class BlackBox:
         Hidden activation read from the model when it names one unambiguously.
     activation_reason : str
         Why ``activation`` is what it is.
+    outputs : str or None
+        ``"probabilities"`` when the model says it answers a softmax
+        (:func:`ecflow.oracle.onnx_head`), else None (not said).
     """
 
     function: Callable[[np.ndarray], np.ndarray]
@@ -76,6 +79,7 @@ class BlackBox:
     network: MLP | None = None
     activation: str | None = None
     activation_reason: str = "a black box does not say its activation"
+    outputs: str | None = None
 
     def __post_init__(self):
         if self.precision not in _DTYPES:
@@ -372,25 +376,16 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
         ``(N, d_in)`` of float32 or float64, several outputs and no ``output``, or a probe
         answer that is NaN.
     """
-    from ecflow import interop
+    from ecflow import interop, oracle
 
     p = Path(path)
     info = interop.describe_onnx(p)
     model = interop.load_onnx(p)
-    if len(info.inputs) != 1:
-        names = ", ".join(t.name for t in info.inputs)
-        raise InputError(f"{p}: the model has {len(info.inputs)} inputs ({names}); ecflow "
-                         "queries models with one input")
-    inp = info.inputs[0]
-    if inp.shape is None or len(inp.shape) != 2 or inp.shape[1] is None:
-        raise InputError(f"{p}: input {inp.describe()} is not a batch of vectors (N, d_in)")
-    if inp.dtype not in _DTYPES:
-        raise InputError(f"{p}: input {inp.describe()} is not float32 or float64")
-    if inp.shape[0] == 0 or inp.shape[1] == 0:
-        raise InputError(f"{p}: input {inp.describe()} has a zero dimension")
-    # a declared d_in of 10^9 would fail as a MemoryError in the first probe
-    check_array_bytes((max(_PROBE_ROWS, inp.shape[0] or 0), inp.shape[1]), f"{p}: input")
+    inp = _onnx_input(info, p)
     outputs = {t.name: t for t in info.outputs}
+    head = oracle.onnx_head(model, outputs, output)
+    if head is not None:
+        model, output, outputs[head.output] = head.model, head.output, head.info
     if output is None:
         if len(outputs) != 1:
             raise InputError(
@@ -426,9 +421,28 @@ def from_onnx(path: str | os.PathLike, *, output: str | None = None) -> BlackBox
         d_out=d_out,
         precision=precision,
         name=p.name,
-        activation=info.activation,
-        activation_reason=info.activation_reason,
+        activation=head.activation if head else info.activation,
+        activation_reason=head.activation_reason if head else info.activation_reason,
+        outputs=head.kind.value if head else None,
     )
+
+
+def _onnx_input(info, p: Path):
+    """The one input of an ONNX model, checked to be a batch of float vectors ``(N, d_in)``."""
+    if len(info.inputs) != 1:
+        names = ", ".join(t.name for t in info.inputs)
+        raise InputError(f"{p}: the model has {len(info.inputs)} inputs ({names}); ecflow "
+                         "queries models with one input")
+    inp = info.inputs[0]
+    if inp.shape is None or len(inp.shape) != 2 or inp.shape[1] is None:
+        raise InputError(f"{p}: input {inp.describe()} is not a batch of vectors (N, d_in)")
+    if inp.dtype not in _DTYPES:
+        raise InputError(f"{p}: input {inp.describe()} is not float32 or float64")
+    if inp.shape[0] == 0 or inp.shape[1] == 0:
+        raise InputError(f"{p}: input {inp.describe()} has a zero dimension")
+    # a declared d_in of 10^9 would fail as a MemoryError in the first probe
+    check_array_bytes((max(_PROBE_ROWS, inp.shape[0] or 0), inp.shape[1]), f"{p}: input")
+    return inp
 
 
 class _CastInputs:

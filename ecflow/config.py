@@ -21,6 +21,7 @@ from ecflow.clustering import ClusterConfig
 from ecflow.engines.base import NEAR_ZERO_LOSS, TrainConfig
 from ecflow.errors import InputError, InputTypeError
 from ecflow.finish import FinishConfig
+from ecflow.oracle import OracleConfig
 from ecflow.reconstruction import PruneConfig, default_finetune
 from ecflow.stage import Source, StageConfig
 from ecflow.width_search import WidthSearchConfig
@@ -212,6 +213,9 @@ class RecoverConfig:
     deep : DeepConfig
         The measured overrides of a deep network's stages (two hidden layers or more); a
         network with one hidden layer ignores them.
+    oracle : OracleConfig
+        What the black box answers (logits or probabilities, rounding, noise) and how many
+        queries it may take (:mod:`ecflow.oracle`).
     max_minutes : float or None, default=None
         One deadline for the whole recovery, shared by the width search (at most
         ``SEARCH_SHARE`` of it), students (at most
@@ -240,6 +244,7 @@ class RecoverConfig:
     max_minutes: float | None = None
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
     deep: DeepConfig = field(default_factory=DeepConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -289,6 +294,8 @@ class RecoverConfig:
             raise InputTypeError(f"early_stop must be a bool, got {self.early_stop!r}")
         if not isinstance(self.deep, DeepConfig):
             raise InputTypeError(f"deep must be a DeepConfig, got {self.deep!r}")
+        if not isinstance(self.oracle, OracleConfig):
+            raise InputTypeError(f"oracle must be an OracleConfig, got {self.oracle!r}")
         # built once: every stage of a shallow recovery reads it
         object.__setattr__(self, "_cluster", ClusterConfig(self.gamma, self.beta_deg))
 

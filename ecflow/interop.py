@@ -480,7 +480,8 @@ _EXPORTERS: dict[str, Callable[[_GraphBuilder, str], str]] = {
 }
 
 
-def network_to_onnx(network: MLP, *, float32: bool = False, name: str = "ecflow_mlp"):
+def network_to_onnx(network: MLP, *, float32: bool = False, softmax: bool = False,
+                    name: str = "ecflow_mlp"):
     """Write a network as an ONNX model: ``Gemm`` per layer, activations from standard operators.
 
     Parameters
@@ -490,6 +491,10 @@ def network_to_onnx(network: MLP, *, float32: bool = False, name: str = "ecflow_
         Store weights and compute in float32 (rounds every weight; the output then differs from
         the float64 forward pass at the float32 level). Default float64: the model's output
         equals :meth:`MLP.forward` to about 1e-14.
+    softmax : bool, default=False
+        Answer probabilities: a ``Softmax`` over the outputs (a ``Sigmoid`` for one output),
+        so that a network recovered from a classifier's probabilities, which writes its
+        centred logits, answers as the classifier did (:mod:`ecflow.oracle`).
     name : str
         Graph name.
 
@@ -513,6 +518,8 @@ def network_to_onnx(network: MLP, *, float32: bool = False, name: str = "ecflow_
         bias = b.const(layer.bias, f"layer{i}_bias")
         h = b.op("Gemm", h, w, bias, transB=1)
         h = _EXPORTERS[layer.activation.name](b, h)
+    if softmax:
+        h = b.op("Sigmoid", h) if network.d_out == 1 else b.op("Softmax", h, axis=1)
     b.nodes.append(helper.make_node("Identity", [h], ["output"], name="output"))
     graph = helper.make_graph(
         b.nodes,
@@ -529,10 +536,11 @@ def network_to_onnx(network: MLP, *, float32: bool = False, name: str = "ecflow_
     return model
 
 
-def write_onnx(path: str | os.PathLike, network: MLP, *, float32: bool = False) -> Path:
+def write_onnx(path: str | os.PathLike, network: MLP, *, float32: bool = False,
+               softmax: bool = False) -> Path:
     """Write :func:`network_to_onnx` atomically to ``path`` (``.onnx``); returns the path."""
     p = check_destination(path)
-    model = network_to_onnx(network, float32=float32)
+    model = network_to_onnx(network, float32=float32, softmax=softmax)
     with atomic_path(p, suffix=".onnx") as tmp:
         tmp.write_bytes(model.SerializeToString())
     return p

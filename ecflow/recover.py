@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecflow import metrics, teachers
+from ecflow import metrics, oracle, teachers
 from ecflow.blackbox import BlackBox, from_callable, from_network
 from ecflow.budget import Budget
 from ecflow.config import DeepConfig, RecoverConfig, check_width_choice
@@ -150,7 +150,8 @@ def recover(
     if box is not None:
         if y is not None:
             raise InputError("give a teacher or pairs (x, y), not both")
-        problem = _teacher_problem(box, x, config)
+        box, counter = oracle.count_box(box, config.oracle.max_queries)
+        problem = _teacher_problem(box, counter, x, config)
     else:
         problem = _pairs_problem(x, y, config)
     config, notes, phases = problem.config, list(problem.notes), {}
@@ -199,28 +200,44 @@ def _black_box(teacher, query, d_in) -> BlackBox | None:
     return from_network(teacher)
 
 
-def _teacher_problem(box: BlackBox, x, config: RecoverConfig) -> _Problem:
-    """The teacher's queries (given inputs or uniform ones, and fresh ones), its precision,
+def _teacher_problem(box: BlackBox, counter: oracle.QueryCounter, x,
+                     config: RecoverConfig) -> _Problem:
+    """The teacher's queries (given inputs or uniform ones, and fresh ones, within the query
+    budget), what its answers are (:mod:`ecflow.oracle`), the floor they are judged against,
     and the student widths its known widths give."""
     notes = []
     given = x is not None
+    n_queries, n_fresh, cut = oracle.split_budget(
+        config.n_queries, config.n_fresh, counter.left if not given else None)
+    if cut is not None:
+        notes.append(cut)
     if x is None:
-        x = teachers.sample_inputs(config.n_queries, box.d_in, config.seed)
-    x, y = box.query(x)
+        x = teachers.sample_inputs(n_queries, box.d_in, config.seed)
+    elif counter.left is not None:
+        n_fresh = min(n_fresh, max(counter.left - len(x), 0))
+    kind = config.oracle.kind(box.outputs)
+    read = dict(kind=kind, eps=float(np.finfo(box.dtype).eps), config=config.oracle,
+                name=box.name)
+    answers = oracle.read_answers(*box.query(x), **read)
+    x, y = answers.x, answers.y
     x_fresh = y_fresh = None
-    if config.n_fresh > 0 and given and metrics.revealed_basis(x) is not None:
+    n_dropped = answers.n_dropped
+    if n_fresh > 0 and given and metrics.revealed_basis(x) is not None:
         # Fresh inputs uniform in the cube would probe directions the given queries (images)
         # never reveal, where no recovery can match the teacher.
         notes.append("the given query inputs do not span the input space: no fresh uniform "
                      "queries, the RMSE is on the given inputs")
-    elif config.n_fresh > 0:
-        x_fresh, y_fresh = box.query(teachers.sample_inputs(
-            config.n_fresh, box.d_in, np.random.default_rng([config.seed, 1])
-        ))
-    precision = box.precision_report(y, config.rmse_tol)
-    if precision["rmse_tol"] != config.rmse_tol:
-        config = dataclasses.replace(config, rmse_tol=precision["rmse_tol"])
-        notes.append(precision["precision_reason"])
+    elif n_fresh > 0:
+        fresh = oracle.read_answers(*box.query(teachers.sample_inputs(
+            n_fresh, box.d_in, np.random.default_rng([config.seed, 1])
+        )), step=answers.step, **read)
+        x_fresh, y_fresh, n_dropped = fresh.x, fresh.y, n_dropped + fresh.n_dropped
+    precision = oracle.answer_floor(answers, box.precision_report(y, config.rmse_tol),
+                                    config.rmse_tol)
+    precision.update(outputs=kind.value, queries_used=counter.used,
+                     max_queries=counter.limit, saturated_rows_dropped=n_dropped)
+    config, floor_notes = _judged_against(config, precision)
+    notes += floor_notes + oracle.kind_notes(kind, n_dropped)
     teacher = box.network
     deep_teacher = teacher is not None and len(teacher.layers) > 2
     check_width_choice(config.rho, config.hidden, teacher=True)
@@ -240,14 +257,44 @@ def _teacher_problem(box: BlackBox, x, config: RecoverConfig) -> _Problem:
                     tuple(notes), precision)
 
 
+def _judged_against(config: RecoverConfig, precision: dict) -> tuple[RecoverConfig, list]:
+    """The config with the tolerance the answers allow (a float32 model, rounded or noisy
+    answers), and the students' loss raised to the square of a rounding or noise floor, which
+    no student can go below."""
+    notes = []
+    if precision["rmse_tol"] != config.rmse_tol:
+        config = dataclasses.replace(config, rmse_tol=precision["rmse_tol"])
+        notes.append(precision["precision_reason"])
+    loss = oracle.student_loss_at_floor(precision)
+    if loss is not None and config.student_loss is not None and loss > config.student_loss:
+        config = dataclasses.replace(config, student_loss=loss)
+        notes.append(f"students stop at MSE {loss:.3g}, the square of {oracle.NOISE_FACTOR:g} "
+                     "x the floor of the answers")
+    return config, notes
+
+
 def _pairs_problem(x, y, config: RecoverConfig) -> _Problem:
-    """Given pairs: the widths must be given (or searched); nothing is held out."""
+    """Given pairs: the widths must be given (or searched); nothing is held out. Probability
+    answers and rounding are read as for a teacher (:mod:`ecflow.oracle`)."""
     if x is None or y is None:
         raise InputError("give a teacher, or input-output pairs x and y")
     x, y = check_xy(x, y)
     check_width_choice(config.rho, config.hidden, teacher=False)
+    if config.oracle.max_queries is not None:
+        raise InputError("max_queries bounds the queries sent to a teacher; given pairs are "
+                         "not queried")
+    kind = config.oracle.kind(None)
+    answers = oracle.read_answers(x, y, kind, eps=float(np.finfo(np.float64).eps),
+                                  config=config.oracle, name="the pairs")
+    base = {"precision": "float64", "rmse_floor": 0.0, "rmse_tol": config.rmse_tol,
+            "precision_reason": f"given pairs: judged against rmse_tol {config.rmse_tol:.3g}"}
+    precision = oracle.answer_floor(answers, base, config.rmse_tol)
+    precision.update(outputs=kind.value, saturated_rows_dropped=answers.n_dropped)
+    config, notes = _judged_against(config, precision)
+    notes += oracle.kind_notes(kind, answers.n_dropped)
     widths = None if config.hidden == "auto" else config.hidden
-    return _Problem(Queries(x, y), config, widths, config.activation, None)
+    return _Problem(Queries(answers.x, answers.y), config, widths, config.activation, None,
+                    tuple(notes), precision)
 
 
 def _pipeline(queries: Queries, run: Run, budget: Budget, *, widths: tuple[int, ...],
@@ -367,6 +414,10 @@ def _recovery(stages: Sequence[Stage], finished: Finished | None, *, widths, act
             teacher_distances=tuple(d for layer in finished.teacher_distances for d in layer),
         )
         notes = [*notes, *finished.notes]
+        hint = oracle.residual_note(fields["student_losses"], finished.rmse_fresh
+                                    if finished.rmse_fresh is not None else finished.rmse_train,
+                                    dict(precision or {}))
+        notes += [hint] if hint else []
     elif stages:
         fields.update(status=RecoverStatus.NO_CLUSTERS,
                       reason=_no_network_reason(stages, widths, config))

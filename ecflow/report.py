@@ -79,7 +79,11 @@ class Recovery:
         The width search of ``hidden="auto"`` (its loss-versus-width curve is a figure).
     precision : mapping
         For a black-box teacher: its precision, its rounding floor and the RMSE it was judged
-        against, with the reason (:meth:`BlackBox.precision_report`).
+        against, with the reason (:meth:`BlackBox.precision_report`); what it answers
+        (``outputs``), the floor of its rounding and noise (``output_floor``,
+        ``output_decimals``), the rows dropped for a probability of 0 or 1
+        (``saturated_rows_dropped``) and the queries sent (``queries_used``, ``max_queries``)
+        (:mod:`ecflow.oracle`). Given pairs have the same lines but no queries.
     layers : tuple of LayerReport
         A deep (layer-wise) recovery: one report per hidden layer (size, certificates,
         retraining statistics, bias spreads, dropped and pruned neurons, teacher distances);

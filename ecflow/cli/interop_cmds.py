@@ -32,6 +32,11 @@ def export_command(
     float32: bool = typer.Option(
         False, "--float32", help="Store weights and compute in float32 (default float64)."
     ),
+    softmax: bool = typer.Option(
+        False, "--softmax",
+        help="Answer probabilities (a softmax over the outputs; a sigmoid for one output): "
+        "a network recovered from a classifier's probabilities then answers as it did.",
+    ),
 ) -> None:
     """Write a network as ONNX (input 'input' (N, d_in), output 'output' (N, d_out)), for
     onnxruntime, PyTorch and the others."""
@@ -39,9 +44,10 @@ def export_command(
         raise InputError(f"--onnx {onnx_path}: the file name must end in .onnx")
     check_outputs({"NETWORK": network}, {"--onnx": onnx_path})
     net = networks.read_network(network)
-    interop.write_onnx(onnx_path, net, float32=float32)
+    interop.write_onnx(onnx_path, net, float32=float32, softmax=softmax)
     precision = "float32" if float32 else "float64"
-    typer.echo(f"wrote {onnx_path}: {net.describe()}, {precision}")
+    answers = ", probabilities" if softmax else ""
+    typer.echo(f"wrote {onnx_path}: {net.describe()}, {precision}{answers}")
 
 
 __all__ = ["import_command", "export_command"]

@@ -22,6 +22,7 @@ from ecflow.config import check_width_choice
 from ecflow.engines import ENGINES, get_engine
 from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
+from ecflow.oracle import OracleConfig, OutputKind
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 from ecflow.safety import check_array_bytes, check_outputs
@@ -52,6 +53,25 @@ def _default_queries(path: Path, nf: networks.NetworkFile):
         return nf.x, (f"queries: the {len(nf.x)} inputs stored in {path.name} (/queries/x); "
                       "--queries chooses others")
     return None, None
+
+
+def _oracle_config(outputs, decimals, noise_std, max_queries, *, teacher: bool
+                   ) -> OracleConfig:
+    """The flags on the teacher's answers, each checked under its own name."""
+    kinds = [k.value for k in OutputKind]
+    if outputs is not None and outputs not in kinds:
+        raise InputError(f"--outputs must be one of {', '.join(kinds)}, got {outputs!r}")
+    if decimals is not None and decimals < 0:
+        raise InputError(f"--output-decimals must be >= 0, got {decimals}")
+    if noise_std is not None and not noise_std > 0:
+        raise InputError(f"--noise-std must be positive, got {noise_std}")
+    if max_queries is not None:
+        if not teacher:
+            raise InputError("--max-queries needs --teacher (with --data nothing is queried)")
+        if max_queries < 1:
+            raise InputError(f"--max-queries must be positive, got {max_queries}")
+    return OracleConfig(outputs=outputs, output_decimals=decimals, noise_std=noise_std,
+                        max_queries=max_queries)
 
 
 def _fmt(v) -> str:
@@ -94,6 +114,11 @@ def _print_report(console: Console, rec: Recovery) -> None:
         add_row(summary, "cut by --max-minutes", item)
     if rec.precision:
         add_row(summary, "precision", rec.precision["precision_reason"])
+        add_row(summary, "outputs", str(rec.precision.get("outputs", "logits")))
+    if rec.precision.get("queries_used") is not None:
+        limit = rec.precision.get("max_queries")
+        add_row(summary, "queries used", f"{rec.precision['queries_used']}"
+                + (f" of --max-queries {limit}" if limit is not None else ""))
     for note in rec.notes:
         add_row(summary, "note", note)
     console.print(summary)
@@ -102,20 +127,24 @@ def _print_report(console: Console, rec: Recovery) -> None:
     if rec.layers:
         _print_layers(console, rec)
     if rec.neurons:
-        table = Table(title="Identifiability certificate per recovered neuron")
-        for col in ("layer", "neuron", "cluster size", "students", "median angle °",
-                    "max angle °", "symmetry", "from student"):
-            table.add_column(col)
-        n_students = {r.layer: len(r.student_losses) for r in rec.layers}
-        for c in rec.neurons:
-            add_row(
-                table,
-                str(c.layer), str(c.neuron), str(c.cluster_size),
-                f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
-                f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
-                str(c.source_student),
-            )
-        console.print(table)
+        _print_certificates(console, rec)
+
+
+def _print_certificates(console: Console, rec: Recovery) -> None:
+    table = Table(title="Identifiability certificate per recovered neuron")
+    for col in ("layer", "neuron", "cluster size", "students", "median angle °",
+                "max angle °", "symmetry", "from student"):
+        table.add_column(col)
+    n_students = {r.layer: len(r.student_losses) for r in rec.layers}
+    for c in rec.neurons:
+        add_row(
+            table,
+            str(c.layer), str(c.neuron), str(c.cluster_size),
+            f"{c.n_students}/{n_students.get(c.layer, len(rec.student_losses))}",
+            f"{c.median_angle_deg:.2e}", f"{c.max_angle_deg:.2e}", c.symmetry,
+            str(c.source_student),
+        )
+    console.print(table)
 
 
 def _print_layers(console: Console, rec: Recovery) -> None:
@@ -226,6 +255,22 @@ def recover_command(
         help="Save each student here as it finishes; a rerun with the same folder reuses them.",
     ),
     prune: bool = typer.Option(_D.prune, "--prune/--no-prune", help="Prune superfluous neurons."),
+    outputs: Optional[str] = typer.Option(
+        None, "--outputs",
+        help="What the teacher or the pairs answer: logits, or probabilities (a softmax; "
+        "p and 1 - p for a binary classifier). Default: read from an ONNX model, else logits.",
+    ),
+    output_decimals: Optional[int] = typer.Option(
+        None, "--output-decimals",
+        help="The answers are rounded to this many decimals (default: read from the values).",
+    ),
+    noise_std: Optional[float] = typer.Option(
+        None, "--noise-std", help="Standard deviation of Gaussian noise on the answers."
+    ),
+    max_queries: Optional[int] = typer.Option(
+        None, "--max-queries",
+        help="Most inputs sent to the teacher, training and fresh queries together.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report as JSON."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures here."),
 ) -> None:
@@ -249,13 +294,15 @@ def recover_command(
     check_array_bytes((students,), f"--students {students}: the students' seeds")
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
+    answers = _oracle_config(outputs, output_decimals, noise_std, max_queries,
+                             teacher=teacher is not None)
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
     train = TrainConfig(max_seconds=max_seconds, stall_factor=stall_factor)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, oracle=answers,
     )
     query_file = Path(queries) if queries is not None and Path(queries).is_file() else None
     _check_outputs(out, report, plots, inputs={"--teacher": teacher, "--data": data,
