@@ -27,11 +27,11 @@ import numpy as np
 
 from ecflow._extras import require
 from ecflow.engines.base import NEAR_ZERO_LOSS
-from ecflow.errors import InputError
+from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP
 from ecflow.safety import check_array_bytes
 
-__all__ = ["FLOOR_FACTOR", "BlackBox", "from_network", "from_onnx", "from_callable"]
+__all__ = ["FLOOR_FACTOR", "BlackBox", "as_black_box", "from_network", "from_onnx", "from_callable"]
 
 FLOOR_FACTOR = 30.0
 """A float32 model's answers are judged against this many times the rounding floor: measured,
@@ -454,3 +454,23 @@ class _CastInputs:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.function(x.astype(self.dtype, copy=False))
+
+
+def as_black_box(teacher=None, query=None, d_in=None) -> BlackBox | None:
+    """The teacher as a black box: an MLP keeps its weights for the metrics; a query function
+    is checked on a probe; None on the data path."""
+    if query is not None:
+        if teacher is not None:
+            raise InputError("give a teacher or a query function, not both")
+        if d_in is None:
+            raise InputError("a query function needs d_in, the width of its inputs")
+        return from_callable(query, d_in)
+    if teacher is None or isinstance(teacher, BlackBox):
+        return teacher
+    if not isinstance(teacher, MLP):
+        raise InputTypeError(
+            f"teacher must be an MLP or a BlackBox, got {type(teacher).__name__}"
+        )
+    if len(teacher.layers) < 2:
+        raise InputError(f"the teacher must have a hidden layer, got sizes {teacher.sizes}")
+    return from_network(teacher)

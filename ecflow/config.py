@@ -37,14 +37,10 @@ _WIDTH_RULE = {
     False: dict(
         rho_alone="rho needs a teacher (its width); with pairs give hidden",
         both="give rho or hidden, not both",
-        neither="give rho (a multiple of the teacher's width) or hidden (a width, or 'auto')",
-        neither_pairs="with pairs, give hidden (the student width, or 'auto')",
     ),
     True: dict(
         rho_alone="--rho needs --teacher (it multiplies the teacher's width); give --hidden",
         both="give --rho or --hidden, not both",
-        neither="give --rho (with --teacher) or --hidden (the student width)",
-        neither_pairs="give --rho (with --teacher) or --hidden (the student width)",
     ),
 }
 """The width rule's messages, in the library's words and in the command line's flags."""
@@ -52,7 +48,9 @@ _WIDTH_RULE = {
 
 def check_width_choice(rho, hidden, *, teacher: bool | None, flags: bool = False) -> None:
     """The one rule of where the student widths come from: ``rho``, a multiple of the
-    teacher's widths (so it needs a teacher), or ``hidden``, exactly one of them.
+    teacher's widths (so it needs a teacher), or ``hidden``, at most one of them; neither
+    means the width search (``hidden="auto"``), since a black box's width is what a user
+    usually does not know.
 
     Parameters
     ----------
@@ -74,8 +72,6 @@ def check_width_choice(rho, hidden, *, teacher: bool | None, flags: bool = False
         raise InputError(words["rho_alone"])
     if rho is not None and hidden is not None:
         raise InputError(words["both"])
-    if teacher is not None and rho is None and hidden is None:
-        raise InputError(words["neither"] if teacher else words["neither_pairs"])
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,8 @@ class RecoverConfig:
         Explicit student width, one per hidden layer (two or more: the layer-wise recovery of
         a deep network, :mod:`ecflow.layerwise`), or ``"auto"``: the width search (paper step
         1, :mod:`ecflow.width_search`) finds one width, and the activation too when neither
-        ``activation`` nor the teacher names one. Exclusive with ``rho``.
+        ``activation`` nor the teacher names one. Exclusive with ``rho``; with neither given,
+        the width search runs.
     activation : str, optional
         Student activation; default the teacher's (the paper assumes it known), or ``g`` when
         only pairs are given.

@@ -39,18 +39,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecflow import metrics, oracle, teachers
-from ecflow.blackbox import BlackBox, from_callable, from_network
+from ecflow.blackbox import BlackBox, as_black_box
 from ecflow.budget import Budget
 from ecflow.config import DeepConfig, RecoverConfig, check_width_choice
 from ecflow.context import Progress, Queries, Run
 from ecflow.engines.base import TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import STUDENT_SHARE, student_seeds, student_width
-from ecflow.finish import Finished, RecoverStatus, finish, layer_neurons
-from ecflow.layerwise import LayerReport, is_deep_work_dir, layer_dir
+from ecflow.finish import Finished, RecoverStatus, finish
+from ecflow.layerwise import is_deep_work_dir, layer_dir
 from ecflow.networks import MLP, check_xy
 from ecflow.reconstruction import NeuronCertificate
-from ecflow.report import Recovery
+from ecflow.report import Recovery, layer_reports, stage_fields
 from ecflow.stage import Stage, StageConfig, cluster_stage, run_stage
 from ecflow.width_search import WidthSearch, search_black_box
 from ecflow.workdir import WorkDir
@@ -139,14 +139,16 @@ def recover(
     ------
     InputError
         Inconsistent inputs: neither or both of teacher and pairs, ``rho`` without a known
-        width, no width, a width search on a deep teacher, a query function that answers badly.
+        width, a width search on a deep teacher, a query function that answers badly.
     """
     t_start = time.monotonic()
     if not isinstance(config, RecoverConfig):
         raise InputTypeError(f"config must be a RecoverConfig, got {type(config).__name__}")
+    if config.rho is None and config.hidden is None:
+        config = dataclasses.replace(config, hidden="auto")  # no width given: search it
     budget = Budget.minutes(config.max_minutes)
     run = Run(engine, executor, progress, work_dir)
-    box = _black_box(teacher, query, d_in)
+    box = as_black_box(teacher, query, d_in)
     if box is not None:
         if y is not None:
             raise InputError("give a teacher or pairs (x, y), not both")
@@ -178,26 +180,6 @@ def recover(
     return _pipeline(problem.queries, run, budget, widths=widths, activation=activation,
                      config=config, notes=notes, t_start=t_start, phases=phases,
                      width_search=search, precision=problem.precision)
-
-
-def _black_box(teacher, query, d_in) -> BlackBox | None:
-    """The teacher as a black box: an MLP keeps its weights for the metrics; a query function
-    is checked on a probe; None on the data path."""
-    if query is not None:
-        if teacher is not None:
-            raise InputError("give a teacher or a query function, not both")
-        if d_in is None:
-            raise InputError("a query function needs d_in, the width of its inputs")
-        return from_callable(query, d_in)
-    if teacher is None or isinstance(teacher, BlackBox):
-        return teacher
-    if not isinstance(teacher, MLP):
-        raise InputTypeError(
-            f"teacher must be an MLP or a BlackBox, got {type(teacher).__name__}"
-        )
-    if len(teacher.layers) < 2:
-        raise InputError(f"the teacher must have a hidden layer, got sizes {teacher.sizes}")
-    return from_network(teacher)
 
 
 def _teacher_problem(box: BlackBox, counter: oracle.QueryCounter, x,
@@ -344,51 +326,6 @@ def _no_network_reason(stages: Sequence[Stage], widths, config: RecoverConfig) -
             f"{config.beta_deg}°; best student loss {min(losses):.3g})")
 
 
-def _stage_fields(stages: Sequence[Stage], widths, deep: bool, phases: dict) -> dict:
-    """The report's student and clustering fields, summed over the stages; their seconds go
-    to ``phases``."""
-    status: dict[str, int] = {}
-    for stage in stages:
-        for name, n in stage.status_counts().items():
-            status[name] = status.get(name, 0) + n
-        if deep:
-            phases[f"layer {stage.layer}"] = stage.seconds
-        else:
-            phases.update(stage.phase_seconds)
-    first = stages[0]
-    return dict(
-        student_losses=first.student_losses, student_width=int(widths[0]),
-        n_kept_clusters=sum(len(s.clustering.kept) for s in stages),
-        students_trained=sum(s.count("n_trained") for s in stages),
-        students_reused=sum(s.count("n_reused") for s in stages),
-        students_stopped=sum(s.count("n_stopped") for s in stages),
-        students_skipped=sum(s.count("n_skipped") for s in stages),
-        stop_reason=first.rounds[-1].stop_reason if first.rounds else None,
-        student_status=status, clustering=first.clustering,
-    )
-
-
-def _layer_reports(stages: Sequence[Stage], finished: Finished | None
-                   ) -> tuple[LayerReport, ...]:
-    """One report per hidden layer reached by a deep recovery."""
-    neurons = finished.neurons if finished is not None else layer_neurons(stages)
-    reports = []
-    for i, stage in enumerate(stages):
-        dists = finished.teacher_distances[i] if finished and finished.teacher_distances else ()
-        reports.append(LayerReport(
-            layer=stage.layer, size=len(neurons[i]), n_kept_clusters=len(stage.clustering.kept),
-            neurons=tuple(neurons[i]), student_hidden=stage.students[0].network.hidden_sizes,
-            student_losses=stage.student_losses, students_trained=stage.count("n_trained"),
-            students_reused=stage.count("n_reused"), students_stopped=stage.count("n_stopped"),
-            students_skipped=stage.count("n_skipped"), stop_reason=stage.rounds[-1].stop_reason,
-            bias_std=stage.bias_std, dropped_below=stage.dropped_below,
-            pruned=finished.pruned[i] if finished else (), teacher_distances=dists,
-            max_cosine_distance=finished.layer_max_distance[i] if dists else None,
-            seconds=stage.seconds, clustering=stage.clustering,
-        ))
-    return tuple(reports)
-
-
 def _recovery(stages: Sequence[Stage], finished: Finished | None, *, widths, activation: str,
               config: RecoverConfig, notes: Sequence[str], budget: Budget, t_start: float,
               phases: dict | None = None, width_search: WidthSearch | None = None,
@@ -398,10 +335,10 @@ def _recovery(stages: Sequence[Stage], finished: Finished | None, *, widths, act
     deep, phases = len(widths) > 1, dict(phases or {})
     fields = dict(student_losses=(), student_width=0)
     if stages:
-        fields.update(_stage_fields(stages, widths, deep, phases))
+        fields.update(stage_fields(stages, widths, deep, phases))
         notes = [*notes, *(n for s in stages for n in s.notes)]
     if deep:
-        fields["layers"] = _layer_reports(stages, finished)
+        fields["layers"] = layer_reports(stages, finished)
     if finished is not None:
         for key, seconds in finished.phase_seconds.items():
             phases[key] = phases.get(key, 0.0) + seconds

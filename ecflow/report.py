@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ecflow.clustering import ClusterResult
-from ecflow.finish import RecoverStatus
+from ecflow.finish import Finished, RecoverStatus, layer_neurons
 from ecflow.layerwise import LayerReport
 from ecflow.networks import MLP
 from ecflow.reconstruction import NeuronCertificate
+from ecflow.stage import Stage
 from ecflow.width_search import WidthSearch
 
-__all__ = ["Recovery", "RecoverStatus"]
+__all__ = ["Recovery", "RecoverStatus", "layer_reports", "stage_fields"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,3 +188,48 @@ def _flat_numbers(value) -> bool:
         and len(value) > 0
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     )
+
+
+def stage_fields(stages: Sequence[Stage], widths, deep: bool, phases: dict) -> dict:
+    """The report's student and clustering fields, summed over the stages; their seconds go
+    to ``phases``."""
+    status: dict[str, int] = {}
+    for stage in stages:
+        for name, n in stage.status_counts().items():
+            status[name] = status.get(name, 0) + n
+        if deep:
+            phases[f"layer {stage.layer}"] = stage.seconds
+        else:
+            phases.update(stage.phase_seconds)
+    first = stages[0]
+    return dict(
+        student_losses=first.student_losses, student_width=int(widths[0]),
+        n_kept_clusters=sum(len(s.clustering.kept) for s in stages),
+        students_trained=sum(s.count("n_trained") for s in stages),
+        students_reused=sum(s.count("n_reused") for s in stages),
+        students_stopped=sum(s.count("n_stopped") for s in stages),
+        students_skipped=sum(s.count("n_skipped") for s in stages),
+        stop_reason=first.rounds[-1].stop_reason if first.rounds else None,
+        student_status=status, clustering=first.clustering,
+    )
+
+
+def layer_reports(stages: Sequence[Stage], finished: Finished | None
+                   ) -> tuple[LayerReport, ...]:
+    """One report per hidden layer reached by a deep recovery."""
+    neurons = finished.neurons if finished is not None else layer_neurons(stages)
+    reports = []
+    for i, stage in enumerate(stages):
+        dists = finished.teacher_distances[i] if finished and finished.teacher_distances else ()
+        reports.append(LayerReport(
+            layer=stage.layer, size=len(neurons[i]), n_kept_clusters=len(stage.clustering.kept),
+            neurons=tuple(neurons[i]), student_hidden=stage.students[0].network.hidden_sizes,
+            student_losses=stage.student_losses, students_trained=stage.count("n_trained"),
+            students_reused=stage.count("n_reused"), students_stopped=stage.count("n_stopped"),
+            students_skipped=stage.count("n_skipped"), stop_reason=stage.rounds[-1].stop_reason,
+            bias_std=stage.bias_std, dropped_below=stage.dropped_below,
+            pruned=finished.pruned[i] if finished else (), teacher_distances=dists,
+            max_cosine_distance=finished.layer_max_distance[i] if dists else None,
+            seconds=stage.seconds, clustering=stage.clustering,
+        ))
+    return tuple(reports)

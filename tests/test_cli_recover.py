@@ -78,7 +78,7 @@ BAD = [
     (["--rho", "2", "--beta-deg", "120"], "--beta-deg"),
     (["--rho", "2", "--students", "0"], "--students must"),
     (["--rho", "2", "--hidden", "8"], "--rho or --hidden"),
-    ([], "--rho"),
+    (["--rho", "2", "--hidden", "auto"], "--rho or --hidden"),
     (["--rho", "2", "--hidden", "8,4"], "hidden"),
     (["--hidden", "x"], "hidden"),
     (["--rho", "2", "--n-queries", "0"], "--n-queries"),
@@ -109,7 +109,7 @@ def test_data_path_option_conflicts(tmp_path, teacher_file, capsys):
     out = str(tmp_path / "rec.h5")
     for argv, message in [
         (["--data", str(pairs), "--rho", "2"], "--rho needs --teacher"),
-        (["--data", str(pairs)], "--hidden"),
+        (["--data", str(pairs), "--rho", "2", "--hidden", "auto"], "--rho needs --teacher"),
         (["--data", str(pairs), "--teacher", str(teacher_file), "--hidden", "3"], "exactly one"),
         (["--hidden", "3"], "exactly one"),
         (["--data", str(pairs), "--hidden", "3", "--queries", str(pairs)], "--queries"),

@@ -299,11 +299,13 @@ def test_cli_recovers_a_sklearn_classifier_from_its_probabilities(tmp_path):
     clf = _sklearn_classifier(3, 5, 3)
     model = _skl2onnx(clf, tmp_path / "clf.onnx")
     out, report = tmp_path / "rec.h5", tmp_path / "rec.json"
-    res = run("recover", "--teacher", model, "--hidden", "auto", "--out", out,
+    # no width, no activation and no output kind given: all are found
+    res = run("recover", "--teacher", model, "--out", out,
               "--report", report, "--n-queries", "8000", "--n-fresh", "2000")
     assert res.returncode == 0, res.stderr
     rep = json.loads(report.read_text())
     assert rep["hidden_sizes"] == [5] and rep["outputs"] == "probabilities"
+    assert rep["width_search"]["status"] == "FOUND" and rep["activation"] == "tanh"
     assert rep["rmse_fresh"] <= 1e-8
     rec = networks.read_network(out)
     t = np.hstack([clf.coefs_[0].T, clf.intercepts_[0][:, None]])

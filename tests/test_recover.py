@@ -155,14 +155,13 @@ def test_recover_rejects_inconsistent_inputs():
         recover(config=RecoverConfig(hidden=4))
     with pytest.raises(ValueError, match="rho needs a teacher"):
         recover(x=x, y=y, config=RecoverConfig(rho=2))
-    with pytest.raises(ValueError, match="give hidden"):
-        recover(x=x, y=y, config=RecoverConfig())
-    with pytest.raises(ValueError, match="give rho"):
-        recover(teacher=teacher, config=RecoverConfig())
     deep = MLP.from_arrays([np.ones((2, 2)), np.ones((2, 2)), np.ones((1, 2))],
                            [np.zeros(2), np.zeros(2), np.zeros(1)], ["g", "g", "identity"])
     with pytest.raises(ValueError, match="one hidden layer's width"):
         recover(teacher=deep, config=RecoverConfig(hidden="auto"))
+    # no width given means the width search, which finds one hidden layer's width
+    with pytest.raises(ValueError, match="one hidden layer's width"):
+        recover(teacher=deep, config=RecoverConfig())
     assert RecoverConfig(hidden=(4, 2)).hidden == (4, 2)
     with pytest.raises(TypeError, match="RecoverConfig"):
         recover(teacher=teacher, config={"rho": 2})
@@ -177,15 +176,15 @@ def test_recover_rejects_inconsistent_inputs():
         (2, None, False, True, "--rho needs --teacher"),
         (2, 8, True, False, "give rho or hidden, not both"),
         (2, 8, None, True, "give --rho or --hidden, not both"),
-        (None, None, True, False, "give rho (a multiple"),
-        (None, None, False, False, "with pairs, give hidden"),
-        (None, None, False, True, "--hidden (the student width)"),
+        (2, "auto", True, True, "give --rho or --hidden, not both"),
     ],
 )
 def test_the_width_rule_is_one_function_in_two_vocabularies(rho, hidden, teacher, flags,
                                                             message):
     with pytest.raises(ValueError, match=re.escape(message)):
         check_width_choice(rho, hidden, teacher=teacher, flags=flags)
-    # a config alone does not know whether a teacher will come
+    # a config alone does not know whether a teacher will come; neither width means the search
     check_width_choice(None, None, teacher=None)
+    check_width_choice(None, None, teacher=True, flags=flags)
+    check_width_choice(None, None, teacher=False, flags=flags)
     check_width_choice(2, None, teacher=True, flags=flags)

@@ -42,6 +42,13 @@ def test_query_function_with_auto_width(tanh_teacher):
     assert rec.max_cosine_distance is None  # a black box: no weights to compare with
 
 
+def test_no_width_given_means_the_width_search(tanh_teacher):
+    rec = recover(query=lambda x: tanh_teacher.forward(x), d_in=2,
+                  config=small(activation="tanh"))
+    assert rec.width_search is not None and rec.width_search.found
+    assert rec.hidden_sizes == (2,) and rec.status is RecoverStatus.RECOVERED, rec.reason
+
+
 def test_float32_onnx_teacher_is_judged_against_its_floor(tanh_teacher, tmp_path):
     box = blackbox.from_onnx(interop.write_onnx(tmp_path / "t.onnx", tanh_teacher,
                                                 float32=True))

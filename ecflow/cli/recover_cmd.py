@@ -205,7 +205,8 @@ def recover_command(
     hidden: Optional[str] = typer.Option(
         None, "--hidden",
         help="Student width, one per hidden layer ('16,8': a deep network, recovered layer by "
-        "layer), or 'auto': found by the width search (paper step 1).",
+        "layer), or 'auto': found by the width search (paper step 1), as when neither --rho "
+        "nor --hidden is given.",
     ),
     students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
