@@ -248,7 +248,7 @@ def _match(net: MLP, teacher: MLP | None, basis
     if len(net.layers) == 2:
         matches = (metrics.match_neurons(net, teacher, basis),)
     else:
-        matches = match_layers(net, teacher)
+        matches = match_layers(net, teacher, basis)
     dists = []
     for layer, match in zip(teacher.layers, matches):
         per_teacher = np.full(layer.n_out, metrics.max_distance_of(layer.activation.symmetry))

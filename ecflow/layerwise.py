@@ -139,10 +139,13 @@ def is_deep_work_dir(work_dir: str | os.PathLike) -> bool:
 # --- the match with a teacher, layer by layer ----------------------------------------------------
 
 
-def match_layers(recovered: MLP, teacher: MLP) -> tuple[metrics.NeuronMatch, ...]:
+def match_layers(recovered: MLP, teacher: MLP, basis: metrics.DataBasis | None = None
+                 ) -> tuple[metrics.NeuronMatch, ...]:
     """Match every hidden layer of ``recovered`` to the teacher's, in the teacher's basis.
 
-    Layer 1 is matched on ``[w, b]`` (:func:`ecflow.metrics.match_vectors`). Each matched
+    Layer 1 is matched on ``[w, b]`` (:func:`ecflow.metrics.match_vectors`), or, with ``basis``
+    (the queries' revealed directions, :func:`ecflow.metrics.revealed_basis`), on the
+    pre-activations over the queries: its alignment on the data. Each matched
     recovered neuron is ``v = s λ v_t`` of its teacher neuron (sign ``s``; scale ``λ`` for the
     scale-invariant class, else 1); its columns in the layer above are rewritten on the teacher
     neuron with the class's compensation (:meth:`~ecflow.activations.Activation.compensate`:
@@ -169,7 +172,11 @@ def match_layers(recovered: MLP, teacher: MLP) -> tuple[metrics.NeuronMatch, ...
         act = t.activation
         vt = np.hstack([t.weight, t.bias[:, None]])
         vr = np.hstack([w_rec, b_rec[:, None]])
-        match = metrics.match_vectors(vt, vr, act.symmetry)
+        # On layer 1 with a basis, the sign and scale of a match are as the data sees them:
+        # along unrevealed directions the two neurons hold unrelated values.
+        tv, rv = (basis.coordinates(vt), basis.coordinates(vr)) if basis is not None and i == 0 \
+            else (vt, vr)
+        match = metrics.match_vectors(tv, rv, act.symmetry)
         out.append(match)
         if i + 1 == depth:
             break
@@ -177,7 +184,7 @@ def match_layers(recovered: MLP, teacher: MLP) -> tuple[metrics.NeuronMatch, ...
         w_next = np.zeros((above.n_out, t.n_out))
         b_next = above.bias.copy()
         for j, k in zip(match.teacher, match.recovered):
-            c = float(vr[k] @ vt[j]) / float(vt[j] @ vt[j])
+            c = float(rv[k] @ tv[j]) / float(tv[j] @ tv[j])
             sign = -1 if c < 0 and act.symmetry.sign_invariant else 1
             scale = abs(c) if act.symmetry.scale_invariant else 1.0
             comp = act.compensate(above.weight[:, [k]], np.array([sign]), np.array([scale]), vt[j])

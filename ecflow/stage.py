@@ -468,11 +468,12 @@ def cluster_stage(
     The second half of :func:`run_stage`, on its own for students trained elsewhere (the
     sweep's). ``columns`` selects the neurons of the layer below that stay (the bias rule).
 
-    With ``shallow`` (students of one hidden layer), when the queries do not reveal every
-    direction of ``[w, b]`` (:func:`ecflow.metrics.revealed_basis`), the students' first layers
-    are projected on the revealed ones and neurons are compared by their pre-activations over
-    the queries: weights along the others keep the students' random initial values. The
-    clustering then reports its own progress phase; a deep stage's progress is its layer's
+    On layer 1, when the queries do not reveal every direction of ``[w, b]``
+    (:func:`ecflow.metrics.revealed_basis`: images with pixels that are always blank), the
+    students' first layers are projected on the revealed ones and neurons are compared by their
+    pre-activations over the queries: weights along the others keep the students' random initial
+    values, in a deep student as in a shallow one. With ``shallow`` (students of one hidden
+    layer) the clustering reports its own progress phase; a deep stage's progress is its layer's
     students (re-clustering a deep folder reports nothing before its last stage's students
     are found, so that a missing layer is one line of error, not a bar and a line).
     """
@@ -482,7 +483,7 @@ def cluster_stage(
     if shallow:
         run.tick("clustering", 0, 1)
     index = layer - 1
-    basis = metrics.revealed_basis(queries.x) if shallow else None
+    basis = metrics.revealed_basis(queries.x) if layer == 1 else None
     nets = [r.network if basis is None else basis.project_network(r.network) for r in students]
     layers, nexts = [], []
     for net in nets:

@@ -114,6 +114,24 @@ def test_match_layers_sees_through_permutations_and_flips(act):
     assert first.max_distance < 1e-20 and second.max_distance > 1e-4
 
 
+def test_match_layers_with_a_basis_compares_the_first_layer_on_the_data():
+    t, x, _ = _teacher("tanh", hidden=(3, 2), d_in=4)
+    x = x.copy()
+    x[:, 0] = 0.0  # a blank pixel: no query sees the first layer's weights on it
+    perm, sign = np.array([1, 2, 0]), np.array([1.0, -1.0, 1.0])
+    l1, l2 = t.layers[0], t.layers[1]
+    w1 = l1.weight[perm] * sign[:, None]
+    w1[:, 0] = np.random.default_rng(0).normal(scale=3.0, size=3)
+    twin = MLP((Layer(w1, l1.bias[perm] * sign, "tanh"),
+                Layer(l2.weight[:, perm] * sign, l2.bias, "tanh"), t.layers[2]))
+    assert metrics.rmse(twin, x, t.forward(x)) < 1e-13
+    raw = match_layers(twin, t)
+    assert raw[0].max_distance > 1e-3
+    first, second = match_layers(twin, t, metrics.revealed_basis(x))
+    assert first.complete and first.max_distance < 1e-20
+    assert second.complete and second.max_distance < 1e-20
+
+
 def test_frozen_student_keeps_its_fixed_weights_and_learns_their_biases():
     t, x, y = _teacher()
     fixed = (Layer(t.layers[0].weight, np.zeros(3), "g"),)

@@ -11,6 +11,7 @@ from ecflow.budget import Budget
 from ecflow.clustering import ClusterConfig
 from ecflow.context import Queries, Run
 from ecflow.errors import InputError
+from ecflow.networks import MLP, Layer
 from ecflow.stage import Source, StageConfig, cluster_stage, run_stage
 
 
@@ -72,3 +73,38 @@ def test_stage_config_and_queries_validate():
     calls = []
     Run(progress=lambda *a: calls.append(a)).tick("pruning", 1, 2)
     assert calls == [("pruning", 1, 2)] and Run().ticker("x") is None
+
+
+def _blank_pixel_students(n_students=4, seed=3):
+    """A deep tanh teacher queried on inputs whose first coordinate is always 0 (a blank pixel),
+    and exact students: the teacher with its first layer permuted (the layer above compensates)
+    and random first-layer weights on the blank input, which no query can see."""
+    t = teachers.synthetic_teacher(
+        teachers.TeacherConfig(d_in=4, hidden=(3, 2), activation="tanh"), seed=seed)
+    x = teachers.sample_inputs(400, 4, 0)
+    x[:, 0] = 0.0
+    rng = np.random.default_rng(seed)
+    students = []
+    for _ in range(n_students):
+        perm = rng.permutation(3)
+        w1 = t.layers[0].weight[perm].copy()
+        w1[:, 0] = rng.normal(scale=3.0, size=3)
+        l1 = Layer(w1, t.layers[0].bias[perm], "tanh")
+        l2 = Layer(t.layers[1].weight[:, perm], t.layers[1].bias, "tanh")
+        students.append(MLP((l1, l2, t.layers[2])))
+    return t, Queries(x, t.forward(x), teacher=t), students
+
+
+def test_deep_first_layer_is_clustered_on_what_the_queries_reveal():
+    t, queries, nets = _blank_pixel_students()
+    assert all(metrics.rmse(n, queries.x, queries.y) < 1e-13 for n in nets)
+    students = [as_result(n, 1e-30) for n in nets]
+    stage = cluster_stage(queries, Run(), students, layer=1, config=StageConfig(n_students=4),
+                          shallow=False)
+    # On raw [w, b] the random weights on the blank input scatter every teacher neuron's copies.
+    assert stage.basis is not None and stage.basis.rank == 4
+    assert stage.layer_out is not None and stage.layer_out.n_out == 3
+    pre = queries.x @ stage.layer_out.weight.T + stage.layer_out.bias
+    pre_t = queries.x @ t.layers[0].weight.T + t.layers[0].bias
+    match = metrics.match_vectors(pre_t.T, pre.T, t.layers[0].activation.symmetry)
+    assert match.complete and match.max_distance < 1e-20
