@@ -21,6 +21,7 @@ from ecflow.engines.base import TrainConfig
 from ecflow.errors import InputError
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
+from ecflow.width_search import WidthSearchConfig
 
 
 def _check_writable(path: Optional[Path], option: str) -> None:
@@ -146,21 +147,46 @@ def _print_layers(console: Console, rec: Recovery) -> None:
 
 
 def _print_width_search(console: Console, search) -> None:
-    """Candidates ranked, each with its loss-versus-width curve (paper Fig. A.2B)."""
-    table = Table(title=f"Width search: {search.status.name}, {search.reason}")
-    for col in ("activation", "near-zero at width", "best MSE", "best MSE per width"):
+    """Candidates ranked, each with its loss-versus-width curve (paper Fig. A.2B); after a
+    depth search, one row per depth and candidate: the loss against depth and width."""
+    title = "Depth and width search" if search.depth_auto else "Width search"
+    table = Table(title=f"{title}: {search.status.name}, {search.reason}")
+    columns = ("activation", "near-zero at width", "best MSE", "best MSE per width")
+    for col in (("depth",) if search.depth_auto else ()) + columns:
         table.add_column(col)
-    for rank in search.ranking:
-        widths, best = search.curve(rank.activation)
-        table.add_row(
-            rank.activation, "-" if rank.width is None else str(rank.width),
-            _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
-        )
+    for depth in search.depths if search.depth_auto else (None,):
+        for rank in search.ranking:
+            widths, best = search.curve(rank.activation, depth)
+            if not widths.size:
+                continue
+            reached = [w for w, v in zip(widths, best) if v <= search.threshold]
+            row = (rank.activation, str(min(reached)) if reached else "-",
+                   _fmt(float(best.min())),
+                   ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)))
+            table.add_row(*(((str(depth),) if depth is not None else ()) + row))
     console.print(table)
 
 
 _D = RecoverConfig()
 _T = TrainConfig()
+
+
+def _parse_depth(depth: Optional[str], hidden: Optional[str]) -> int | str:
+    """``--depth``: 1 when not given, ``"auto"`` or a positive number of hidden layers."""
+    if depth is None:
+        return 1
+    if hidden != "auto":
+        raise InputError("--depth needs --hidden auto (with widths given, their number is the "
+                         "depth)")
+    if depth == "auto":
+        return "auto"
+    try:
+        value = int(depth)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--depth must be a positive integer or 'auto', got {depth!r}")
+    return value
 
 
 @app.command("recover")
@@ -178,6 +204,11 @@ def recover_command(
         None, "--hidden",
         help="Student width, one per hidden layer ('16,8': a deep network, recovered layer by "
         "layer), or 'auto': found by the width search (paper step 1).",
+    ),
+    depth: Optional[str] = typer.Option(
+        None, "--depth",
+        help="With --hidden auto: the number of hidden layers, or 'auto': the smallest depth "
+        "at which short students reach near-zero loss (searched with the width).",
     ),
     students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
@@ -249,12 +280,13 @@ def recover_command(
     if student_loss < 0:
         raise InputError(f"--student-loss must be >= 0, got {student_loss}")
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
+    search = WidthSearchConfig(depth=_parse_depth(depth, hidden))
     train = TrainConfig(max_seconds=max_seconds, stall_factor=stall_factor)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, width_search=search,
     )
     _check_outputs(out, report, plots)
     if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
