@@ -27,6 +27,7 @@ The stage returns a :class:`Stage`; it changes none of its inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -43,7 +44,7 @@ from ecflow.context import Queries, Run
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import STUDENT_SHARE, Expansion, expand, quorum_rule
-from ecflow.layerwise import layer_dir
+from ecflow.layerwise import doubled, layer_dir, orient_below
 from ecflow.networks import MLP, Layer
 from ecflow.reconstruction import NeuronCertificate, collapse_layer
 from ecflow.workdir import WorkDir, manifest_for
@@ -326,10 +327,14 @@ def _bias_spread(results: Sequence[TrainResult], below: int) -> np.ndarray | Non
 
 
 def _bias_rule(results: Sequence[TrainResult], layer: int, n_below: int,
-               bias_std_max: float) -> _BiasRule:
-    """Which neurons of layer ``layer - 1`` keep a steady bias across the students."""
+               bias_std_max: float, *, pairs: bool = False) -> _BiasRule:
+    """Which neurons of layer ``layer - 1`` keep a steady bias across the students; with
+    ``pairs`` (a doubled layer, :func:`ecflow.layerwise.doubled`, of ``2 n_below`` rows) a
+    neuron is steady when one of its two orientations is: the other one may be unused."""
     notes = []
     spread = _bias_spread(results, layer - 2)
+    if spread is not None and pairs:
+        spread = np.minimum(spread[:n_below], spread[n_below:])
     measured = spread is not None
     if spread is None:
         notes.append(
@@ -398,20 +403,26 @@ def run_stage(
     share = budget.share(STUDENT_SHARE / len(widths))
     t = time.monotonic()
     args = dict(layer=layer, widths=widths, activation=activation, seeds=seeds, config=config)
+    # The layer above decides the orientation of even+linear neurons: its students see both.
+    orient = bool(fixed) and fixed[-1].activation.symmetry.flip_leaves_linear
+    if orient:
+        fixed = fixed[:-1] + (doubled(fixed[-1]),)
     expansion, notes = _students(queries, run, share, fixed=fixed, **args)
     results = _finished(expansion, layer, deep)
     rounds, rule, columns = [expansion], None, None
     if fixed:
-        rule = _bias_rule(results, layer, fixed[-1].n_out, config.bias_std_max)
-        notes.extend(rule.notes)
         below = fixed[-1]
+        n_below = below.n_out // 2 if orient else below.n_out
+        rule = _bias_rule(results, layer, n_below, config.bias_std_max, pairs=orient)
+        notes.extend(rule.notes)
+        rows = np.concatenate([rule.keep, rule.keep + n_below]) if orient else rule.keep
         # The reconstructed layer below, with the bias rule applied; its biases (and those of
         # the layers under it) are the lowest-loss student's.
         best = _best(results)
         fixed = _with_biases(fixed, best)[:-1] + (Layer(
-            below.weight[rule.keep], best.layers[layer - 2].bias[rule.keep], below.activation
+            below.weight[rows], best.layers[layer - 2].bias[rows], below.activation
         ),)
-        columns = rule.keep
+        columns = rows
         steady_dir = None if run.work_dir is None else layer_dir(run.work_dir, layer, True)
         if rule.dropped and (run.train or steady_dir is not None and WorkDir(steady_dir).exists()):
             again, again_notes = _students(queries, run, share, fixed=fixed, steady=True, **args)
@@ -425,6 +436,10 @@ def run_stage(
                     f"layer {layer}: its students were trained again on the "
                     f"{fixed[-1].n_out} neurons of layer {layer - 1} that the bias rule kept"
                 )
+    if orient:
+        results, fixed, note = _oriented(queries, results, fixed, columns, layer)
+        notes.append(note)
+        columns = None
     notes.extend(_stop_note(rounds[-1], len(results), layer, deep))
     if rounds[-1].stop_reason is None and rounds[-1].n_skipped:
         budget.note(f"{_label(layer, deep)}students: {rounds[-1].n_skipped} not trained "
@@ -435,6 +450,38 @@ def run_stage(
         rounds=tuple(rounds), rule=rule, notes=tuple(notes), phase_seconds=seconds,
         shallow=not deep,
     )
+
+
+def _oriented(queries: Queries, results: Sequence[TrainResult], fixed: tuple[Layer, ...],
+              columns: np.ndarray | None, layer: int
+              ) -> tuple[tuple[TrainResult, ...], tuple[Layer, ...], str]:
+    """The students of a stage on one orientation of each neuron of the doubled layer below
+    (:func:`ecflow.layerwise.orient_below`, decided by the lowest-loss student), and the layers
+    below with that orientation."""
+    below = layer - 2
+    nets = []
+    for r in results:
+        net = r.network
+        if columns is not None:  # students read back, trained before the bias rule dropped some
+            lay, above = net.layers[below], net.layers[below + 1]
+            layers = list(net.layers)
+            layers[below] = Layer(lay.weight[columns], lay.bias[columns], lay.activation)
+            layers[below + 1] = Layer(above.weight[:, columns], above.bias, above.activation)
+            net = MLP(tuple(layers))
+        nets.append(net)
+    order = np.argsort(_rank_losses(results), kind="stable")
+    chosen = orient_below([nets[i] for i in order], queries.x, below)
+    oriented = [None] * len(nets)
+    for i, net in zip(order, chosen.networks):
+        oriented[i] = net
+    students = tuple(dataclasses.replace(r, network=n) for r, n in zip(results, oriented))
+    kept = chosen.networks[0].layers[below]
+    n_above = chosen.networks[0].layers[below + 1].n_out
+    flipped = ", ".join(map(str, chosen.flipped)) or "none"
+    note = (f"layer {layer - 1}: orientation of its {kept.n_out} even+linear neurons decided by "
+            f"layer {layer}'s students (flipped: {flipped}); {chosen.n_exact} of the best "
+            f"student's {n_above} layer-{layer} neurons are exact combinations of them")
+    return students, fixed[:-1] + (kept,), note
 
 
 def _stop_note(expansion: Expansion, n_clustered: int, layer: int, deep: bool) -> list[str]:
