@@ -108,3 +108,26 @@ def test_deep_first_layer_is_clustered_on_what_the_queries_reveal():
     pre_t = queries.x @ t.layers[0].weight.T + t.layers[0].bias
     match = metrics.match_vectors(pre_t.T, pre.T, t.layers[0].activation.symmetry)
     assert match.complete and match.max_distance < 1e-20
+
+
+def test_a_stage_keeps_the_orientation_of_the_layer_below_that_its_students_need():
+    from test_layerwise import _mixed_student, _teacher
+
+    from ecflow.layerwise import doubled
+    from ecflow.stage import _bias_rule, _oriented
+
+    t, x, y = _teacher("softplus", hidden=(5, 3), d_in=3, seed=4)
+    rng = np.random.default_rng(1)
+    nets = [_mixed_student(t, [0, 2], rng) for _ in range(3)]
+    results = [as_result(n, v) for n, v in zip(nets, (1e-20, 1e-22, 1e-21))]
+    # Every neuron of the doubled layer has one steady orientation: none is dropped.
+    rule = _bias_rule(results, 2, 5, 0.01, pairs=True)
+    assert list(rule.keep) == [0, 1, 2, 3, 4] and rule.dropped == () and len(rule.spread) == 5
+    students, fixed, note = _oriented(Queries(x, y), results, (nets[0].layers[0],), None, 2)
+    assert fixed[0].n_out == 5 and "flipped: 0, 2" in note
+    np.testing.assert_allclose(fixed[0].weight, t.layers[0].weight, atol=1e-12)
+    assert all(metrics.rmse(r.network, x, y) < 1e-10 for r in students)
+    stage = cluster_stage(Queries(x, y), Run(), students, layer=2, fixed=fixed,
+                          config=StageConfig(n_students=3), shallow=False)
+    assert stage.layer_out is not None and stage.layer_out.n_out == 3
+    assert doubled(fixed[0]).n_out == 10
