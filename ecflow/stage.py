@@ -17,6 +17,11 @@ network with one hidden layer is the case ``L = 1``, one stage with nothing belo
    than ``bias_std_max`` is dropped. When it drops any, the students are trained again on the
    steady neurons alone (``layer-<l>-steady``): a dropped neuron may have stood in for part of a
    kept one, and then the students split that neuron's weight each in its own way.
+   For the even+linear classes the students see both orientations of every neuron of layer
+   ``l - 1`` (:func:`ecflow.layerwise.doubled`), a neuron is steady when one of them is, and
+   after training the orientation that layer ``l`` needs is kept
+   (:func:`ecflow.layerwise.orient_below`): a flip of these classes leaves a linear remainder
+   that only the right orientation avoids, and only the layer above tells which it is.
 3. **Clustering and collapse.** The neurons ``[w, b]`` of layer ``l`` are clustered
    (:func:`ecflow.clustering.cluster_neurons`) and each kept cluster becomes one neuron
    (:func:`ecflow.reconstruction.collapse_layer`), incoming side only: the layer above is
@@ -131,8 +136,9 @@ class Stage:
     students : tuple of TrainResult
         The clustered students (those of the last round that ended by themselves).
     fixed : tuple of Layer
-        The reconstructed layers below, with the bias rule applied and the biases of the
-        lowest-loss student of the last round.
+        The reconstructed layers below, with the bias rule applied, the biases of the
+        lowest-loss student of the last round and, for the even+linear classes, the
+        orientation the students of this stage needed.
     kept_below : tuple of int or None
         Neurons of layer ``l - 1`` that the bias rule kept (indices among its reconstructed
         neurons); None for layer 1.
