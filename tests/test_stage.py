@@ -131,3 +131,33 @@ def test_a_stage_keeps_the_orientation_of_the_layer_below_that_its_students_need
                           config=StageConfig(n_students=3), shallow=False)
     assert stage.layer_out is not None and stage.layer_out.n_out == 3
     assert doubled(fixed[0]).n_out == 10
+
+
+def test_a_doubled_layer_below_loses_no_neuron_to_the_bias_rule(monkeypatch):
+    import ecflow.stage as stage_mod
+    from test_layerwise import _mixed_student, _teacher
+
+    from ecflow.expansion import Expansion
+
+    t, x, y = _teacher("softplus", hidden=(5, 3), d_in=3, seed=4)
+    rng = np.random.default_rng(2)
+    nets = []
+    for _ in range(3):
+        net = _mixed_student(t, [0, 2], rng)
+        lay = net.layers[0]
+        bias = lay.bias.copy()
+        bias[[1, 6]] += rng.normal(scale=0.5, size=2)  # neuron 1 unsteady in both orientations
+        nets.append(MLP((Layer(lay.weight, bias, lay.activation), *net.layers[1:])))
+    results = tuple(as_result(n, v) for n, v in zip(nets, (1e-20, 1e-22, 1e-21)))
+
+    def trained(queries, run, budget, *, fixed, **kwargs):
+        assert fixed[-1].n_out == 10  # the students read both orientations
+        return Expansion(results, (False,) * 3, None, 0.0), []
+
+    monkeypatch.setattr(stage_mod, "_students", trained)
+    below = Layer(nets[0].layers[0].weight[:5], nets[0].layers[0].bias[:5], "softplus")
+    stage = run_stage(Queries(x, y), Run(), Budget(), layer=2, fixed=(below,), widths=(3,),
+                      activation="softplus", seeds=[0, 1, 2], config=StageConfig(n_students=3))
+    assert stage.dropped_below == () and stage.kept_below == (0, 1, 2, 3, 4)
+    assert any("drops no neuron of layer 1, read in both orientations" in n for n in stage.notes)
+    assert stage.fixed[0].n_out == 5 and any("flipped: 0, 2" in n for n in stage.notes)
