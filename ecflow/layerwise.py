@@ -13,7 +13,8 @@ by layer, moving each matched neuron's sign and scale into the columns of the la
 constant into that layer's bias (:meth:`ecflow.activations.Activation.compensate`), so that every
 layer is compared with the teacher's in the teacher's basis.
 
-**Orientation of the even+linear classes** (softplus, gelu, silu, relu). Their flip leaves a
+**Orientation of the even+linear classes** (softplus, gelu, silu; relu only in the last hidden
+layer, :mod:`ecflow.stage` says why). Their flip leaves a
 linear remainder, ``σ(-z) = σ(z) - 2 c1 z``, that no layer above can absorb, and a neuron's own
 layer does not say which orientation the teacher has: a wide student represents either one, its
 other neurons supplying the linear term. The layer above decides it. So the students of stage

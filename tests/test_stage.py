@@ -161,3 +161,24 @@ def test_a_doubled_layer_below_loses_no_neuron_to_the_bias_rule(monkeypatch):
     assert stage.dropped_below == () and stage.kept_below == (0, 1, 2, 3, 4)
     assert any("drops no neuron of layer 1, read in both orientations" in n for n in stage.notes)
     assert stage.fixed[0].n_out == 5 and any("flipped: 0, 2" in n for n in stage.notes)
+
+
+def test_relu_students_read_the_layer_below_as_reconstructed(monkeypatch):
+    import ecflow.stage as stage_mod
+    from test_layerwise import _teacher
+
+    from ecflow.expansion import Expansion
+
+    t, x, y = _teacher("relu", hidden=(3, 2), d_in=3, seed=1)
+    seen = []
+
+    def trained(queries, run, budget, *, fixed, **kwargs):
+        seen.append(fixed[-1].n_out)
+        return Expansion((as_result(t, 1e-20),) * 2, (False,) * 2, None, 0.0), []
+
+    monkeypatch.setattr(stage_mod, "_students", trained)
+    stage = run_stage(Queries(x, y), Run(), Budget(), layer=2, fixed=(t.layers[0],),
+                      widths=(2,), activation="relu", seeds=[0, 1],
+                      config=StageConfig(n_students=2))
+    assert seen == [3] and stage.fixed[0].n_out == 3
+    assert not any("orientation" in n for n in stage.notes)
