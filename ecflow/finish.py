@@ -2,9 +2,9 @@
 step 4, appendix A.3).
 
 After the last stage (:mod:`ecflow.stage`) the network is the reconstructed hidden layers with
-an output layer refit by linear least squares (:func:`ecflow.reconstruction.refit_output`; with
-one hidden layer through :func:`~ecflow.reconstruction.choose_orientations`, which also orients
-the even+linear classes). Then:
+an output layer refit by linear least squares (:func:`ecflow.reconstruction.refit_output`,
+through :func:`~ecflow.reconstruction.choose_orientations`, which also orients the last hidden
+layer's even+linear neurons: the output layer is the one that decides them). Then:
 
 1. **Fine-tune** with the engine, in rounds of ``finetune`` (:func:`finetune`).
 2. **Prune** (:func:`ecflow.reconstruction.prune_network`): every hidden neuron, top layer first,
@@ -40,7 +40,6 @@ from ecflow.reconstruction import (
     choose_orientations,
     default_finetune,
     prune_network,
-    refit_output,
     support_order,
 )
 from ecflow.stage import Stage
@@ -199,10 +198,8 @@ def _assemble(stage: Stage, queries: Queries) -> MLP:
     top = stage.layer_out
     out_act = stage.best.layers[-1].activation
     output = Layer(np.zeros((queries.d_out, top.n_out)), np.zeros(queries.d_out), out_act)
-    net = MLP((*stage.fixed, top, output))
-    if len(net.layers) == 2:
-        return choose_orientations(net, queries.x, queries.y)
-    return refit_output(net, queries.x, queries.y)
+    # The output layer decides the orientation of the last hidden layer's even+linear neurons.
+    return choose_orientations(MLP((*stage.fixed, top, output)), queries.x, queries.y)
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,7 +245,7 @@ def _match(net: MLP, teacher: MLP | None, basis
     if len(net.layers) == 2:
         matches = (metrics.match_neurons(net, teacher, basis),)
     else:
-        matches = match_layers(net, teacher)
+        matches = match_layers(net, teacher, basis)
     dists = []
     for layer, match in zip(teacher.layers, matches):
         per_teacher = np.full(layer.n_out, metrics.max_distance_of(layer.activation.symmetry))

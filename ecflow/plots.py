@@ -256,6 +256,65 @@ def width_search_curve(search: Any):
     return fig
 
 
+def depth_search_curve(search: Any):
+    """Loss against width, one curve per depth, and the best loss against depth (the depth
+    search of ``--hidden auto --depth auto``).
+
+    Parameters
+    ----------
+    search : ecflow.width_search.WidthSearch
+        A search with ``depth_auto``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: the best short student per width (over the candidate activations), one line per
+        depth, the near-zero threshold dashed. Right: the best loss per depth, the depth found
+        dotted.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax_w, ax_d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if not search.trials:
+        for ax in (ax_w, ax_d):
+            ax.text(0.5, 0.5, "no student was trained", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+        return fig
+    for k, depth in enumerate(search.depths):
+        widths = sorted({t.width for t in search.trials if t.depth == depth})
+        best = [min(t.best_loss for t in search.trials if t.depth == depth and t.width == w)
+                for w in widths]
+        # Exact zeros cannot sit on a log axis; 1e-33 is below any float64 MSE here.
+        ax_w.plot(widths, np.maximum(best, 1e-33), marker="o", color=f"C{k % 10}",
+                  lw=2.5 if depth == search.depth else 1.0, label=f"{depth} hidden layer(s)")
+    ax_w.axhline(search.threshold, color="grey", linestyle="--",
+                 label=f"near-zero loss ({search.threshold:.0e})")
+    ax_w.set_xscale("log", base=2)
+    all_widths = sorted({t.width for t in search.trials})
+    ax_w.set_xticks(all_widths, [str(w) for w in all_widths])
+    ax_w.minorticks_off()
+    ax_w.set_yscale("log")
+    ax_w.set_xlabel("student width (every hidden layer)")
+    ax_w.set_ylabel("training MSE of the best short student")
+    ax_w.set_title("loss against width, per depth")
+    ax_w.legend(loc="best", fontsize="small")
+    depths, best = search.depth_curve()
+    ax_d.plot(depths, np.maximum(best, 1e-33), marker="o", color="black")
+    ax_d.axhline(search.threshold, color="grey", linestyle="--")
+    if search.depth is not None:
+        ax_d.axvline(search.depth, color="black", linestyle=":",
+                     label=f"depth found: {search.depth} (width {search.width})")
+        ax_d.legend(loc="best", fontsize="small")
+    ax_d.set_xticks(depths, [str(d) for d in depths])
+    ax_d.set_yscale("log")
+    ax_d.set_xlabel("hidden layers")
+    ax_d.set_ylabel("best training MSE at any width")
+    ax_d.set_title("loss against depth")
+    return fig
+
+
 def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
                          beta_deg: float | None = None, bias_std_max: float = 0.01) -> list[Path]:
     """Write the recovery figures as PNGs into ``folder`` (created if missing).
@@ -274,8 +333,8 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     list of Path
         ``dendrogram.png``, ``clusters.png`` (when the recovery holds a clustering; the first
         layer's for a deep recovery), ``student_losses.png``, ``width_search.png`` (after
-        ``--hidden auto``) and one ``layer-<l>.png`` per hidden layer of a deep recovery
-        (:func:`recovery_layer`).
+        ``--hidden auto``), ``depth_search.png`` (after ``--depth auto``) and one
+        ``layer-<l>.png`` per hidden layer of a deep recovery (:func:`recovery_layer`).
     """
     from ecflow.networks import atomic_path
 
@@ -291,6 +350,8 @@ def write_recovery_plots(recovery: Any, folder: str | os.PathLike, *,
     search = getattr(recovery, "width_search", None)
     if search is not None:
         figures.append(("width_search.png", width_search_curve(search)))
+        if getattr(search, "depth_auto", False):
+            figures.append(("depth_search.png", depth_search_curve(search)))
     for report in getattr(recovery, "layers", ()):
         figures.append((f"layer-{report.layer}.png",
                         recovery_layer(report, beta_deg=beta_deg, bias_std_max=bias_std_max)))

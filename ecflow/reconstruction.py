@@ -439,12 +439,13 @@ def refit_output(network: MLP, x: np.ndarray, y: np.ndarray) -> MLP:
     return network.replace_layer(top, out)
 
 
-def _flip(network: MLP, flips: Sequence[int]) -> MLP:
-    hid = network.layers[0]
+def _flip(network: MLP, flips: Sequence[int], layer: int = 0) -> MLP:
+    """``network`` with neurons ``flips`` of hidden layer index ``layer`` negated, ``±[w, b]``."""
+    hid = network.layers[layer]
     sign = np.ones(hid.n_out)
     sign[list(flips)] = -1.0
     return network.replace_layer(
-        0, Layer(hid.weight * sign[:, None], hid.bias * sign, hid.activation)
+        layer, Layer(hid.weight * sign[:, None], hid.bias * sign, hid.activation)
     )
 
 
@@ -456,7 +457,8 @@ def choose_orientations(
     max_exhaustive: int = 10,
     max_samples: int = 5000,
 ) -> MLP:
-    """Orient each hidden neuron ``±[w, b]`` of an even+linear network to fit ``y`` best.
+    """Orient each neuron ``±[w, b]`` of the last hidden layer of an even+linear network to fit
+    ``y`` best (the only hidden layer of a shallow network).
 
     For ``EVEN_LINEAR`` and ``EVEN_LINEAR_SCALING`` activations, ``σ(-z) = σ(z) - 2 c1 z``: the
     orientation of a neuron changes the function by a linear term that no output weight can
@@ -465,7 +467,9 @@ def choose_orientations(
     Every ``2**n_hidden`` combination is tried when ``n_hidden <= max_exhaustive``; beyond,
     single flips are applied greedily while they lower the residual.
 
-    Other classes are returned with a refit output layer and unchanged orientations.
+    Other classes are returned with a refit output layer and unchanged orientations. The
+    layers below the last hidden one are left as they are: the layer above each of them decides
+    their orientation (:mod:`ecflow.stage`).
 
     This is the second flip search of the package, on purpose: the first,
     :func:`ecflow.symmetry.flips.search_flips`, cancels the exact linear remainder Θ of one
@@ -481,9 +485,11 @@ def choose_orientations(
     max_samples : int, default=5000
         5000 queries pin a linear term of 1e-6 against noise-free targets; more only costs time.
     """
-    _check_one_hidden(network, "network")
     x, y = check_xy(x, y)
-    sym = network.layers[0].activation.symmetry
+    if len(network.layers) < 2:
+        raise InputError(f"network must have a hidden layer, got sizes {network.sizes}")
+    top = len(network.layers) - 2
+    sym = network.layers[top].activation.symmetry
     if not sym.flip_leaves_linear:
         return refit_output(network, x, y)
     if x.shape[0] > max_samples:
@@ -491,10 +497,10 @@ def choose_orientations(
         xs, ys = x[pick], y[pick]
     else:
         xs, ys = x, y
-    m = network.layers[0].n_out
+    m = network.layers[top].n_out
 
     def residual(flips: Sequence[int]) -> float:
-        design = _design(_flip(network, flips).hidden(xs, 0))
+        design = _design(_flip(network, flips, top).hidden(xs, top))
         coef, *_ = np.linalg.lstsq(design, ys, rcond=None)
         return float(np.sum((design @ coef - ys) ** 2))
 
@@ -515,7 +521,7 @@ def choose_orientations(
                 if res < best_res:
                     current, best_res, improved = trial, res, True
         best = tuple(sorted(current))
-    return refit_output(_flip(network, best), x, y)
+    return refit_output(_flip(network, best, top), x, y)
 
 
 def remove_neurons(network: MLP, drop: Sequence[int]) -> MLP:

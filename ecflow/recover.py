@@ -110,8 +110,9 @@ def recover(
     model is judged against its rounding floor (:meth:`BlackBox.rmse_tolerance`). The student
     widths are ``ceil(rho r_l)`` (a teacher whose widths are known), ``hidden`` (one per
     hidden layer: two or more recover a deep network layer by layer), or found by the width
-    search (``hidden="auto"``, one hidden layer), which also finds the activation when neither
-    ``config.activation`` nor the model names it.
+    search (``hidden="auto"``; one hidden layer, or ``config.width_search.depth`` of them, or
+    the smallest depth that reaches near-zero loss with ``depth="auto"``), which also finds the
+    activation when neither ``config.activation`` nor the model names it.
 
     Data path: ``x`` and ``y`` given, no teacher; ``config.hidden`` is required (widths or
     ``"auto"``), nothing is held out.
@@ -172,7 +173,7 @@ def recover(
                 config.activation or ""), config=config, notes=notes, budget=budget,
                 t_start=t_start, phases=phases, width_search=search,
                 precision=problem.precision)
-        widths, activation = (search.student_width,), search.activation
+        widths, activation = search.student_widths, search.activation
         notes.append(f"width search: {search.reason}")
     elif activation is None:
         activation = "g"
@@ -229,10 +230,11 @@ def _teacher_problem(box: BlackBox, counter: oracle.QueryCounter, x,
         widths = tuple(student_width(r, config.rho) for r in known)
     elif config.hidden != "auto":
         widths = config.hidden
-    elif deep_teacher:
+    elif deep_teacher and config.width_search.depth == 1:
         raise InputError(
             f"the width search finds one hidden layer's width, the teacher has "
-            f"{len(teacher.layers) - 1}: give rho, or hidden with one width per layer"
+            f"{len(teacher.layers) - 1}: give rho, hidden with one width per layer, or "
+            "depth 'auto' to search the depth too"
         )
     queries = Queries(x, y, x_fresh, y_fresh, teacher)
     return _Problem(queries, config, widths, config.activation or box.activation, box,

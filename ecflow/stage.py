@@ -17,6 +17,11 @@ network with one hidden layer is the case ``L = 1``, one stage with nothing belo
    than ``bias_std_max`` is dropped. When it drops any, the students are trained again on the
    steady neurons alone (``layer-<l>-steady``): a dropped neuron may have stood in for part of a
    kept one, and then the students split that neuron's weight each in its own way.
+   For the smooth even+linear class (softplus, gelu, silu) the students see both orientations of every neuron of layer
+   ``l - 1`` (:func:`ecflow.layerwise.doubled`), the bias rule drops none of them (pruning
+   judges them), and after training the orientation that layer ``l`` needs is kept
+   (:func:`ecflow.layerwise.orient_below`): a flip of these classes leaves a linear remainder
+   that only the right orientation avoids, and only the layer above tells which it is.
 3. **Clustering and collapse.** The neurons ``[w, b]`` of layer ``l`` are clustered
    (:func:`ecflow.clustering.cluster_neurons`) and each kept cluster becomes one neuron
    (:func:`ecflow.reconstruction.collapse_layer`), incoming side only: the layer above is
@@ -27,6 +32,7 @@ The stage returns a :class:`Stage`; it changes none of its inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -37,13 +43,14 @@ import numpy as np
 
 from ecflow import metrics
 from ecflow._checks import check_int, check_number
+from ecflow.activations import Symmetry
 from ecflow.budget import Budget
 from ecflow.clustering import ClusterConfig, ClusterResult, cluster_neurons
 from ecflow.context import Queries, Run
 from ecflow.engines.base import TrainConfig, TrainResult
 from ecflow.errors import InputError, InputTypeError
 from ecflow.expansion import STUDENT_SHARE, Expansion, expand, quorum_rule
-from ecflow.layerwise import layer_dir
+from ecflow.layerwise import doubled, layer_dir, orient_below
 from ecflow.networks import MLP, Layer
 from ecflow.reconstruction import NeuronCertificate, collapse_layer
 from ecflow.workdir import WorkDir, manifest_for
@@ -130,8 +137,9 @@ class Stage:
     students : tuple of TrainResult
         The clustered students (those of the last round that ended by themselves).
     fixed : tuple of Layer
-        The reconstructed layers below, with the bias rule applied and the biases of the
-        lowest-loss student of the last round.
+        The reconstructed layers below, with the bias rule applied, the biases of the
+        lowest-loss student of the last round and, for the even+linear classes, the
+        orientation the students of this stage needed.
     kept_below : tuple of int or None
         Neurons of layer ``l - 1`` that the bias rule kept (indices among its reconstructed
         neurons); None for layer 1.
@@ -326,10 +334,14 @@ def _bias_spread(results: Sequence[TrainResult], below: int) -> np.ndarray | Non
 
 
 def _bias_rule(results: Sequence[TrainResult], layer: int, n_below: int,
-               bias_std_max: float) -> _BiasRule:
-    """Which neurons of layer ``layer - 1`` keep a steady bias across the students."""
+               bias_std_max: float, *, pairs: bool = False) -> _BiasRule:
+    """Which neurons of layer ``layer - 1`` keep a steady bias across the students; with
+    ``pairs`` (a doubled layer, :func:`ecflow.layerwise.doubled`, of ``2 n_below`` rows) a
+    neuron is steady when one of its two orientations is: the other one may be unused."""
     notes = []
     spread = _bias_spread(results, layer - 2)
+    if spread is not None and pairs:
+        spread = np.minimum(spread[:n_below], spread[n_below:])
     measured = spread is not None
     if spread is None:
         notes.append(
@@ -351,6 +363,21 @@ def _bias_rule(results: Sequence[TrainResult], layer: int, n_below: int,
 
 
 # --- the stage ----------------------------------------------------------------------------------
+
+
+def _keep_doubled(rule: _BiasRule, layer: int, n_below: int) -> _BiasRule:
+    """The bias rule on a doubled (even + linear) layer below: it drops nothing. The free twin
+    loosens a needed neuron's bias: on a softplus 8-4-2-1 teacher one spread 0.012 across
+    students at the student loss, was dropped, and the students retrained without it stalled
+    at MSE 0.22. Spurious neurons are left to pruning."""
+    return dataclasses.replace(rule, keep=np.arange(n_below), dropped=(), notes=(
+        *rule.notes, f"layer {layer}: the bias rule drops no neuron of layer {layer - 1}, read "
+        f"in both orientations (spreads {_spreads(rule)}); pruning judges them"))
+
+
+def _retrained_note(layer: int, n_kept: int) -> str:
+    return (f"layer {layer}: its students were trained again on the {n_kept} neurons of "
+            f"layer {layer - 1} that the bias rule kept")
 
 
 def run_stage(
@@ -398,20 +425,32 @@ def run_stage(
     share = budget.share(STUDENT_SHARE / len(widths))
     t = time.monotonic()
     args = dict(layer=layer, widths=widths, activation=activation, seeds=seeds, config=config)
+    # The layer above decides the orientation of even+linear neurons: its students see both.
+    # Not for the piecewise-linear class (relu): measured on a relu 8-4-2-1 teacher (seed 101),
+    # layer-2 students on the doubled layer stalled at MSE 1.7e-8 and the recovery went from
+    # exact (sizes 4-3, RMSE 3.3e-16) to INEXACT (6-6, RMSE 2.3e-3); on softplus 8-4-2-1 it
+    # went from INEXACT (6-2, RMSE 0.036) to exact (4-2, RMSE 3.1e-16).
+    orient = bool(fixed) and fixed[-1].activation.symmetry is Symmetry.EVEN_LINEAR
+    if orient:
+        fixed = fixed[:-1] + (doubled(fixed[-1]),)
     expansion, notes = _students(queries, run, share, fixed=fixed, **args)
     results = _finished(expansion, layer, deep)
     rounds, rule, columns = [expansion], None, None
     if fixed:
-        rule = _bias_rule(results, layer, fixed[-1].n_out, config.bias_std_max)
-        notes.extend(rule.notes)
         below = fixed[-1]
+        n_below = below.n_out // 2 if orient else below.n_out
+        rule = _bias_rule(results, layer, n_below, config.bias_std_max, pairs=orient)
+        if orient and rule.dropped:
+            rule = _keep_doubled(rule, layer, n_below)
+        notes.extend(rule.notes)
+        rows = np.concatenate([rule.keep, rule.keep + n_below]) if orient else rule.keep
         # The reconstructed layer below, with the bias rule applied; its biases (and those of
         # the layers under it) are the lowest-loss student's.
         best = _best(results)
         fixed = _with_biases(fixed, best)[:-1] + (Layer(
-            below.weight[rule.keep], best.layers[layer - 2].bias[rule.keep], below.activation
+            below.weight[rows], best.layers[layer - 2].bias[rows], below.activation
         ),)
-        columns = rule.keep
+        columns = rows
         steady_dir = None if run.work_dir is None else layer_dir(run.work_dir, layer, True)
         if rule.dropped and (run.train or steady_dir is not None and WorkDir(steady_dir).exists()):
             again, again_notes = _students(queries, run, share, fixed=fixed, steady=True, **args)
@@ -421,10 +460,11 @@ def run_stage(
                 rounds.append(again)
                 results, columns = retrained, None
                 fixed = _with_biases(fixed, _best(results))
-                notes.append(
-                    f"layer {layer}: its students were trained again on the "
-                    f"{fixed[-1].n_out} neurons of layer {layer - 1} that the bias rule kept"
-                )
+                notes.append(_retrained_note(layer, fixed[-1].n_out))
+    if orient:
+        results, fixed, note = _oriented(queries, results, fixed, columns, layer)
+        notes.append(note)
+        columns = None
     notes.extend(_stop_note(rounds[-1], len(results), layer, deep))
     if rounds[-1].stop_reason is None and rounds[-1].n_skipped:
         budget.note(f"{_label(layer, deep)}students: {rounds[-1].n_skipped} not trained "
@@ -435,6 +475,42 @@ def run_stage(
         rounds=tuple(rounds), rule=rule, notes=tuple(notes), phase_seconds=seconds,
         shallow=not deep,
     )
+
+
+def _spreads(rule: _BiasRule) -> str:
+    return ", ".join(f"{v:.2g}" for v in rule.spread)
+
+
+def _oriented(queries: Queries, results: Sequence[TrainResult], fixed: tuple[Layer, ...],
+              columns: np.ndarray | None, layer: int
+              ) -> tuple[tuple[TrainResult, ...], tuple[Layer, ...], str]:
+    """The students of a stage on one orientation of each neuron of the doubled layer below
+    (:func:`ecflow.layerwise.orient_below`, decided by the lowest-loss student), and the layers
+    below with that orientation."""
+    below = layer - 2
+    nets = []
+    for r in results:
+        net = r.network
+        if columns is not None:  # students read back, trained before the bias rule dropped some
+            lay, above = net.layers[below], net.layers[below + 1]
+            layers = list(net.layers)
+            layers[below] = Layer(lay.weight[columns], lay.bias[columns], lay.activation)
+            layers[below + 1] = Layer(above.weight[:, columns], above.bias, above.activation)
+            net = MLP(tuple(layers))
+        nets.append(net)
+    order = np.argsort(_rank_losses(results), kind="stable")
+    chosen = orient_below([nets[i] for i in order], queries.x, below)
+    oriented = [None] * len(nets)
+    for i, net in zip(order, chosen.networks):
+        oriented[i] = net
+    students = tuple(dataclasses.replace(r, network=n) for r, n in zip(results, oriented))
+    kept = chosen.networks[0].layers[below]
+    n_above = chosen.networks[0].layers[below + 1].n_out
+    flipped = ", ".join(map(str, chosen.flipped)) or "none"
+    note = (f"layer {layer - 1}: orientation of its {kept.n_out} even+linear neurons decided by "
+            f"layer {layer}'s students (flipped: {flipped}); {chosen.n_exact} of the best "
+            f"student's {n_above} layer-{layer} neurons are exact combinations of them")
+    return students, fixed[:-1] + (kept,), note
 
 
 def _stop_note(expansion: Expansion, n_clustered: int, layer: int, deep: bool) -> list[str]:
@@ -468,11 +544,12 @@ def cluster_stage(
     The second half of :func:`run_stage`, on its own for students trained elsewhere (the
     sweep's). ``columns`` selects the neurons of the layer below that stay (the bias rule).
 
-    With ``shallow`` (students of one hidden layer), when the queries do not reveal every
-    direction of ``[w, b]`` (:func:`ecflow.metrics.revealed_basis`), the students' first layers
-    are projected on the revealed ones and neurons are compared by their pre-activations over
-    the queries: weights along the others keep the students' random initial values. The
-    clustering then reports its own progress phase; a deep stage's progress is its layer's
+    On layer 1, when the queries do not reveal every direction of ``[w, b]``
+    (:func:`ecflow.metrics.revealed_basis`: images with pixels that are always blank), the
+    students' first layers are projected on the revealed ones and neurons are compared by their
+    pre-activations over the queries: weights along the others keep the students' random initial
+    values, in a deep student as in a shallow one. With ``shallow`` (students of one hidden
+    layer) the clustering reports its own progress phase; a deep stage's progress is its layer's
     students (re-clustering a deep folder reports nothing before its last stage's students
     are found, so that a missing layer is one line of error, not a bar and a line).
     """
@@ -482,7 +559,7 @@ def cluster_stage(
     if shallow:
         run.tick("clustering", 0, 1)
     index = layer - 1
-    basis = metrics.revealed_basis(queries.x) if shallow else None
+    basis = metrics.revealed_basis(queries.x) if layer == 1 else None
     nets = [r.network if basis is None else basis.project_network(r.network) for r in students]
     layers, nexts = [], []
     for net in nets:

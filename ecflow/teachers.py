@@ -19,8 +19,8 @@ dead first-layer neuron for about a third of the seeds).
 
 Inputs are uniform in ``[-√3, √3]^{d_in}`` (zero mean, unit variance per coordinate).
 
-Teachers trained on images (section 6, Tables 1-2) come from :func:`train_classifier`: one
-hidden layer fitted to a data set of :mod:`ecflow.datasets` by Adam on the softmax
+Teachers trained on images (section 6, Tables 1-2, Fig. 6A) come from :func:`train_classifier`:
+one or more hidden layers fitted to a data set of :mod:`ecflow.datasets` by Adam on the softmax
 cross-entropy with early stopping, kept as the logits network that recovery queries.
 """
 
@@ -229,8 +229,8 @@ def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
-# --- teachers trained on images (paper section 6, Tables 1-2, appendix A.6) ----------------------
-# One hidden layer, softmax cross-entropy, Adam on minibatches and early stopping on the validation
+# --- teachers trained on images (paper section 6, Tables 1-2, Fig. 6A, appendix A.6) ------------
+# Any number of hidden layers, softmax cross-entropy, Adam on minibatches and early stopping on the validation
 # loss, as the paper trains its MNIST teachers. The network keeps the logits (identity last
 # layer): recovery needs the values before the softmax, not only the class.
 
@@ -285,7 +285,8 @@ class TrainedTeacher:
     Parameters
     ----------
     network : MLP
-        ``d_in -> n_hidden -> n_classes``, last layer ``identity``: it outputs logits.
+        ``d_in -> n_hidden_1 -> ... -> n_hidden_L -> n_classes``, last layer ``identity``: it
+        outputs logits.
     dataset : str
         Name of the data set it was trained on.
     seed : int
@@ -381,18 +382,18 @@ def split_indices(
     return train, val, test
 
 
-def _unpack(theta: np.ndarray, d_in: int, n_hidden: int, n_classes: int):
-    """Views ``W (n_hidden, d_in), b (n_hidden,), A (n_classes, n_hidden), c (n_classes,)`` of
-    the flat parameter vector, in :meth:`MLP.flatten` order."""
-    i = n_hidden * d_in
-    j = i + n_hidden
-    k = j + n_classes * n_hidden
-    return (
-        theta[:i].reshape(n_hidden, d_in),
-        theta[i:j],
-        theta[j:k].reshape(n_classes, n_hidden),
-        theta[k:],
-    )
+def _unpack(theta: np.ndarray, *sizes: int) -> tuple[np.ndarray, ...]:
+    """Views ``W_1, b_1, ..., W_L, b_L`` of the flat parameter vector of a network with layer
+    sizes ``sizes = (d_in, n_hidden_1, ..., n_classes)``, in :meth:`MLP.flatten` order; for one
+    hidden layer ``W (n_hidden, d_in), b (n_hidden,), A (n_classes, n_hidden), c (n_classes,)``."""
+    views: list[np.ndarray] = []
+    k = 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        views.append(theta[k : k + n_out * n_in].reshape(n_out, n_in))
+        k += n_out * n_in
+        views.append(theta[k : k + n_out])
+        k += n_out
+    return tuple(views)
 
 
 def _cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -409,32 +410,57 @@ def _cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray
 
 
 def _loss_grad(theta, shape, act: Activation, x, labels) -> tuple[float, np.ndarray]:
-    """Cross-entropy of the one-hidden-layer classifier and its exact gradient (backprop):
-    ``z = σ(x Wᵀ + b) Aᵀ + c``, ``∂A = dzᵀ h``, ``∂W = (dz A ⊙ σ'(x Wᵀ + b))ᵀ x``."""
-    W, b, A, c = _unpack(theta, *shape)
-    h, dh, _ = act.fused(x @ W.T + b)
-    loss, dz = _cross_entropy(h @ A.T + c, labels)
-    dpre = (dz @ A) * dh
-    grad = np.concatenate([(dpre.T @ x).ravel(), dpre.sum(axis=0), (dz.T @ h).ravel(), dz.sum(0)])
-    return loss, grad
+    """Cross-entropy of the classifier and its exact gradient (backprop).
+
+    With ``h_0 = x``, ``h_l = σ(h_{l-1} W_lᵀ + b_l)`` for the hidden layers and logits
+    ``z = h_L W_{L+1}ᵀ + b_{L+1}``: ``δ_{L+1} = ∂loss/∂z``, ``∂W_l = δ_lᵀ h_{l-1}``,
+    ``∂b_l = Σ δ_l``, ``δ_{l-1} = (δ_l W_l) ⊙ σ'(h_{l-2} W_{l-1}ᵀ + b_{l-1})``.
+    """
+    views = _unpack(theta, *shape)
+    weights, biases = views[0::2], views[1::2]
+    inputs, slopes = [x], []
+    for W, b in zip(weights[:-1], biases[:-1]):
+        h, dh, _ = act.fused(inputs[-1] @ W.T + b)
+        inputs.append(h)
+        slopes.append(dh)
+    loss, delta = _cross_entropy(inputs[-1] @ weights[-1].T + biases[-1], labels)
+    grads: list[np.ndarray] = []
+    for l in range(len(weights) - 1, -1, -1):
+        grads.append(delta.sum(axis=0))
+        grads.append((delta.T @ inputs[l]).ravel())
+        if l > 0:
+            delta = (delta @ weights[l]) * slopes[l - 1]
+    return loss, np.concatenate(grads[::-1])
 
 
 def _logits(theta, shape, act: Activation, x) -> np.ndarray:
-    W, b, A, c = _unpack(theta, *shape)
-    return act(x @ W.T + b) @ A.T + c
+    views = _unpack(theta, *shape)
+    h = x
+    for W, b in zip(views[0:-2:2], views[1:-2:2]):
+        h = act(h @ W.T + b)
+    return h @ views[-2].T + views[-1]
+
+
+def _check_hidden_sizes(hidden: int | Sequence[int]) -> tuple[int, ...]:
+    """``hidden`` as a non-empty tuple of positive sizes, one per hidden layer."""
+    sizes = (hidden,) if isinstance(hidden, (int, np.integer)) else tuple(hidden)
+    if not sizes:
+        raise InputError("hidden must name at least one hidden layer size, got none")
+    return tuple(check_int(h, "hidden") for h in sizes)
 
 
 def train_classifier(
     dataset: str | datasets.Dataset,
-    hidden: int,
+    hidden: int | Sequence[int],
     activation: str = "tanh",
     seed: int = 0,
     config: ClassifierConfig | None = None,
 ) -> TrainedTeacher:
-    """Train a one-hidden-layer classifier on a data set: the teachers of Tables 1 and 2.
+    """Train a classifier on a data set: the teachers of Tables 1 and 2 (one hidden layer) and
+    of Fig. 6A (several).
 
-    Minimises the mean softmax cross-entropy of ``z = σ(x Wᵀ + b) Aᵀ + c`` over the training
-    part with Adam on shuffled minibatches (exact gradient, float64), from the paper's
+    Minimises the mean softmax cross-entropy of the logits
+    ``z = σ(... σ(x W_1ᵀ + b_1) ...) W_{L+1}ᵀ + b_{L+1}`` over the training part with Adam on shuffled minibatches (exact gradient, float64), from the paper's
     Glorot-normal initialisation (appendix A.6.1); after each epoch the validation loss is
     measured and the parameters of the best epoch are kept. Everything (split, initialisation,
     batch order) follows from ``seed``.
@@ -443,8 +469,8 @@ def train_classifier(
     ----------
     dataset : str or ecflow.datasets.Dataset
         A name of :data:`ecflow.datasets.NAMES` or a loaded data set.
-    hidden : int
-        Number of hidden neurons ``r``.
+    hidden : int or sequence of int
+        Number of hidden neurons ``r``, or one size per hidden layer (``(16, 16)``).
     activation : str, default="tanh"
         Hidden activation (any of :data:`ecflow.activations.ACTIVATIONS`).
     seed : int, default=0
@@ -457,19 +483,21 @@ def train_classifier(
     Raises
     ------
     InputError
-        Unknown data set or activation, ``hidden < 1``, negative seed, fashion not installed,
+        Unknown data set or activation, a hidden size below 1, negative seed, fashion not installed,
         a data set too small to leave images in each part of the split.
     """
     config = ClassifierConfig() if config is None else config
     data = datasets.load(dataset) if isinstance(dataset, str) else dataset
-    hidden = check_int(hidden, "hidden")
+    hidden = _check_hidden_sizes(hidden)
     seed = check_int(seed, "seed", minimum=0)
     act = get_activation(activation)
     started = time.perf_counter()
     train, val, test = _split(data, seed, config)
     x, labels = data.x, data.labels
-    shape = (data.d_in, hidden, data.n_classes)
-    init = glorot_normal(shape, (act, "identity"), np.random.default_rng([seed, 1]))
+    shape = (data.d_in, *hidden, data.n_classes)
+    init = glorot_normal(
+        shape, (act,) * len(hidden) + ("identity",), np.random.default_rng([seed, 1])
+    )
     fit = _fit(init.flatten(), shape, act, x[train], labels[train], x[val], labels[val],
                np.random.default_rng([seed, 2]), config)
 

@@ -16,6 +16,13 @@ queries and the smallest ``m`` at which the best of a few of them reaches near-z
 The Expand-and-Cluster students then get ``ceil(multiple * m)`` neurons: ``m`` itself is where
 short students *just* succeed, and the E&C students need most of them to succeed.
 
+The depth of a black box may be unknown as well (``depth="auto"``). A network with too few
+hidden layers cannot reach near-zero loss at any moderate width: it approximates the teacher,
+it does not represent it. So the width search runs at depth 1, 2, ... (every hidden layer of a
+short student of width ``m`` has ``m`` neurons) and the smallest depth at which some width
+reaches near-zero loss is kept, with that width; the E&C students get ``ceil(multiple * m)``
+neurons in every layer.
+
 The activation of a black box is unknown too, and students with the wrong activation do not
 reach near-zero loss at any width (they approximate, they do not represent). So every candidate
 activation is trained at each doubling width, and the one that reaches near-zero loss at the
@@ -51,6 +58,7 @@ __all__ = [
     "ActivationRank",
     "WidthSearch",
     "search_width",
+    "search_depth",
     "search_black_box",
     "doubling_widths",
 ]
@@ -89,6 +97,11 @@ class WidthSearchConfig:
     train : TrainConfig, default=TrainConfig(max_seconds=60.0)
         Training of each short student; without a ``target_loss`` of its own it stops at the
         near-zero threshold of the search.
+    depth : int or "auto", default=1
+        Hidden layers of the short students (each of the searched width); ``"auto"`` searches
+        the depths ``1, ..., max_depth`` and keeps the smallest that reaches near-zero loss.
+    max_depth : int, default=3
+        Deepest network ``depth="auto"`` tries.
     """
 
     n_seeds: int = 3
@@ -97,6 +110,8 @@ class WidthSearchConfig:
     n_queries: int | None = 4000
     bisect: bool = True
     train: TrainConfig = field(default_factory=_short_training)
+    depth: int | str = 1
+    max_depth: int = 3
 
     def __post_init__(self):
         check_int(self.n_seeds, "n_seeds")
@@ -109,6 +124,11 @@ class WidthSearchConfig:
             raise InputError(f"bisect must be a bool, got {self.bisect!r}")
         if not isinstance(self.train, TrainConfig):
             raise InputError(f"train must be a TrainConfig, got {self.train!r}")
+        check_int(self.max_depth, "max_depth")
+        if self.depth != "auto":
+            if isinstance(self.depth, str):
+                raise InputError(f"depth must be a positive integer or 'auto', got {self.depth!r}")
+            check_int(self.depth, "depth")
 
 
 class WidthStatus(enum.Enum):
@@ -117,7 +137,7 @@ class WidthStatus(enum.Enum):
     FOUND = "found the smallest width at which short students reach near-zero loss"
     NOT_FOUND = (
         "no width up to max_width reached near-zero loss: give --activation if it is known, "
-        "train the short students longer, or raise the largest width"
+        "train the short students longer, or raise the largest width (or depth)"
     )
     DEADLINE = "the time budget ran out before a width reached near-zero loss: raise --max-minutes"
 
@@ -138,12 +158,15 @@ class WidthTrial:
         Final MSE of each student (NaN for a failed one).
     seconds : float
         Wall-clock time of this width's training (all activations of the round share it).
+    depth : int, default=1
+        Hidden layers of the short students, each ``width`` wide.
     """
 
     activation: str
     width: int
     losses: tuple[float, ...]
     seconds: float
+    depth: int = 1
 
     @property
     def best_loss(self) -> float:
@@ -156,6 +179,7 @@ class WidthTrial:
     def to_dict(self) -> dict:
         return {
             "activation": self.activation,
+            "depth": self.depth,
             "width": self.width,
             "losses": [v if math.isfinite(v) else None for v in self.losses],
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
@@ -204,6 +228,13 @@ class WidthSearch:
     reason : str
         ``status.message`` with the numbers behind it and why the activation was chosen.
     seconds : float
+    depth : int or None, default=1
+        Hidden layers of the network found (None: a depth search that found none).
+    depth_reasons : tuple of str
+        A depth search: why each depth tried below the one found (or every depth, when none was
+        found) did not reach near-zero loss; ``()`` otherwise.
+    depth_auto : bool, default=False
+        Whether the depth was searched (:func:`search_depth`) rather than given.
     """
 
     width: int | None
@@ -215,20 +246,58 @@ class WidthSearch:
     status: WidthStatus
     reason: str
     seconds: float
+    depth: int | None = 1
+    depth_reasons: tuple[str, ...] = ()
+    depth_auto: bool = False
 
     @property
     def found(self) -> bool:
         return self.status is WidthStatus.FOUND
 
-    def curve(self, activation: str) -> tuple[np.ndarray, np.ndarray]:
-        """Widths (increasing) and best loss at each, for one activation.
+    @property
+    def student_widths(self) -> tuple[int, ...] | None:
+        """Widths of the E&C students, one per hidden layer; None when nothing was found."""
+        if self.student_width is None or self.depth is None:
+            return None
+        return (self.student_width,) * self.depth
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """The depths tried, increasing."""
+        return tuple(sorted({t.depth for t in self.trials}))
+
+    def depth_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Depths tried (increasing) and the best loss any short student reached at each, over
+        every width and activation: the loss against depth.
+
+        Returns
+        -------
+        depths : ndarray of shape (n_depths,), int
+        best_losses : ndarray of shape (n_depths,), float64
+        """
+        depths = self.depths
+        best = [min((t.best_loss for t in self.trials if t.depth == d), default=math.inf)
+                for d in depths]
+        return np.array(depths, dtype=int), np.array(best, dtype=np.float64)
+
+    def curve(self, activation: str, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Widths (increasing) and best loss at each, for one activation and depth.
+
+        Parameters
+        ----------
+        activation : str
+        depth : int, optional
+            Default: the depth found, else the deepest tried.
 
         Returns
         -------
         widths : ndarray of shape (n_widths,), int
         best_losses : ndarray of shape (n_widths,), float64
         """
-        pts = sorted((t.width, t.best_loss) for t in self.trials if t.activation == activation)
+        if depth is None:
+            depth = self.depth if self.depth is not None else max(self.depths, default=1)
+        pts = sorted((t.width, t.best_loss) for t in self.trials
+                     if t.activation == activation and t.depth == depth)
         return (np.array([w for w, _ in pts], dtype=int),
                 np.array([v for _, v in pts], dtype=np.float64))
 
@@ -239,6 +308,11 @@ class WidthSearch:
             "reason": self.reason,
             "width": self.width,
             "student_width": self.student_width,
+            "depth": self.depth,
+            "student_widths": list(self.student_widths) if self.student_widths else None,
+            "depth_auto": self.depth_auto,
+            "depths_tried": list(self.depths),
+            "depth_reasons": list(self.depth_reasons),
             "activation": self.activation,
             "threshold": self.threshold,
             "ranking": [r.to_dict() for r in self.ranking],
@@ -258,19 +332,20 @@ def doubling_widths(max_width: int) -> list[int]:
     return widths
 
 
-def _seeds(seed: int, width: int, n: int, attempt: int = 0) -> list[int]:
-    # A stream of its own per width and attempt, apart from the E&C students'
-    # (SeedSequence([seed, 2])).
-    key = [int(seed), 3, int(width)] + ([int(attempt)] if attempt else [])
+def _seeds(seed: int, width: int, n: int, attempt: int = 0, depth: int = 1) -> list[int]:
+    # A stream of its own per width, attempt and depth, apart from the E&C students'
+    # (SeedSequence([seed, 2])); depth 1 keeps the key it always had.
+    key = [int(seed), 3, int(width)] + ([int(attempt)] if attempt or depth > 1 else [])
+    key += [int(depth)] if depth > 1 else []
     return [int(s) for s in np.random.SeedSequence(key).generate_state(n)]
 
 
 def _merge(trials: list[WidthTrial], new: WidthTrial) -> list[WidthTrial]:
     """``trials`` with ``new`` added to the trial of the same activation and width, if any."""
     for i, t in enumerate(trials):
-        if t.activation == new.activation and t.width == new.width:
+        if t.activation == new.activation and t.width == new.width and t.depth == new.depth:
             merged = WidthTrial(t.activation, t.width, t.losses + new.losses,
-                                t.seconds + new.seconds)
+                                t.seconds + new.seconds, t.depth)
             return trials[:i] + [merged] + trials[i + 1:]
     return trials + [new]
 
@@ -294,11 +369,14 @@ def _train_round(
     progress: Progress | None,
     counter: list[int],
     attempt: int = 0,
+    depth: int = 1,
 ) -> list[WidthTrial]:
-    """Train ``n_seeds`` students of ``width`` per activation, in parallel when possible."""
+    """Train ``n_seeds`` students of ``depth`` layers of ``width`` per activation, in parallel
+    when possible."""
     t = time.monotonic()
-    jobs = [(a, s) for a in activations for s in _seeds(seed, width, config.n_seeds, attempt)]
-    kwargs = dict(hidden=(width,), config=train, engine=engine)
+    jobs = [(a, s) for a in activations
+            for s in _seeds(seed, width, config.n_seeds, attempt, depth)]
+    kwargs = dict(hidden=(width,) * depth, config=train, engine=engine)
 
     results: list[TrainResult | None] = [None] * len(jobs)
 
@@ -326,7 +404,7 @@ def _train_round(
     seconds = time.monotonic() - t
     return [
         WidthTrial(a, width, tuple(float(r.loss) for r, (b, _) in zip(results, jobs) if b == a),
-                   seconds)
+                   seconds, depth)
         for a in activations
     ]
 
@@ -377,6 +455,7 @@ def search_width(
     executor: cf.Executor | None = None,
     budget: Budget | None = None,
     progress: Progress | None = None,
+    depth: int | None = None,
 ) -> WidthSearch:
     """Find the smallest student width, and the activation, at which short students of a teacher
     reach near-zero loss (paper section 5, step 1; Fig. A.2B).
@@ -401,6 +480,9 @@ def search_width(
         to what is left.
     progress : callable, optional
         ``progress("width search", done, total)``.
+    depth : int, optional
+        Hidden layers of the short students; default ``config.depth`` (``"auto"`` there:
+        :func:`search_depth`).
 
     Returns
     -------
@@ -410,6 +492,11 @@ def search_width(
     config = WidthSearchConfig() if config is None else config
     if not isinstance(config, WidthSearchConfig):
         raise InputError(f"config must be a WidthSearchConfig, got {type(config).__name__}")
+    depth = config.depth if depth is None else check_int(depth, "depth")
+    if depth == "auto":
+        return search_depth(x, y, activations=activations, config=config, threshold=threshold,
+                            seed=seed, engine=engine, executor=executor, budget=budget,
+                            progress=progress)
     x, y = check_xy(x, y)
     if config.n_queries is not None:
         x, y = x[: config.n_queries], y[: config.n_queries]
@@ -422,13 +509,78 @@ def search_width(
         )
     rounds = _Rounds(x, y, config, threshold, Budget() if budget is None else budget,
                      dict(seed=seed, config=config, engine=engine, executor=executor,
-                          progress=progress, counter=[0]))
+                          progress=progress, counter=[0]), depth)
     state = _doubling(rounds, candidates)
     if state.hi is None and not state.out_of_time and state.trials:
         state = _second_chance(rounds, candidates, state)
     if state.hi is not None and config.bisect:
         state = _bisect(rounds, state)
-    return _outcome(state, candidates, config, threshold, time.monotonic() - t_start)
+    return _outcome(state, candidates, config, threshold, time.monotonic() - t_start, depth)
+
+
+def search_depth(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    activations: Sequence[str] | str | None = None,
+    config: WidthSearchConfig | None = None,
+    threshold: float = NEAR_ZERO_LOSS,
+    seed: int = 0,
+    engine: str = "native",
+    executor: cf.Executor | None = None,
+    budget: Budget | None = None,
+    progress: Progress | None = None,
+) -> WidthSearch:
+    """Find the smallest depth, and its width and activation, at which short students reach
+    near-zero loss (module docstring): :func:`search_width` at depth ``1, ..., max_depth``.
+
+    Each depth takes an even share of the time left for the depths still to try, so a depth
+    that fails early leaves its time to the deeper ones. Parameters as :func:`search_width`.
+
+    Returns
+    -------
+    WidthSearch
+        The search at the depth found, with the trials of every depth tried
+        (``depth_reasons`` says why each shallower depth failed); without a depth that reached
+        near-zero loss, ``width``, ``student_width`` and ``depth`` are None, its status is
+        ``DEADLINE`` when the time ran out before the last depth was searched in full, and
+        ``depth_reasons`` holds every depth's failure.
+    """
+    t_start = time.monotonic()
+    config = WidthSearchConfig() if config is None else config
+    if not isinstance(config, WidthSearchConfig):
+        raise InputError(f"config must be a WidthSearchConfig, got {type(config).__name__}")
+    budget = Budget() if budget is None else budget
+    trials: list[WidthTrial] = []
+    failures: list[str] = []
+    last: WidthSearch | None = None
+    for depth in range(1, config.max_depth + 1):
+        last = search_width(
+            x, y, activations=activations, config=config, threshold=threshold, seed=seed,
+            engine=engine, executor=executor, progress=progress, depth=depth,
+            budget=budget.share(1.0 / (config.max_depth - depth + 1)),
+        )
+        trials += last.trials
+        if last.found:
+            why = "".join(f"; {f}" for f in failures)
+            return dataclasses.replace(
+                last, trials=tuple(trials), depth_reasons=tuple(failures), depth_auto=True,
+                reason=f"depth {depth} (the smallest that reached near-zero loss): "
+                f"{last.reason}{why}", seconds=time.monotonic() - t_start,
+            )
+        failures.append(f"depth {depth}: {last.reason}")
+        if last.status is WidthStatus.DEADLINE and budget.expired(1.0):
+            break
+    status = WidthStatus.DEADLINE if last.status is WidthStatus.DEADLINE else WidthStatus.NOT_FOUND
+    reason = (f"{status.message}; no depth up to {last.depth} reached it: "
+              + "; ".join(failures))
+    return dataclasses.replace(
+        last, status=status, reason=reason, trials=tuple(trials), depth=None, width=None,
+        student_width=None, depth_reasons=tuple(failures), seconds=time.monotonic() - t_start,
+        depth_auto=True,
+        ranking=_rank(trials, list(dict.fromkeys(t.activation for t in trials)), threshold)
+        if trials else last.ranking,
+    )
 
 
 def _candidates(activations) -> list[str]:
@@ -455,6 +607,7 @@ class _Rounds:
     threshold: float
     budget: Budget
     kwargs: dict
+    depth: int = 1
 
     def train(self, width: int, activations: Sequence[str], attempt: int = 0
               ) -> list[WidthTrial] | None:
@@ -463,7 +616,7 @@ class _Rounds:
         if train is None:
             return None
         return _train_round(self.x, self.y, width, activations, train=train, attempt=attempt,
-                            **self.kwargs)
+                            depth=self.depth, **self.kwargs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -532,7 +685,7 @@ def _bisect(rounds: _Rounds, state: _State) -> _State:
 
 
 def _outcome(state: _State, candidates, config: WidthSearchConfig, threshold: float,
-             seconds: float) -> WidthSearch:
+             seconds: float, depth: int = 1) -> WidthSearch:
     trials, lo, hi = state.trials, state.lo, state.hi
     ranking = _rank(trials, candidates, threshold)
     chosen = ranking[0].activation if ranking else None
@@ -544,17 +697,19 @@ def _outcome(state: _State, candidates, config: WidthSearchConfig, threshold: fl
         if ranking:
             reason += "; " + _explain(ranking, len(candidates))
         return WidthSearch(None, None, chosen, ranking, tuple(trials), threshold, status,
-                           reason, seconds)
+                           reason, seconds, depth)
     student = int(math.ceil(config.multiple * hi - 1e-9))
     best = min(t.best_loss for t in trials if t.activation == chosen and t.width == hi)
     below = f"; width {lo} did not" if lo > 0 else ""
+    layers = f" x {depth} hidden layers" if depth > 1 else ""
     reason = (
-        f"width {hi}: the smallest at which the best of {config.n_seeds} short students reached "
+        f"width {hi}{layers}: the smallest at which the best of {config.n_seeds} short students "
+        "reached "
         f"MSE <= {threshold:.2g} (best {best:.2g}{below}); E&C width {student} = "
         f"ceil({config.multiple:g} x {hi}); {_explain(ranking, len(candidates))}"
     )
     return WidthSearch(hi, student, chosen, ranking, tuple(trials), threshold,
-                       WidthStatus.FOUND, reason, seconds)
+                       WidthStatus.FOUND, reason, seconds, depth)
 
 
 def search_black_box(

@@ -103,3 +103,56 @@ def test_cluster_on_a_deep_folder_without_students_is_one_line(tmp_path, capsys)
     code = cli(["cluster", "--work-dir", str(tmp_path / "run"), "--out", str(tmp_path / "r.h5")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rho", "2", "--depth", "auto"], "--depth goes with --hidden auto or no width"),
+        (["--hidden", "4,2", "--depth", "2"], "--depth goes with --hidden auto or no width"),
+        (["--hidden", "auto", "--depth", "x"], "--depth must be a positive integer or 'auto'"),
+        (["--hidden", "auto", "--depth", "0"], "--depth must be a positive integer or 'auto'"),
+    ],
+)
+def test_bad_depth_options_exit_2_with_one_line(extra, message, deep_teacher, tmp_path, capsys):
+    code = cli(["recover", "--teacher", str(deep_teacher), "--out", str(tmp_path / "r.h5"),
+                *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_a_depth_search_that_finds_nothing_exits_3_and_reports_every_try(
+        deep_teacher, tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    import ecflow.width_search as ws
+    from ecflow.cli import recover_cmd
+
+    class Student:
+        loss = 1e-4
+
+    tried = []
+
+    def never_near_zero(x, y, *, hidden, activation, seed, config, engine):
+        tried.append(hidden)
+        return Student()
+
+    monkeypatch.setattr(ws, "train_student", never_near_zero)
+    # in this process, so that the stand-in trains every short student
+    monkeypatch.setattr(recover_cmd, "make_executor", lambda *a: contextlib.nullcontext(None))
+    out, report, plots = tmp_path / "r.h5", tmp_path / "r.json", tmp_path / "plots"
+    code = cli(["recover", "--teacher", str(deep_teacher), "--out", str(out), "--hidden", "auto",
+                "--depth", "auto", "--n-queries", "500", "--n-fresh", "100",
+                "--report", str(report), "--plots", str(plots)])
+    assert code == 3
+    assert not out.exists()
+    rep = json.loads(report.read_text())
+    assert rep["status"] == "NO_WIDTH" and rep["sizes"] == []
+    search = rep["width_search"]
+    assert search["depth"] is None and search["depths_tried"] == [1, 2, 3]
+    assert [r.split(":")[0] for r in search["depth_reasons"]] == ["depth 1", "depth 2", "depth 3"]
+    assert {len(h) for h in tried} == {1, 2, 3}
+    assert len(search["trials"]) == len({(t["depth"], t["width"]) for t in search["trials"]})
+    assert (plots / "depth_search.png").stat().st_size > 0
+    assert "Depth and width search" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from ecflow.errors import InputError
 from ecflow.expansion import train_student
 from ecflow.budget import Budget
 from ecflow.context import Queries, Run
-from ecflow.layerwise import match_layers
+from ecflow.layerwise import _on_rows, doubled, match_layers, orient_below
 from ecflow.networks import MLP, Layer
 from ecflow.reconstruction import prune_network, refit_output, remove_hidden_neuron
 from ecflow.stage import StageConfig, run_stage
@@ -114,6 +114,24 @@ def test_match_layers_sees_through_permutations_and_flips(act):
     assert first.max_distance < 1e-20 and second.max_distance > 1e-4
 
 
+def test_match_layers_with_a_basis_compares_the_first_layer_on_the_data():
+    t, x, _ = _teacher("tanh", hidden=(3, 2), d_in=4)
+    x = x.copy()
+    x[:, 0] = 0.0  # a blank pixel: no query sees the first layer's weights on it
+    perm, sign = np.array([1, 2, 0]), np.array([1.0, -1.0, 1.0])
+    l1, l2 = t.layers[0], t.layers[1]
+    w1 = l1.weight[perm] * sign[:, None]
+    w1[:, 0] = np.random.default_rng(0).normal(scale=3.0, size=3)
+    twin = MLP((Layer(w1, l1.bias[perm] * sign, "tanh"),
+                Layer(l2.weight[:, perm] * sign, l2.bias, "tanh"), t.layers[2]))
+    assert metrics.rmse(twin, x, t.forward(x)) < 1e-13
+    raw = match_layers(twin, t)
+    assert raw[0].max_distance > 1e-3
+    first, second = match_layers(twin, t, metrics.revealed_basis(x))
+    assert first.complete and first.max_distance < 1e-20
+    assert second.complete and second.max_distance < 1e-20
+
+
 def test_frozen_student_keeps_its_fixed_weights_and_learns_their_biases():
     t, x, y = _teacher()
     fixed = (Layer(t.layers[0].weight, np.zeros(3), "g"),)
@@ -139,3 +157,55 @@ def test_stage_rejects_bad_input():
         Run(train=False)
     with pytest.raises(ValueError, match="bias_std_max"):
         StageConfig(bias_std_max=0)
+
+
+def _mixed_student(teacher, flip, rng):
+    """A student of ``teacher`` (two hidden layers) on both orientations of a first layer that
+    was reconstructed with the neurons ``flip`` the wrong way round: its layer 2 uses the right
+    twin of each neuron plus a mixture ``c σ(u) - c σ(-u)`` whose linear parts ``Σ c_k u_k``
+    cancel, so it is exact without saying directly which twin is right."""
+    l1, l2 = teacher.layers[0], teacher.layers[1]
+    n = l1.n_out
+    sign = np.ones(n)
+    sign[list(flip)] = -1.0
+    rec = Layer(l1.weight * sign[:, None], l1.bias * sign, l1.activation)
+    both = doubled(rec)
+    v = np.hstack([l1.weight, l1.bias[:, None]])
+    c = np.linalg.svd(v.T)[2][-1] * rng.uniform(0.5, 2.0)  # Σ c_k [w_k, b_k] = 0
+    assert np.allclose(c @ v, 0.0, atol=1e-12)
+    w2 = np.zeros((l2.n_out, 2 * n))
+    for k in range(n):
+        right = k if sign[k] > 0 else k + n  # the row holding the teacher's σ(u_k)
+        w2[:, right] += l2.weight[:, k] + c[k]
+        w2[:, (k + n) if sign[k] > 0 else k] -= c[k]
+    return MLP((both, Layer(w2, l2.bias, l2.activation), teacher.layers[2]))
+
+
+@pytest.mark.parametrize("act", ["relu", "softplus", "gelu"])
+def test_orient_below_keeps_the_orientation_the_layer_above_needs(act):
+    t, x, y = _teacher(act, hidden=(5, 3), d_in=3, seed=4)
+    rng = np.random.default_rng(0)
+    # every student of a stage sees the same reconstructed layer below; their mixtures differ
+    students = [_mixed_student(t, [1, 3], rng) for _ in range(3)]
+    assert all(metrics.rmse(s, x, y) < 1e-12 for s in students)
+    result = orient_below(students, x, 0)
+    # the deciding student had neurons 1 and 3 flipped: their twins are kept
+    assert result.flipped == (1, 3) and list(result.rows) == [0, 6, 2, 8, 4]
+    assert result.n_exact == 3
+    for net in result.networks:
+        assert net.layers[0].n_out == 5
+        assert metrics.rmse(net, x, y) < 1e-10
+        np.testing.assert_allclose(net.layers[0].weight, t.layers[0].weight, atol=1e-12)
+    # without the twins (the first layer as reconstructed), no layer 2 fits
+    wrong = _on_rows(students[0], x, 0, np.arange(5))
+    assert metrics.rmse(wrong, x, y) > 1e-3
+    # greedy beyond the exhaustive limit finds it too
+    assert orient_below(students, x, 0, max_exhaustive=2).flipped == (1, 3)
+
+
+def test_orient_below_rejects_a_layer_that_is_not_doubled():
+    t, x, _ = _teacher("relu", hidden=(3, 2))
+    with pytest.raises(InputError, match="doubled"):
+        orient_below([t], x, 0)
+    with pytest.raises(InputError, match="at least one"):
+        orient_below([], x, 0)

@@ -166,6 +166,24 @@ def test_choose_orientations_undoes_a_flip_that_leaves_a_linear_term(act):
     assert network_rmse(greedy, X, y) < 1e-12
 
 
+@pytest.mark.parametrize("act", ["relu", "softplus", "silu"])
+def test_choose_orientations_orients_the_last_hidden_layer_of_a_deep_network(act):
+    from ecflow.teachers import TeacherConfig, synthetic_teacher
+
+    teacher = synthetic_teacher(TeacherConfig(d_in=3, hidden=(4, 3), activation=act), seed=2)
+    top = teacher.layers[1]
+    sign = np.array([-1.0, 1.0, -1.0])
+    flipped = teacher.replace_layer(
+        1, type(top)(top.weight * sign[:, None], top.bias * sign, top.activation)
+    )
+    y = teacher.forward(X)
+    assert network_rmse(refit_output(flipped, X, y), X, y) > 1e-3
+    fixed = choose_orientations(flipped, X, y)
+    assert network_rmse(fixed, X, y) < 1e-12
+    np.testing.assert_allclose(fixed.layers[1].weight, top.weight, atol=1e-12)
+    np.testing.assert_array_equal(fixed.layers[0].weight, teacher.layers[0].weight)
+
+
 def test_choose_orientations_leaves_other_classes_alone():
     teacher = make_teacher("tanh", seed=4)
     y = teacher.forward(X)

@@ -188,3 +188,35 @@ def test_the_width_rule_is_one_function_in_two_vocabularies(rho, hidden, teacher
     check_width_choice(None, None, teacher=True, flags=flags)
     check_width_choice(None, None, teacher=False, flags=flags)
     check_width_choice(2, None, teacher=True, flags=flags)
+
+
+def test_depth_auto_hands_the_depth_and_width_found_to_the_stages(monkeypatch):
+    import importlib
+
+    import ecflow.width_search as ws
+
+    rec_mod = importlib.import_module("ecflow.recover")  # the package exports the function
+    from ecflow.width_search import WidthSearchConfig
+
+    class Student:
+        def __init__(self, loss):
+            self.loss = loss
+
+    def two_layers_of_two(x, y, *, hidden, activation, seed, config, engine):
+        return Student(1e-20 if len(hidden) >= 2 and hidden[0] >= 2 else 1e-4)
+
+    seen = {}
+
+    def pipeline(queries, run, budget, *, widths, activation, **kwargs):
+        seen.update(widths=widths, activation=activation, teacher=queries.teacher)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ws, "train_student", two_layers_of_two)
+    monkeypatch.setattr(rec_mod, "_pipeline", pipeline)
+    deep = teachers.synthetic_teacher(teachers.TeacherConfig(3, (3, 2), "tanh"), 0)
+    config = RecoverConfig(hidden="auto", n_queries=300, n_fresh=10, width_search=WidthSearchConfig(
+        n_seeds=1, max_width=4, depth="auto"))
+    with pytest.raises(RuntimeError, match="stop here"):
+        recover(teacher=deep, config=config)
+    assert seen["widths"] == (4, 4) and seen["activation"] == "tanh"
+    assert seen["teacher"] is not None

@@ -11,6 +11,7 @@ from ecflow.budget import Budget
 from ecflow.clustering import ClusterConfig
 from ecflow.context import Queries, Run
 from ecflow.errors import InputError
+from ecflow.networks import MLP, Layer
 from ecflow.stage import Source, StageConfig, cluster_stage, run_stage
 
 
@@ -72,3 +73,112 @@ def test_stage_config_and_queries_validate():
     calls = []
     Run(progress=lambda *a: calls.append(a)).tick("pruning", 1, 2)
     assert calls == [("pruning", 1, 2)] and Run().ticker("x") is None
+
+
+def _blank_pixel_students(n_students=4, seed=3):
+    """A deep tanh teacher queried on inputs whose first coordinate is always 0 (a blank pixel),
+    and exact students: the teacher with its first layer permuted (the layer above compensates)
+    and random first-layer weights on the blank input, which no query can see."""
+    t = teachers.synthetic_teacher(
+        teachers.TeacherConfig(d_in=4, hidden=(3, 2), activation="tanh"), seed=seed)
+    x = teachers.sample_inputs(400, 4, 0)
+    x[:, 0] = 0.0
+    rng = np.random.default_rng(seed)
+    students = []
+    for _ in range(n_students):
+        perm = rng.permutation(3)
+        w1 = t.layers[0].weight[perm].copy()
+        w1[:, 0] = rng.normal(scale=3.0, size=3)
+        l1 = Layer(w1, t.layers[0].bias[perm], "tanh")
+        l2 = Layer(t.layers[1].weight[:, perm], t.layers[1].bias, "tanh")
+        students.append(MLP((l1, l2, t.layers[2])))
+    return t, Queries(x, t.forward(x), teacher=t), students
+
+
+def test_deep_first_layer_is_clustered_on_what_the_queries_reveal():
+    t, queries, nets = _blank_pixel_students()
+    assert all(metrics.rmse(n, queries.x, queries.y) < 1e-13 for n in nets)
+    students = [as_result(n, 1e-30) for n in nets]
+    stage = cluster_stage(queries, Run(), students, layer=1, config=StageConfig(n_students=4),
+                          shallow=False)
+    # On raw [w, b] the random weights on the blank input scatter every teacher neuron's copies.
+    assert stage.basis is not None and stage.basis.rank == 4
+    assert stage.layer_out is not None and stage.layer_out.n_out == 3
+    pre = queries.x @ stage.layer_out.weight.T + stage.layer_out.bias
+    pre_t = queries.x @ t.layers[0].weight.T + t.layers[0].bias
+    match = metrics.match_vectors(pre_t.T, pre.T, t.layers[0].activation.symmetry)
+    assert match.complete and match.max_distance < 1e-20
+
+
+def test_a_stage_keeps_the_orientation_of_the_layer_below_that_its_students_need():
+    from test_layerwise import _mixed_student, _teacher
+
+    from ecflow.layerwise import doubled
+    from ecflow.stage import _bias_rule, _oriented
+
+    t, x, y = _teacher("softplus", hidden=(5, 3), d_in=3, seed=4)
+    rng = np.random.default_rng(1)
+    nets = [_mixed_student(t, [0, 2], rng) for _ in range(3)]
+    results = [as_result(n, v) for n, v in zip(nets, (1e-20, 1e-22, 1e-21))]
+    # Every neuron of the doubled layer has one steady orientation: none is dropped.
+    rule = _bias_rule(results, 2, 5, 0.01, pairs=True)
+    assert list(rule.keep) == [0, 1, 2, 3, 4] and rule.dropped == () and len(rule.spread) == 5
+    students, fixed, note = _oriented(Queries(x, y), results, (nets[0].layers[0],), None, 2)
+    assert fixed[0].n_out == 5 and "flipped: 0, 2" in note
+    np.testing.assert_allclose(fixed[0].weight, t.layers[0].weight, atol=1e-12)
+    assert all(metrics.rmse(r.network, x, y) < 1e-10 for r in students)
+    stage = cluster_stage(Queries(x, y), Run(), students, layer=2, fixed=fixed,
+                          config=StageConfig(n_students=3), shallow=False)
+    assert stage.layer_out is not None and stage.layer_out.n_out == 3
+    assert doubled(fixed[0]).n_out == 10
+
+
+def test_a_doubled_layer_below_loses_no_neuron_to_the_bias_rule(monkeypatch):
+    import ecflow.stage as stage_mod
+    from test_layerwise import _mixed_student, _teacher
+
+    from ecflow.expansion import Expansion
+
+    t, x, y = _teacher("softplus", hidden=(5, 3), d_in=3, seed=4)
+    rng = np.random.default_rng(2)
+    nets = []
+    for _ in range(3):
+        net = _mixed_student(t, [0, 2], rng)
+        lay = net.layers[0]
+        bias = lay.bias.copy()
+        bias[[1, 6]] += rng.normal(scale=0.5, size=2)  # neuron 1 unsteady in both orientations
+        nets.append(MLP((Layer(lay.weight, bias, lay.activation), *net.layers[1:])))
+    results = tuple(as_result(n, v) for n, v in zip(nets, (1e-20, 1e-22, 1e-21)))
+
+    def trained(queries, run, budget, *, fixed, **kwargs):
+        assert fixed[-1].n_out == 10  # the students read both orientations
+        return Expansion(results, (False,) * 3, None, 0.0), []
+
+    monkeypatch.setattr(stage_mod, "_students", trained)
+    below = Layer(nets[0].layers[0].weight[:5], nets[0].layers[0].bias[:5], "softplus")
+    stage = run_stage(Queries(x, y), Run(), Budget(), layer=2, fixed=(below,), widths=(3,),
+                      activation="softplus", seeds=[0, 1, 2], config=StageConfig(n_students=3))
+    assert stage.dropped_below == () and stage.kept_below == (0, 1, 2, 3, 4)
+    assert any("drops no neuron of layer 1, read in both orientations" in n for n in stage.notes)
+    assert stage.fixed[0].n_out == 5 and any("flipped: 0, 2" in n for n in stage.notes)
+
+
+def test_relu_students_read_the_layer_below_as_reconstructed(monkeypatch):
+    import ecflow.stage as stage_mod
+    from test_layerwise import _teacher
+
+    from ecflow.expansion import Expansion
+
+    t, x, y = _teacher("relu", hidden=(3, 2), d_in=3, seed=1)
+    seen = []
+
+    def trained(queries, run, budget, *, fixed, **kwargs):
+        seen.append(fixed[-1].n_out)
+        return Expansion((as_result(t, 1e-20),) * 2, (False,) * 2, None, 0.0), []
+
+    monkeypatch.setattr(stage_mod, "_students", trained)
+    stage = run_stage(Queries(x, y), Run(), Budget(), layer=2, fixed=(t.layers[0],),
+                      widths=(2,), activation="relu", seeds=[0, 1],
+                      config=StageConfig(n_students=2))
+    assert seen == [3] and stage.fixed[0].n_out == 3
+    assert not any("orientation" in n for n in stage.notes)

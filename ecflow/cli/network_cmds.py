@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from ecflow import blackbox, networks, teachers
 from ecflow.cli._app import Typer, app
@@ -80,17 +79,25 @@ def teacher_synthetic(
 @teacher_app.command("train")
 def teacher_train(
     dataset: str = typer.Option(..., "--dataset", help="digits, mnist or fashion."),
-    hidden: int = typer.Option(..., "--hidden", help="Hidden neurons r (one hidden layer)."),
+    hidden: str = typer.Option(
+        ..., "--hidden", help="Hidden sizes: r (one hidden layer) or one per layer, e.g. 16,16."
+    ),
     activation: str = typer.Option("tanh", "--activation", help="Hidden activation."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split, initialisation and batches."),
     max_epochs: int = typer.Option(2000, "--max-epochs", help="Upper bound on epochs."),
     out: Path = typer.Option(..., "--out", help="Output network file (logits, with queries)."),
 ) -> None:
     """Train a classifier on a data set and write its logits network with its training inputs."""
+    try:
+        sizes = tuple(int(part) for part in hidden.split(","))
+    except ValueError:
+        raise InputError(
+            f"--hidden must be a positive integer or comma-separated ones (16,16), got {hidden!r}"
+        ) from None
     check_outputs({}, {"--out": out})
-    check_width("--hidden", (hidden,), _LARGEST_IMAGE, 10)
+    check_width("--hidden", sizes, _LARGEST_IMAGE, 10)
     config = teachers.ClassifierConfig(max_epochs=max_epochs)
-    trained = teachers.train_classifier(dataset, hidden, activation, seed, config)
+    trained = teachers.train_classifier(dataset, sizes, activation, seed, config)
     net = trained.network
     networks.write_network(
         out, net, x=trained.x_train, y=net.forward(trained.x_train), attrs=trained.file_attrs()

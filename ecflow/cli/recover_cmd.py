@@ -26,6 +26,7 @@ from ecflow.oracle import OracleConfig, OutputKind
 from ecflow.parallel import make_executor
 from ecflow.recover import RecoverConfig, Recovery, cluster_saved, recover
 from ecflow.safety import check_array_bytes, check_outputs
+from ecflow.width_search import WidthSearchConfig
 
 
 def _default_queries(path: Path, nf: networks.NetworkFile):
@@ -173,22 +174,46 @@ def _print_layers(console: Console, rec: Recovery) -> None:
 
 
 def _print_width_search(console: Console, search) -> None:
-    """Candidates ranked, each with its loss-versus-width curve (paper Fig. A.2B)."""
-    table = Table(title=f"Width search: {search.status.name}, {search.reason}")
-    for col in ("activation", "near-zero at width", "best MSE", "best MSE per width"):
+    """Candidates ranked, each with its loss-versus-width curve (paper Fig. A.2B); after a
+    depth search, one row per depth and candidate: the loss against depth and width."""
+    title = "Depth and width search" if search.depth_auto else "Width search"
+    table = Table(title=f"{title}: {search.status.name}, {search.reason}")
+    columns = ("activation", "near-zero at width", "best MSE", "best MSE per width")
+    for col in (("depth",) if search.depth_auto else ()) + columns:
         table.add_column(col)
-    for rank in search.ranking:
-        widths, best = search.curve(rank.activation)
-        add_row(
-            table,
-            rank.activation, "-" if rank.width is None else str(rank.width),
-            _fmt(rank.best_loss), ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)),
-        )
+    for depth in search.depths if search.depth_auto else (None,):
+        for rank in search.ranking:
+            widths, best = search.curve(rank.activation, depth)
+            if not widths.size:
+                continue
+            reached = [w for w, v in zip(widths, best) if v <= search.threshold]
+            row = (rank.activation, str(min(reached)) if reached else "-",
+                   _fmt(float(best.min())),
+                   ", ".join(f"{w}: {v:.1e}" for w, v in zip(widths, best)))
+            add_row(table, *(((str(depth),) if depth is not None else ()) + row))
     console.print(table)
 
 
 _D = RecoverConfig()
 _T = TrainConfig()
+
+
+def _parse_depth(depth: Optional[str], hidden: Optional[str], rho: Optional[float]) -> int | str:
+    """``--depth``: 1 when not given, ``"auto"`` or a positive number of hidden layers."""
+    if depth is None:
+        return 1
+    if hidden not in ("auto", None) or rho is not None:
+        raise InputError("--depth goes with --hidden auto or no width at all (with widths or "
+                         "--rho given, the depth is theirs)")
+    if depth == "auto":
+        return "auto"
+    try:
+        value = int(depth)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--depth must be a positive integer or 'auto', got {depth!r}")
+    return value
 
 
 @app.command("recover")
@@ -207,6 +232,11 @@ def recover_command(
         help="Student width, one per hidden layer ('16,8': a deep network, recovered layer by "
         "layer), or 'auto': found by the width search (paper step 1), as when neither --rho "
         "nor --hidden is given.",
+    ),
+    depth: Optional[str] = typer.Option(
+        None, "--depth",
+        help="With --hidden auto: the number of hidden layers, or 'auto': the smallest depth "
+        "at which short students reach near-zero loss (searched with the width).",
     ),
     students: int = typer.Option(_D.n_students, "--students", help="Number of students N."),
     gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
@@ -298,12 +328,13 @@ def recover_command(
     answers = _oracle_config(outputs, output_decimals, noise_std, max_queries,
                              teacher=teacher is not None)
     width = hidden if hidden in (None, "auto") else teachers.parse_hidden(hidden)
+    search = WidthSearchConfig(depth=_parse_depth(depth, hidden, rho))
     train = TrainConfig(max_seconds=max_seconds, stall_factor=stall_factor)
     config = RecoverConfig(
         n_students=students, gamma=gamma, beta_deg=beta_deg, n_queries=n_queries,
         n_fresh=n_fresh, rho=rho, hidden=width, activation=activation, seed=seed,
         prune=prune, train=train, student_loss=student_loss or None, early_stop=early_stop,
-        max_minutes=max_minutes, oracle=answers,
+        max_minutes=max_minutes, oracle=answers, width_search=search,
     )
     query_file = Path(queries) if queries is not None and Path(queries).is_file() else None
     _check_outputs(out, report, plots, inputs={"--teacher": teacher, "--data": data,
