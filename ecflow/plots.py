@@ -244,16 +244,21 @@ def width_search_curve(search: Any):
     if search.width is not None:
         ax.axvline(search.width, color="black", linestyle=":",
                    label=f"width found: {search.width} ({search.activation})")
-    ax.set_xscale("log", base=2)
-    widths = sorted({t.width for t in search.trials})
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.minorticks_off()
-    ax.set_yscale("log")
+    _width_axes(ax, search.trials)
     ax.set_xlabel("student width")
     ax.set_ylabel("training MSE of short students")
     ax.set_title("width search (paper Fig. A.2B)")
     ax.legend(loc="best", fontsize="small", ncols=2 if len(names) > 4 else 1)
     return fig
+
+
+def _width_axes(ax, trials) -> None:
+    """Widths on a log2 axis ticked at the widths tried, losses on a log axis."""
+    ax.set_xscale("log", base=2)
+    widths = sorted({t.width for t in trials})
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_yscale("log")
 
 
 def depth_search_curve(search: Any):
@@ -291,11 +296,7 @@ def depth_search_curve(search: Any):
                   lw=2.5 if depth == search.depth else 1.0, label=f"{depth} hidden layer(s)")
     ax_w.axhline(search.threshold, color="grey", linestyle="--",
                  label=f"near-zero loss ({search.threshold:.0e})")
-    ax_w.set_xscale("log", base=2)
-    all_widths = sorted({t.width for t in search.trials})
-    ax_w.set_xticks(all_widths, [str(w) for w in all_widths])
-    ax_w.minorticks_off()
-    ax_w.set_yscale("log")
+    _width_axes(ax_w, search.trials)
     ax_w.set_xlabel("student width (every hidden layer)")
     ax_w.set_ylabel("training MSE of the best short student")
     ax_w.set_title("loss against width, per depth")
