@@ -290,7 +290,9 @@ def _h5py():
 
 
 @contextlib.contextmanager
-def _open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
+def open_for_reading(path: str | os.PathLike) -> Iterator[Any]:
+    """An HDF5 file open for reading; a missing, empty, foreign or corrupt file is bad input
+    naming the file, also when the damage shows only while it is read."""
     h5py = _h5py()
     p = Path(path)
     if not p.exists():
@@ -527,7 +529,7 @@ def read_network_file(path: str | os.PathLike) -> NetworkFile:
         shapes; non-float datasets; NaN or Inf.
     """
     p = Path(path)
-    with _open_for_reading(p) as f:
+    with open_for_reading(p) as f:
         _check_header(f, p, "mlp")
         net = _read_layers(f, p)
         x, y = _read_queries(f, p, required=False)
@@ -547,7 +549,7 @@ def read_network(path: str | os.PathLike) -> MLP:
 def read_pairs(path: str | os.PathLike) -> PairsFile:
     """Read and validate a pairs file (``ecflow_format = "pairs"``, ``/queries/x`` and ``/y``)."""
     p = Path(path)
-    with _open_for_reading(p) as f:
+    with open_for_reading(p) as f:
         _check_header(f, p, "pairs")
         x, y = _read_queries(f, p, required=True)
         return PairsFile(x, y, _extra_attrs(f, p))
@@ -559,7 +561,7 @@ def read_queries(path: str | os.PathLike) -> PairsFile:
     A trained teacher keeps its training inputs there, so either kind of file can name queries.
     """
     p = Path(path)
-    with _open_for_reading(p) as f:
+    with open_for_reading(p) as f:
         fmt = _string_attr(f, "ecflow_format", p, "/")
     if fmt != "mlp":
         return read_pairs(p)
@@ -737,7 +739,7 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
     """Validate a network, pairs or job file and summarise it (format, version, sizes, queries,
     settings or attributes)."""
     p = Path(path)
-    with _open_for_reading(p) as f:
+    with open_for_reading(p) as f:
         fmt = _string_attr(f, "ecflow_format", p, "/")
     if fmt == "job":
         job = read_job(p)
@@ -826,7 +828,7 @@ def write_job(
 def read_job(path: str | os.PathLike) -> JobFile:
     """Read and validate a job file written by :func:`write_job`."""
     p = Path(path)
-    with _open_for_reading(p) as f:
+    with open_for_reading(p) as f:
         _check_header(f, p, "job")
         x, y = _read_queries(f, p, required=True)
         if "init" not in f:

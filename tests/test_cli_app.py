@@ -2,6 +2,7 @@
 commands that read what others write, and the mode of written files."""
 
 import dataclasses
+import json
 import os
 import stat
 
@@ -196,3 +197,23 @@ def test_recover_exit_code_says_whether_a_network_was_recovered(
     assert "Traceback" not in err
     assert err.count("ecflow: error:") == (code == 3)
     assert ("INEXACT" in stdout) == (status == "INEXACT")
+
+
+def test_sweep_status_and_the_re_clustering_of_a_sweep_unit(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, _, _ = cli(["synthetic-sweep", "--out", out, "--d-in", "2", "--r", "2", "--rho", "4",
+                      "--students", "2", "--n-queries", "300", "--n-fresh", "100",
+                      "--max-steps", "30", "--workers", "1", "--no-figures"], capsys)
+    assert code == 0
+    code, text, _ = cli(["synthetic-sweep", "--status", out, "--workers", "2"], capsys)
+    assert code == 0 and "rho 4: 1 of 1 recoveries done" in text and "no run is active" in text
+    code, text, err = cli(["cluster", "--sweep", out, "--unit", "d2_r2_t0_rho4",
+                           "--out", tmp_path / "rec.h5"], capsys)
+    assert code in (0, 3) and "d2_r2_t0_rho4 in the sweep's record" in text
+    record = json.loads((out / "recoveries" / "d2_r2_t0_rho4.json").read_text())
+    assert (tmp_path / "rec.h5").exists() == (record["recovered_size"] > 0)
+    code, _, err = cli(["cluster", "--sweep", out, "--unit", "d9_r2_t0_rho4",
+                        "--out", tmp_path / "x.h5"], capsys)
+    assert "--unit" in bad_input_line(code, err)
+    code, _, err = cli(["synthetic-sweep", "--status", tmp_path], capsys)
+    assert "--status" in bad_input_line(code, err)

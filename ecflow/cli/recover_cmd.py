@@ -390,9 +390,20 @@ def cluster_command(
     # the earlier spelling of --work-dir, kept so that existing scripts run; hidden because in
     # ecflow recover --students is a count
     students: Optional[Path] = typer.Option(None, "--students", hidden=True),
-    gamma: float = typer.Option(_D.gamma, "--gamma", help="Kept clusters hold >= gamma N students."),
-    beta_deg: float = typer.Option(
-        _D.beta_deg, "--beta-deg", help="Kept clusters have a median angle <= this (degrees)."
+    sweep_dir: Optional[Path] = typer.Option(
+        None, "--sweep", help="A synthetic-sweep folder: re-cluster the students of its --unit."
+    ),
+    unit: Optional[str] = typer.Option(
+        None, "--unit", help="With --sweep: the unit, as d4_r2_t0_rho4 (a row of recoveries.csv)."
+    ),
+    gamma: Optional[float] = typer.Option(
+        None, "--gamma",
+        help=f"Kept clusters hold >= gamma N students [default: {_D.gamma}, or the sweep's].",
+    ),
+    beta_deg: Optional[float] = typer.Option(
+        None, "--beta-deg",
+        help=f"Kept clusters have a median angle <= this, degrees [default: {_D.beta_deg:g}, "
+        "or the sweep's].",
     ),
     engine: str = typer.Option("native", "--engine", help="Engine of the fine-tunes."),
     max_minutes: Optional[float] = typer.Option(
@@ -407,6 +418,12 @@ def cluster_command(
 
     Exit codes as for ecflow recover: 0 a network was written, 3 no network.
     """
+    if sweep_dir is not None or unit is not None:
+        _cluster_sweep_unit(sweep_dir, unit, work_dir or students, out, gamma, beta_deg,
+                            report, plots)
+        return
+    gamma = _D.gamma if gamma is None else gamma
+    beta_deg = _D.beta_deg if beta_deg is None else beta_deg
     if (work_dir is None) == (students is None):
         raise InputError("give the work folder of a recovery as --work-dir")
     flag, work_dir = ("--work-dir", work_dir) if students is None else ("--students", students)
@@ -421,6 +438,33 @@ def cluster_command(
         with _progress_bar() as progress:
             rec = cluster_saved(work_dir, config=config, engine=engine, progress=progress)
         _write_outputs(rec, out, report, plots, config)
+
+
+def _cluster_sweep_unit(sweep_dir, unit, work_dir, out, gamma, beta_deg, report, plots) -> None:
+    """``ecflow cluster --sweep DIR --unit NAME``: one sweep unit re-clustered as the sweep did,
+    then set beside the sweep's own record of it."""
+    from ecflow import sweep
+
+    if work_dir is not None:
+        raise InputError("--sweep and --work-dir are two sources of students: give one")
+    if sweep_dir is None or unit is None:
+        raise InputError("--sweep DIR and --unit NAME go together")
+    _check_outputs(out, report, plots, inputs={})
+    with _progress_bar() as progress:
+        rec, record = sweep.recluster(
+            sweep_dir, unit, gamma=gamma, beta_deg=beta_deg, progress=progress
+        )
+    config = sweep.read_sweep_config(sweep_dir)
+    shown = RecoverConfig(gamma=config.gamma if gamma is None else gamma,
+                          beta_deg=config.beta_deg if beta_deg is None else beta_deg)
+    if record is None:
+        typer.echo(f"{unit}: the sweep has not run this recovery yet")
+    else:
+        typer.echo(
+            f"{unit} in the sweep's record: sizes {record['recovered_size']}, RMSE "
+            f"{record['rmse_train']} (training), {record['rmse_fresh']} (fresh), {record['status']}"
+        )
+    _write_outputs(rec, out, report, plots, shown)
 
 
 def _work_files(folder: Path) -> dict[str, Path]:

@@ -78,7 +78,12 @@ def _progress_bar():
 
 @app.command("synthetic-sweep")
 def synthetic_sweep(
-    out: Path = typer.Option(..., "--out", help="Sweep directory (created; must be new or --resume)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Sweep directory (created; must be new or --resume)."
+    ),
+    status: Optional[Path] = typer.Option(
+        None, "--status", help="Print where the sweep in this folder stands, and stop."
+    ),
     profile: Optional[str] = typer.Option(
         None, "--profile", help="quick | medium | paper (default quick; with --resume: the stored one)."
     ),
@@ -107,6 +112,15 @@ def synthetic_sweep(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw fig4b/4c/5b.png."),
 ) -> None:
     """Train students on synthetic teachers, run Expand-and-Cluster, write tables and figures."""
+    if status is not None:
+        check_workers(workers)
+        if not (status / "sweep.json").is_file():
+            raise InputError(f"--status {status}: holds no sweep (no sweep.json)")
+        for line in sweep.sweep_status(status).lines(workers or 1):
+            typer.echo(line)
+        return
+    if out is None:
+        raise InputError("give the sweep folder as --out (or --status DIR to see one)")
     overrides = dict(
         d_in=_int_list(d_in, "--d-in"),
         r=_int_list(r, "--r"),

@@ -19,9 +19,14 @@ machine's load). One caveat, measured: values at machine zero (losses below ~1e-
 ~1e-12) can differ in their digits between two runs of the same unit, because the last
 roundoff-level steps of a training depend on the memory alignment of the arrays.
 
-The package has three parts: :mod:`~ecflow.sweep.config` (the grid, the profiles, the units
-and their seeds), :mod:`~ecflow.sweep.store` (records, tables, the directory and its lock) and
-:mod:`~ecflow.sweep.runner` (the scheduling of the units on an executor).
+The package has five parts: :mod:`~ecflow.sweep.config` (the grid, the profiles, the units
+and their seeds), :mod:`~ecflow.sweep.archive` (the compact copy of the finished units),
+:mod:`~ecflow.sweep.store` (records, tables, the directory and its lock),
+:mod:`~ecflow.sweep.runner` (the scheduling of the units on an executor, re-clustering one unit)
+and :mod:`~ecflow.sweep.status` (where a sweep stands).
+
+A repository keeps a sweep's ``sweep.json``, tables and ``archive/``; ``--resume`` on a clone
+writes the archived units back and goes on from them.
 
 Directory layout (``out``)::
 
@@ -29,6 +34,8 @@ Directory layout (``out``)::
     teachers/d{d_in}_r{r}_t{t}.h5       teacher network with its training queries
     students/d{..}_r{..}_t{..}_rho{ρ}_s{s}.h5 / .json   (a job-protocol result file)
     recoveries/d{..}_r{..}_t{..}_rho{ρ}.h5 / .json   (no .h5 when nothing was reconstructed)
+    archive/d{..}_r{..}_t{..}_rho{ρ}.h5  the compact copy a repository keeps
+                                        (:mod:`~ecflow.sweep.archive`)
     results.csv                         one row per student
     recoveries.csv                      one row per teacher and ρ
 
@@ -51,7 +58,15 @@ from ecflow.sweep.config import (
     student_units,
     unit_seed,
 )
-from ecflow.sweep.runner import ProgressFn, SweepResult, SweepStatus, run_sweep, write_tables
+from ecflow.sweep.runner import (
+    ProgressFn,
+    SweepResult,
+    SweepStatus,
+    recluster,
+    run_sweep,
+    write_tables,
+)
+from ecflow.sweep.status import CellStatus, SweepProgress, sweep_status
 from ecflow.sweep.store import (
     RECOVERIES_COLUMNS,
     RESULTS_COLUMNS,
@@ -84,6 +99,10 @@ __all__ = [
     "recovery_units",
     "unit_seed",
     "run_sweep",
+    "recluster",
+    "sweep_status",
+    "SweepProgress",
+    "CellStatus",
     "read_table",
     "write_tables",
     "write_csv",

@@ -8,6 +8,8 @@ its students has finished.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import concurrent.futures as cf
 import enum
 import logging
@@ -48,7 +50,9 @@ from ecflow.sweep.store import (
     read_sweep_config,
 )
 
-__all__ = ["ProgressFn", "SweepStatus", "SweepResult", "run_sweep", "write_tables"]
+__all__ = [
+    "ProgressFn", "SweepStatus", "SweepResult", "run_sweep", "write_tables", "recluster",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +198,16 @@ def _executor_slots(executor: cf.Executor, workers: int | None) -> int:
 class _SweepRun:
     """One :func:`run_sweep` call: the store, the teachers in memory, progress and counts."""
 
-    def __init__(self, store: Store, progress: ProgressFn | None):
+    def __init__(self, store: Store, progress: ProgressFn | None, cached_teachers: int = 8):
         self.store = store
         self.config = store.config
         self.progress = progress
-        self.teacher_cache: dict[TeacherKey, dict[str, Any]] = {}
+        # The most recently used teachers: the units in flight belong to a few of them, and a
+        # teacher dropped is regenerated from its seeds in milliseconds.
+        self.teacher_cache: collections.OrderedDict[TeacherKey, dict[str, Any]] = (
+            collections.OrderedDict()
+        )
+        self.cached_teachers = cached_teachers
         self.students_run = 0
         self.recoveries_run = 0
         self.tables_written = time.monotonic()
@@ -209,6 +218,9 @@ class _SweepRun:
             data = _teacher_data(self.config, key)
             self.store.write_teacher(key, data, _teacher_seed(self.config, key, TEACHER_SEED))
             self.teacher_cache[key] = data
+            while len(self.teacher_cache) > self.cached_teachers:
+                self.teacher_cache.popitem(last=False)
+        self.teacher_cache.move_to_end(key)
         return data
 
     def report(self, name: str) -> None:
@@ -280,15 +292,6 @@ class _SweepRun:
         )
 
 
-def _pending_per_teacher(units: Sequence[StudentUnit | RecoveryUnit]) -> dict[TeacherKey, int]:
-    """Units still to finish per teacher: its queries stay in memory until the count is 0."""
-    remaining: dict[TeacherKey, int] = {}
-    for unit in units:
-        key = unit.group.teacher_key if isinstance(unit, StudentUnit) else unit.teacher_key
-        remaining[key] = remaining.get(key, 0) + 1
-    return remaining
-
-
 @dataclass(eq=False)
 class _Schedule:
     """What the scheduling steps share: the units still to submit and those in flight.
@@ -299,14 +302,11 @@ class _Schedule:
         Unfinished students, in scheduling order; ``next_student`` is the first not submitted.
     waiting : set of RecoveryUnit
         Unfinished recoveries not submitted yet (their students are not all finished).
-    remaining : dict of TeacherKey to int
-        Units still to finish per teacher: its queries stay in memory until the count is 0.
     in_flight : dict of Future to unit
     """
 
     students: list[StudentUnit]
     waiting: set[RecoveryUnit]
-    remaining: dict[TeacherKey, int]
     in_flight: dict[cf.Future, StudentUnit | RecoveryUnit] = field(default_factory=dict)
     next_student: int = 0
 
@@ -321,12 +321,6 @@ def _submit_recovery_if_ready(
     if g in sched.waiting and run.store.group_complete(g):
         sched.waiting.discard(g)
         sched.in_flight[run.submit_recovery(ex, g)] = g
-
-
-def _unit_finished(run: _SweepRun, sched: _Schedule, key: TeacherKey) -> None:
-    sched.remaining[key] -= 1
-    if sched.remaining[key] == 0:
-        run.teacher_cache.pop(key, None)
 
 
 def _fill(run: _SweepRun, ex: cf.Executor, sched: _Schedule, slots: int) -> None:
@@ -345,11 +339,9 @@ def _collect(run: _SweepRun, ex: cf.Executor, sched: _Schedule) -> None:
         result = fut.result()
         if isinstance(unit, StudentUnit):
             run.finish_student(unit, result)
-            _unit_finished(run, sched, unit.group.teacher_key)
             _submit_recovery_if_ready(run, ex, sched, unit.group)
         else:
             run.finish_recovery(unit, result)
-            _unit_finished(run, sched, unit.teacher_key)
 
 
 def _execute(run: _SweepRun, ex: cf.Executor, slots: int) -> None:
@@ -357,9 +349,7 @@ def _execute(run: _SweepRun, ex: cf.Executor, slots: int) -> None:
     store = run.store
     todo_students = [u for u in store.students if u not in store.student_records]
     todo_groups = [g for g in store.recoveries if g not in store.recovery_records]
-    sched = _Schedule(
-        todo_students, set(todo_groups), _pending_per_teacher([*todo_students, *todo_groups])
-    )
+    sched = _Schedule(todo_students, set(todo_groups))
     for g in todo_groups:
         _submit_recovery_if_ready(run, ex, sched, g)
     try:
@@ -430,6 +420,7 @@ def run_sweep(
                 _execute(run, ex, _executor_slots(ex, workers))
                 return run.summary(SweepStatus.COMPLETE, time.perf_counter() - t0)
     with directory_lock(out):
+        run.store.load()  # under the lock: archive files left behind by a killed run catch up
         run.report("")
         return run.summary(SweepStatus.ALREADY_COMPLETE, time.perf_counter() - t0)
 
@@ -458,3 +449,71 @@ def write_tables(out: str | os.PathLike) -> tuple[int, int]:
         store.load()
         store.write_tables()
     return len(store.student_records), len(store.recovery_records)
+
+
+def recluster(
+    out: str | os.PathLike,
+    unit: str,
+    *,
+    gamma: float | None = None,
+    beta_deg: float | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[Recovery, dict[str, Any] | None]:
+    """Cluster, reconstruct and fine-tune the finished students of one recovery unit again, as
+    the sweep did (``ecflow cluster --sweep DIR --unit NAME``): the teacher and its queries are
+    regenerated from the sweep's seeds, the students read from its unit files or its archive.
+
+    Parameters
+    ----------
+    out : path-like
+        The sweep directory.
+    unit : str
+        The unit's name, ``d{d_in}_r{r}_t{teacher}_rho{rho}`` (a row of ``recoveries.csv``).
+    gamma, beta_deg : float, optional
+        Other cluster thresholds than the sweep's.
+
+    Returns
+    -------
+    (Recovery, dict or None)
+        The reconstruction and the sweep's own record of that unit (None when the sweep has not
+        run its recovery yet).
+
+    Raises
+    ------
+    InputError
+        No sweep in ``out``, an unknown unit, or a unit whose students are not all finished.
+    """
+    out = Path(out)
+    config = read_sweep_config(out) if out.is_dir() else None
+    if config is None:
+        raise InputError(f"--sweep {out}: holds no sweep (no sweep.json)")
+    store = Store(out, config)
+    by_name = {g.name: g for g in store.recoveries}
+    if unit not in by_name:
+        raise InputError(
+            f"--unit {unit!r}: not a unit of this sweep (names as d4_r2_t0_rho4, "
+            f"one per row of recoveries.csv)"
+        )
+    g = by_name[unit]
+    store.load()
+    if not store.group_complete(g):
+        done = sum(u in store.student_records for u in store.members(g))
+        raise InputError(
+            f"--unit {unit}: {done} of {config.n_students(g.r)} students finished; "
+            "a recovery clusters all of them"
+        )
+    rconf = _recover_config(config, g)
+    rconf = dataclasses.replace(
+        rconf, gamma=rconf.gamma if gamma is None else gamma,
+        beta_deg=rconf.beta_deg if beta_deg is None else beta_deg,
+    )
+    data = _teacher_data(config, g.teacher_key)
+    if progress is not None:
+        progress("", 0, 1)
+    rec = _recovery_task(
+        data["x"], data["y"], store.archived_students(g), rconf, config.engine,
+        data["x_fresh"], data["y_fresh"], data["teacher"],
+    )
+    if progress is not None:
+        progress(unit, 1, 1)
+    return rec, store.recovery_records.get(g)

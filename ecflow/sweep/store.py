@@ -21,12 +21,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ecflow import networks
 from ecflow.engines import jobs
-from ecflow.engines.base import TrainResult
+from ecflow.engines.base import TrainResult, TrainStatus
 from ecflow.errors import InputError
+from ecflow.networks import MLP
 from ecflow.recover import Recovery
 from ecflow.safety import holds_lock, lock_folder, remove_temporaries
+from ecflow.sweep.archive import ArchivedGroup, read_group, write_group
 from ecflow.sweep.config import (
     STUDENT_SEED,
     SUCCESS_RMSE,
@@ -227,6 +231,7 @@ def _paths(out: Path) -> dict[str, Path]:
         "teachers": out / "teachers",
         "students": out / "students",
         "recoveries": out / "recoveries",
+        "archive": out / "archive",
         "results": out / "results.csv",
         "recoveries_csv": out / "recoveries.csv",
     }
@@ -299,7 +304,7 @@ def check_directory(
 def create_directory(out: Path, config: SweepConfig) -> None:
     paths = _paths(out)
     try:
-        for key in ("teachers", "students", "recoveries"):
+        for key in ("teachers", "students", "recoveries", "archive"):
             paths[key].mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the sweep directory ({exc.strerror})") from None
@@ -329,13 +334,13 @@ def directory_lock(out: Path) -> Iterator[None]:
     removed: no other run can be writing them.
     """
     with lock_folder(out, str(out), busy=f"{out}: another sweep is running in this folder"):
-        for key in ("config", "teachers", "students", "recoveries"):
-            folder = _paths(out)[key]
-            if key != "config" and folder.is_symlink():
+        folders = [_paths(out)[k] for k in ("teachers", "students", "recoveries", "archive")]
+        for folder in folders:
+            if folder.is_symlink():
                 raise InputError(
                     f"{folder}: is a symbolic link; a sweep writes only its own folders"
                 )
-        for folder in (out, *(_paths(out)[k] for k in ("teachers", "students", "recoveries"))):
+        for folder in (out, *folders):
             remove_temporaries(folder)
         yield
 
@@ -379,6 +384,28 @@ def _valid_record(record: Any, unit: Any, kind: str) -> bool:
     return all(record[f.name] == getattr(unit, f.name) for f in dataclasses.fields(unit))
 
 
+def _result_from_record(record: Mapping[str, Any], net: MLP) -> TrainResult:
+    """The training result of an archived student (its history is not archived)."""
+
+    def number(key: str) -> float:
+        v = record.get(key)
+        return float("nan") if v is None else float(v)
+
+    return TrainResult(
+        network=net,
+        loss=number("loss"),
+        rmse=number("rmse"),
+        grad_norm=number("grad_norm"),
+        status=TrainStatus[record["status"]],
+        stopped_by=str(record.get("stopped_by", "")),
+        steps=int(record["steps"]),
+        seconds=float(record["seconds"]),
+        history=np.zeros((0, 2)),
+        engine=str(record.get("engine", "")),
+        notes=tuple(str(n) for n in record.get("notes", ())),
+    )
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 _UNIT_KEYS = ("d_in", "r", "teacher", "rho", "student", "seed")
@@ -399,6 +426,8 @@ class Store:
     damaged : list of str
         Units whose files :meth:`load` found damaged (removed when the lock is held, so that
         they are redone).
+    archive_errors : list of str
+        Archive files :meth:`load` could not read (their units are redone).
     """
 
     def __init__(self, out: Path, config: SweepConfig):
@@ -410,6 +439,8 @@ class Store:
         self.student_records: dict[StudentUnit, dict[str, Any]] = {}
         self.recovery_records: dict[RecoveryUnit, dict[str, Any]] = {}
         self.damaged: list[str] = []
+        self.archive_errors: list[str] = []
+        self._nets: dict[StudentUnit, MLP] = {}
 
     @property
     def n_units(self) -> int:
@@ -436,6 +467,7 @@ class Store:
         self.student_records.clear()
         self.recovery_records.clear()
         self.damaged = []
+        self.archive_errors = []
         for u in self.students:
             p = self.student_path(u, "json")
             if not p.is_file():
@@ -456,6 +488,73 @@ class Store:
                 self.damaged.append(g.name)
         if self.damaged and holds_lock(self.out):
             self.drop_damaged()
+        self.load_archive()
+
+    def archive_path(self, g: RecoveryUnit) -> Path:
+        return self.paths["archive"] / f"{g.name}.h5"
+
+    def load_archive(self) -> None:
+        """Take the archived units that have no unit files (a fresh clone of a repository
+        that keeps only the archive): under :func:`directory_lock` their unit files are
+        written back, so that the run goes on from them; before it they are only counted.
+        Under the lock, an archive file that lacks finished units (a run killed between a
+        unit's record and its archive) is rewritten.
+
+        An archive file that cannot be read is not trusted: its units are redone unless their
+        unit files are there.
+        """
+        restore = holds_lock(self.out)
+        for g in self.recoveries:
+            path = self.archive_path(g)
+            members = self.members(g)
+            group = ArchivedGroup()
+            if path.is_file():
+                try:
+                    group = read_group(path, g)
+                except InputError as exc:
+                    self.archive_errors.append(str(exc))
+            for i, (record, net) in group.students.items():
+                u = StudentUnit(*dataclasses.astuple(g), i)
+                if u in members and u not in self.student_records and _valid_record(
+                    record, u, "student"
+                ):
+                    self._restore_student(u, record, net, restore)
+            if group.recovery is not None and g not in self.recovery_records:
+                record, net = group.recovery
+                if _valid_record(record, g, "recovery"):
+                    self._restore_recovery(g, record, net, restore)
+            behind = any(
+                u in self.student_records and u.student not in group.students for u in members
+            ) or (g in self.recovery_records and group.recovery is None)
+            if restore and behind:
+                self.write_archive(g)
+
+    def members(self, g: RecoveryUnit) -> list[StudentUnit]:
+        """The students of recovery unit ``g``."""
+        return [StudentUnit(*dataclasses.astuple(g), i) for i in range(self.config.n_students(g.r))]
+
+    def _restore_student(self, u: StudentUnit, record: dict, net: MLP, write: bool) -> None:
+        record = {k: v for k, v in record.items() if k != "sha256"}
+        if write:
+            res = _result_from_record(record, net)
+            h5 = self.student_path(u, "h5")
+            jobs.write_result_file(h5, res, attrs={k: record[k] for k in _UNIT_KEYS})
+            record["sha256"] = file_digest(h5)
+            write_json(self.student_path(u, "json"), record)
+        self.student_records[u] = record
+        self._nets[u] = net
+
+    def _restore_recovery(
+        self, g: RecoveryUnit, record: dict, net: MLP | None, write: bool
+    ) -> None:
+        if write:
+            if net is not None:
+                keys = ("d_in", "r", "teacher", "rho", "success", "teacher_size")
+                networks.write_network(
+                    self.recovery_path(g, "h5"), net, attrs={k: record[k] for k in keys}
+                )
+            write_json(self.recovery_path(g, "json"), record)
+        self.recovery_records[g] = record
 
     def _student_file_ok(self, u: StudentUnit, record: Mapping[str, Any]) -> bool:
         h5 = self.student_path(u, "h5")
@@ -509,6 +608,26 @@ class Store:
         record["sha256"] = file_digest(h5)
         write_json(self.student_path(u, "json"), record)
         self.student_records[u] = record
+        self._nets[u] = res.network
+        self.write_archive(u.group)
+
+    def write_archive(self, g: RecoveryUnit) -> None:
+        """Rewrite the archive file of ``g`` from its finished units."""
+        group = ArchivedGroup()
+        for u in self.members(g):
+            if u in self.student_records:
+                net = self._nets.get(u)
+                if net is None:
+                    net = jobs.read_result_file(self.student_path(u, "h5")).network
+                    self._nets[u] = net
+                record = {k: v for k, v in self.student_records[u].items() if k != "sha256"}
+                group.students[u.student] = (record, net)
+        if g in self.recovery_records:
+            h5 = self.recovery_path(g, "h5")
+            net = networks.read_network(h5) if h5.is_file() else None
+            group.recovery = (self.recovery_records[g], net)
+        self.paths["archive"].mkdir(exist_ok=True)
+        write_group(self.archive_path(g), g, group)
 
     def read_students(self, g: RecoveryUnit) -> list[TrainResult]:
         """The finished students of a recovery, read back from their result files.
@@ -520,6 +639,18 @@ class Store:
             jobs.read_result_file(self.student_path(StudentUnit(*dataclasses.astuple(g), s), "h5"))
             for s in range(self.config.n_students(g.r))
         ]
+
+    def archived_students(self, g: RecoveryUnit) -> list[TrainResult]:
+        """The finished students of a recovery from their unit files, or from the archive where
+        those were not written back (a folder read without its lock)."""
+        out = []
+        for u in self.members(g):
+            h5 = self.student_path(u, "h5")
+            if h5.is_file():
+                out.append(jobs.read_result_file(h5))
+            else:
+                out.append(_result_from_record(self.student_records[u], self._nets[u]))
+        return out
 
     def group_complete(self, g: RecoveryUnit) -> bool:
         return all(
@@ -541,6 +672,7 @@ class Store:
             h5.unlink()  # left by an earlier attempt of this unit, killed before its record
         write_json(self.recovery_path(g, "json"), record)
         self.recovery_records[g] = record
+        self.write_archive(g)
 
     def write_tables(self) -> None:
         write_csv(
