@@ -9,6 +9,7 @@ its students has finished.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import concurrent.futures as cf
 import enum
@@ -195,6 +196,35 @@ def _executor_slots(executor: cf.Executor, workers: int | None) -> int:
 # --- the run -------------------------------------------------------------------------------------
 
 
+class _Session:
+    """One call's line of ``sessions.json``: when it ran, on what, under what load, and what
+    it computed (the wall time and load of a run spread over sessions and machines)."""
+
+    def __init__(self, workers: int | None, scheduler: str | None):
+        self.t0 = time.monotonic()
+        self.loads: list[float] = []
+        self.record: dict[str, Any] = {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # None: a Dask cluster, or as many local workers as usable CPUs
+            "workers": workers if scheduler is None else None,
+            "scheduler": scheduler is not None,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+            os.cpu_count(),
+        }
+
+    def update(self, students_run: int, recoveries_run: int) -> None:
+        with contextlib.suppress(OSError):
+            self.loads.append(os.getloadavg()[0])
+        self.record.update(
+            wall_seconds=time.monotonic() - self.t0,
+            students_run=students_run,
+            recoveries_run=recoveries_run,
+            load_1min_mean=sum(self.loads) / len(self.loads) if self.loads else None,
+            load_1min_max=max(self.loads) if self.loads else None,
+            updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+
 class _SweepRun:
     """One :func:`run_sweep` call: the store, the teachers in memory, progress and counts."""
 
@@ -208,6 +238,7 @@ class _SweepRun:
             collections.OrderedDict()
         )
         self.cached_teachers = cached_teachers
+        self.session: _Session | None = None
         self.students_run = 0
         self.recoveries_run = 0
         self.tables_written = time.monotonic()
@@ -264,6 +295,9 @@ class _SweepRun:
     def write_tables(self) -> None:
         self.tables_written = time.monotonic()
         self.store.write_tables()
+        if self.session is not None:
+            self.session.update(self.students_run, self.recoveries_run)
+            self.store.write_session(self.session.record)
 
     def summary(self, status: SweepStatus, seconds: float) -> SweepResult:
         """Write the tables and sum up this call."""
@@ -416,6 +450,7 @@ def run_sweep(
             create_directory(out, config)
             with directory_lock(out):
                 run.store.load()  # under the lock: what another run finished meanwhile
+                run.session = _Session(workers, scheduler)
                 run.report("")
                 _execute(run, ex, _executor_slots(ex, workers))
                 return run.summary(SweepStatus.COMPLETE, time.perf_counter() - t0)

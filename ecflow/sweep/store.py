@@ -674,6 +674,16 @@ class Store:
         self.recovery_records[g] = record
         self.write_archive(g)
 
+    def write_session(self, record: Mapping[str, Any]) -> None:
+        """Add or update this run's line in ``sessions.json`` (matched by its start time)."""
+        path = self.out / "sessions.json"
+        sessions = _read_record(path) if path.is_file() else []
+        if not isinstance(sessions, list):
+            sessions = []
+        sessions = [s for s in sessions
+                    if not (isinstance(s, dict) and s.get("started_at") == record["started_at"])]
+        write_json(path, [*sessions, dict(record)])
+
     def write_tables(self) -> None:
         write_csv(
             self.paths["results"], RESULTS_COLUMNS, results_rows(self.student_records.values())
