@@ -504,6 +504,9 @@ class Store:
         unit files are there.
         """
         restore = holds_lock(self.out)
+        if restore:  # a clone has no unit folders (the repository keeps none)
+            for key in ("students", "recoveries", "archive"):
+                self.paths[key].mkdir(exist_ok=True)
         for g in self.recoveries:
             path = self.archive_path(g)
             members = self.members(g)
