@@ -15,7 +15,8 @@ tables, a resume and a re-clustering need, and nothing that can be recomputed:
         recovery/theta    its network's parameters, when it reconstructed one (attributes
                           sizes and activations)
 
-About 8 bytes per student parameter: the paper grid at every ρ is about 20 MB. The teachers and
+About 8 bytes per student parameter plus some 20 kB of HDF5 structure per file: the paper grid at
+every ρ is about 30 MB. The teachers and
 their queries are regenerated from the seeds in ``sweep.json``. Files are rewritten whole,
 atomically, each time a unit of their group finishes, so that the archive is never more than one
 unit behind the unit files.
