@@ -134,6 +134,21 @@ RESULTS: tuple[Reproduction, ...] = (
     ),
     _sweep("medium", "--profile", "medium"),
     Reproduction(
+        name="sweep-hard-cells",
+        commands=(("benchmarks.hard_cells", "--students", "6", "--max-seconds", "60"),),
+        recorded_seconds=lambda d: sum(
+            sum(row["seconds"]) for rows in d["teachers"].values() for row in rows.values()
+        ),
+    ),
+    Reproduction(
+        name="sweep-paper",
+        commands=(("ecflow", "synthetic-sweep", "--profile", "paper", "--workers", "2", "--out",
+                   str((RUNS_DIR / "paper").relative_to(ROOT))),),
+        # the run spans sessions: the sum of their wall times (sessions.json)
+        recorded_seconds=lambda d: d["wall_seconds"],
+        sweep="paper",
+    ),
+    Reproduction(
         name="engine",
         commands=(
             ("benchmarks.engine", "--parts", "derivatives,scaling,threads"),
