@@ -57,6 +57,7 @@ from ecflow.errors import InputError, InputTypeError
 from ecflow.networks import MLP, check_array
 
 __all__ = [
+    "CLUSTER_COUNTS",
     "ClusterConfig",
     "Cluster",
     "ClusterResult",
@@ -65,6 +66,10 @@ __all__ = [
     "neuron_angles_deg",
     "cluster_neurons",
 ]
+
+
+CLUSTER_COUNTS = ("students", "neurons")
+"""What a cluster's size counts (:attr:`ClusterConfig.counts`)."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,25 @@ class ClusterConfig:
         A cluster is aligned when its median within-cluster angle is at most ``beta_deg``
         degrees, ``0 < beta_deg <= 90``. The paper's MNIST value (π/6): loose, so a few
         spurious clusters pass, and pruning removes them afterwards.
+    counts : {"students", "neurons"}, default="students"
+        What is held against ``gamma * n_students``: the distinct students holding a member,
+        or the members themselves, as the paper's ``|κ| ≥ γN`` (A.3), under which a student
+        that duplicates a teacher neuron counts once per copy. Students by default: a
+        cluster then needs that many students to agree; the paper's count is for reproducing
+        its γ = 0.8 on overparameterised students, most of which hold duplicates.
     """
 
     gamma: float = 0.5
     beta_deg: float = 30.0
+    counts: str = "students"
 
     def __post_init__(self):
         check_in_range(self.gamma, "gamma", 0.0, 1.0)
         check_in_range(self.beta_deg, "beta_deg", 0.0, 90.0, unit=" degrees")
+        if self.counts not in CLUSTER_COUNTS:
+            raise InputError(
+                f"counts must be one of: {', '.join(CLUSTER_COUNTS)}; got {self.counts!r}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +123,8 @@ class Cluster:
         Median and maximum angle between the input weights of two members (0 for a single
         member).
     big : bool
-        Holds neurons of at least ``gamma * n_students`` distinct students.
+        Holds at least ``gamma * n_students`` distinct students (or members, by
+        :attr:`ClusterConfig.counts`).
     aligned : bool
         ``median_angle_deg <= beta_deg``.
     """
@@ -315,7 +332,8 @@ def cluster_neurons(
     angles = neuron_angles_deg(v if revealed else v[:, :-1], symmetry)
     # A float product like 0.6 * 5 = 2.9999999999999996 must still demand 3 students.
     min_students = math.ceil(config.gamma * n_students - 1e-9)
-    tree = _walk_merges(v, sid, angles, symmetry, min_students, config.beta_deg)
+    size = _size_rule(config.counts)
+    tree = _walk_merges(v, sid, angles, symmetry, min_students, config.beta_deg, size)
     best = int(np.argmax(tree.n_good))  # first maximum: the lowest height
     height = float(tree.heights[best])
     cut = [
@@ -324,7 +342,8 @@ def cluster_neurons(
         and (k not in tree.parent or tree.merge_height[tree.parent[k]] > height)
     ]
     nodes = _absorb_siblings(tree, set(cut), sid, angles, config.beta_deg)
-    labels, clusters = _label_clusters(tree, nodes, sid, angles, min_students, config.beta_deg)
+    labels, clusters = _label_clusters(tree, nodes, sid, angles, min_students, config.beta_deg,
+                                       size)
     return ClusterResult(
         labels=labels,
         clusters=clusters,
@@ -385,8 +404,15 @@ class _Tree:
         return out
 
 
+def _size_rule(counts: str):
+    """``size(student_ids_of_members)``: the number held against gamma N."""
+    if counts == "neurons":
+        return len
+    return lambda ids: len(set(ids.tolist()))
+
+
 def _walk_merges(v, sid, angles, symmetry: Symmetry, min_students: int,
-                 beta_deg: float) -> _Tree:
+                 beta_deg: float, size=len) -> _Tree:
     """Average linkage of the neurons, walked in order: the forest after the merges at
     heights <= h is the cut at h, and its good clusters are counted at each height."""
     n = v.shape[0]
@@ -402,7 +428,7 @@ def _walk_merges(v, sid, angles, symmetry: Symmetry, min_students: int,
 
     def is_good(node: int) -> bool:
         m = members[node]
-        return (len(set(sid[m].tolist())) >= min_students
+        return (size(sid[m]) >= min_students
                 and _median_max_angle(angles, m)[0] <= beta_deg)
 
     good = {k: is_good(k) for k in range(n)}
@@ -468,7 +494,7 @@ def _absorb_siblings(tree: _Tree, nodes: set[int], sid, angles, beta_deg: float)
 
 
 def _label_clusters(tree: _Tree, nodes: set[int], sid, angles, min_students: int,
-                    beta_deg: float) -> tuple[np.ndarray, tuple[Cluster, ...]]:
+                    beta_deg: float, size=len) -> tuple[np.ndarray, tuple[Cluster, ...]]:
     """Labels 0, 1, ... in order of first member, so that labels do not depend on scipy."""
     groups = sorted((np.sort(tree.members[k]) for k in nodes), key=lambda m: int(m[0]))
     labels = np.empty(angles.shape[0], dtype=int)
@@ -479,6 +505,6 @@ def _label_clusters(tree: _Tree, nodes: set[int], sid, angles, min_students: int
         studs = tuple(int(s) for s in np.unique(sid[m]))
         clusters.append(Cluster(
             label=lab, members=m, students=studs, median_angle_deg=med, max_angle_deg=mx,
-            big=len(studs) >= min_students, aligned=med <= beta_deg,
+            big=size(sid[m]) >= min_students, aligned=med <= beta_deg,
         ))
     return labels, tuple(clusters)

@@ -142,6 +142,10 @@ class RecoverConfig:
         Minimum fraction of students in a kept cluster, ``0 < gamma <= 1``.
     beta_deg : float, default=30.0
         Maximum median within-cluster angle of a kept cluster, ``0 < beta_deg <= 90``.
+    cluster_counts : {"students", "neurons"}, default="students"
+        What a cluster's size counts against ``gamma N``
+        (:attr:`ecflow.clustering.ClusterConfig.counts`): distinct students, or neurons as
+        the paper does.
     n_queries : int, default=30000
         Teacher queries used for training (the paper's 30k, A.6.1).
     n_fresh : int, default=10000
@@ -242,6 +246,7 @@ class RecoverConfig:
     width_search: WidthSearchConfig = field(default_factory=WidthSearchConfig)
     deep: DeepConfig = field(default_factory=DeepConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    cluster_counts: str = "students"
 
     def __post_init__(self):
         check_int(self.n_students, "n_students", 1)
@@ -294,7 +299,9 @@ class RecoverConfig:
         if not isinstance(self.oracle, OracleConfig):
             raise InputTypeError(f"oracle must be an OracleConfig, got {self.oracle!r}")
         # built once: every stage of a shallow recovery reads it
-        object.__setattr__(self, "_cluster", ClusterConfig(self.gamma, self.beta_deg))
+        object.__setattr__(
+            self, "_cluster", ClusterConfig(self.gamma, self.beta_deg, self.cluster_counts)
+        )
 
     @property
     def student_train(self) -> TrainConfig:
@@ -369,7 +376,8 @@ class RecoverConfig:
             train = dataclasses.replace(train, max_seconds=float(deep.student_seconds))
         gamma = self.gamma if deep.gamma is None else deep.gamma
         return StageConfig(
-            n_students=self.n_students, cluster=ClusterConfig(gamma, self.beta_deg),
+            n_students=self.n_students,
+            cluster=ClusterConfig(gamma, self.beta_deg, self.cluster_counts),
             train=train, early_stop=self.early_stop, stop_after=self.quorum,
             bias_std_max=deep.bias_std_max, source=Source.MEDOID,
         ), None

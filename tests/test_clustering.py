@@ -266,3 +266,19 @@ def test_cluster_neurons_rejects_bad_input():
         cluster_neurons(v, np.array([0, 1, 2]), Symmetry.NONE, n_students=0)
     with pytest.raises(ValueError, match="at least one student"):
         neuron_vectors([])
+
+
+def test_the_papers_cluster_size_counts_duplicates_where_the_default_counts_students():
+    # Teacher neuron A held by students 0 and 1, twice by student 1 (a duplicate); B by all 3.
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.5])
+    vectors = np.array([a, a * 1.0001, a * 0.9999, b, b * 1.0001, b * 0.9999])
+    student = np.array([0, 1, 1, 0, 1, 2])
+    kept = {}
+    for counts in ("students", "neurons"):
+        config = ClusterConfig(gamma=0.9, beta_deg=7.5, counts=counts)
+        result = cluster_neurons(vectors, student, Symmetry.NONE, n_students=3, config=config)
+        kept[counts] = sorted(c.size for c in result.clusters if c.kept)
+    # 3 students x 0.9 = 2.7: A has 2 students but 3 neurons
+    assert kept == {"students": [3], "neurons": [3, 3]}
+    with pytest.raises(ValueError, match="counts must be one of"):
+        ClusterConfig(counts="votes")

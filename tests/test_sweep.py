@@ -104,6 +104,9 @@ def test_profiles_follow_the_issue_and_the_paper():
     # Appendix A.6.4: N = 20 students for r = 2, 4 and 10 for r = 8, γ = 0.8, β = π/24.
     assert [paper.n_students(r) for r in paper.r] == [20, 20, 10]
     assert paper.gamma == 0.8 and paper.beta_deg == pytest.approx(np.degrees(np.pi / 24))
+    # |κ| >= γN counts neurons in the paper (A.3); students stop at near-zero loss (Fig. 4B)
+    assert paper.cluster_counts == "neurons" and quick.cluster_counts == "students"
+    assert paper.train.target_loss == sweep.NEAR_ZERO_LOSS
     assert len(sweep.student_units(paper)) == 10 * 5 * 4 * (20 + 20 + 10)
 
 

@@ -172,6 +172,7 @@ def _recover_config(config: SweepConfig, unit: RecoveryUnit) -> RecoverConfig:
         n_students=config.n_students(unit.r),
         gamma=config.gamma,
         beta_deg=config.beta_deg,
+        cluster_counts=config.cluster_counts,
         n_queries=config.n_queries,
         n_fresh=config.n_fresh,
         rho=unit.rho,
