@@ -15,6 +15,7 @@ from ecflow.engines.native.quasi_newton import minimize_phase
 from ecflow.engines.native.variable_projection import (
     OutputProjection,
     ProjectedObjective,
+    last_hidden,
     solve_output,
 )
 from ecflow.networks import glorot_normal, parameter_mask
@@ -149,3 +150,20 @@ def test_varpro_phase_falls_back_to_plain_lbfgs_with_a_frozen_output_bias():
     plain = _phase(problem, theta0, "l-bfgs", steps=30)
     np.testing.assert_array_equal(varpro.best_theta, plain.best_theta)
     np.testing.assert_array_equal(problem.full(varpro.best_theta)[-2:], net.flatten()[-2:])
+
+
+@pytest.mark.parametrize("act", ["g", "tanh", "sigmoid", "softplus", "relu"])
+def test_hidden_activations_by_kernel_and_numpy_match_a_naive_forward(monkeypatch, act):
+    kernels = pytest.importorskip("ecflow.engines.native.kernels")
+    rng = np.random.default_rng(6)
+    net = glorot_normal((5, 7, 2), [act, "identity"], 6)
+    x = rng.normal(size=(3 * kernels._BLOCK_ROWS + 17, 5))  # several blocks, a ragged last one
+    arch, theta = Architecture.of(net), net.flatten()
+    expected = NAIVE[act](x @ net.layers[0].weight.T + net.layers[0].bias)
+    fused = kernels.hidden_values(arch, theta, x)
+    assert fused is not None
+    np.testing.assert_allclose(fused, expected, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(last_hidden(arch, theta, x), fused)
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    np.testing.assert_allclose(last_hidden(arch, theta, x), expected, rtol=1e-13, atol=1e-15)
+    assert kernels.hidden_values(arch, theta, x) is None
