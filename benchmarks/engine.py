@@ -23,13 +23,18 @@ are kept from the previous file):
     Seconds per LM step of one ρ 4 g student (d_in 16 r 8: 577 parameters; d_in 32 r 8:
     1089) with one and with two BLAS threads: what a student gains from a core that the
     finished students of an expansion left idle (:class:`ecflow.parallel.ThreadShare`).
+``varpro``
+    L-BFGS against variable-projection L-BFGS (the output layer solved by least squares at
+    each evaluation) from the same starts: digits r 16 ρ 4 students from Glorot init, the
+    digits teacher perturbed by 1e-3 (a fine-tune), and a 577-parameter synthetic student
+    beside dense LM (:func:`_varpro`).
 ``scaling``
     Seconds per LM iteration (chunked Jacobian QR + SVD + one trial) and peak memory of that
     iteration (tracemalloc, NumPy allocations) at ≈ 100, 600 and 2300 parameters, N 30k.
 
 Usage::
 
-    python -m benchmarks.engine [--parts derivatives,convergence,scaling,large_student,threads]
+    python -m benchmarks.engine [--parts derivatives,convergence,scaling,large_student,threads,varpro]
                                 [--students 5] [--budget 60] [--workers 2] [--out FILE]
 
 With the defaults (what ``make bench`` runs) the three parts take about 30 minutes on two
@@ -525,6 +530,130 @@ def _scaling(*, cases=((4, 16), (8, 64), (32, 64)), iterations: int = 2) -> dict
     return {"iteration": "chunked QR of [J | r] + SVD + one trial forward pass", "cases": rows}
 
 
+# --- variable projection -------------------------------------------------------------------------
+
+VARPRO_MARKS = (30.0, 60.0, 120.0)
+"""Elapsed seconds at which the best RMSE of each run is read off its history."""
+VARPRO_TARGETS = (1e-3, 1e-4, 1e-6, 1e-10)
+"""RMSEs whose first time is read off each history."""
+
+
+def _rmse_at(history: np.ndarray, t: float) -> float:
+    """Best RMSE recorded at or before ``t`` seconds (the history holds best losses)."""
+    rows = history[history[:, 0] <= t]
+    return float(np.sqrt(rows[-1, 1] if rows.size else history[0, 1]))
+
+
+def _first_order_run(problem, theta0, method: str, budget: float) -> dict[str, Any]:
+    """One phase of :func:`minimize_phase` (``l-bfgs`` or ``l-bfgs-varpro``) from ``theta0``."""
+    from ecflow.engines.native.problem import Tracker
+    from ecflow.engines.native.quasi_newton import minimize_phase
+
+    loss0 = problem.sum_sq(theta0) / problem.n_residuals
+    tracker = Tracker(theta0, loss0, loss_tol=1e-31, grad_tol=0.0)
+    out = minimize_phase(
+        problem, theta0, tracker, method=method,
+        deadline=tracker.start + budget, max_steps=10**9,
+    )
+    history = tracker.finish()
+    return {"method": method, "rule": out.rule, "evaluations": out.steps, "history": history}
+
+
+def _engine_run(x, y, init, budget: float, label: str, **config) -> dict[str, Any]:
+    """``NativeEngine.train`` with the stall rule off and ``config``."""
+    from ecflow.engines import TrainConfig, get_engine
+
+    res = get_engine("native").train(
+        x, y, init, TrainConfig(max_seconds=budget, stall_factor=0.0, **config)
+    )
+    return {"method": label, "rule": res.stopped_by, "evaluations": res.steps,
+            "history": res.history}
+
+
+def _varpro_case(name: str, x, y, init, budget: float, *, lm: bool = False) -> dict[str, Any]:
+    """Every method from the same start ``init`` on the same pairs, one after the other."""
+    from ecflow.engines.native.derivatives import Architecture
+    from ecflow.engines.native.problem import Problem
+
+    problem = Problem(Architecture.of(init), x, y)
+    theta0 = init.flatten()
+    for method in ("l-bfgs", "l-bfgs-varpro"):  # compile (or load) the kernels outside the clock
+        _first_order_run(problem, theta0, method, 0.5)
+    runs = [_first_order_run(problem, theta0, m, budget) for m in ("l-bfgs", "l-bfgs-varpro")]
+    runs.append(_engine_run(x, y, init, budget, "engine first-order path (l-bfgs warm-up, "
+                            "then l-bfgs-varpro)", first_order_above=0.0))
+    if lm:
+        runs.append(_engine_run(x, y, init, budget, "dense lm (engine default schedule)"))
+    marks = [t for t in VARPRO_MARKS if t < budget] + [budget]
+    rows = []
+    for run in runs:
+        history = run.pop("history")
+        row = {**run, "rmse_final": float(np.sqrt(history[-1, 1])),
+               "rmse_at_seconds": {f"{t:g}": _rmse_at(history, t) for t in marks},
+               "seconds_to_rmse": {f"{e:g}": _first_time_below(history, e * e)
+                                   for e in VARPRO_TARGETS},
+               "load_average_after": list(os.getloadavg())}
+        print(f"varpro {name}: {row['method']}: rmse {row['rmse_final']:.3e} "
+              f"({row['evaluations']} evaluations, {row['rule']})", flush=True)
+        rows.append(row)
+    plain = rows[0]["rmse_final"]
+    return {
+        "case": name,
+        "n_params": init.n_params,
+        "n_residuals": int(y.size),
+        "budget_seconds": budget,
+        "runs": rows,
+        # above 1: the method ends at a lower RMSE than plain L-BFGS in the same time
+        "rmse_ratio_plain_over_method": {
+            row["method"]: plain / row["rmse_final"] if row["rmse_final"] > 0 else None
+            for row in rows[1:]
+        },
+    }
+
+
+def _varpro(*, seeds: tuple[int, ...] = (0, 1), budget: float = 120.0,
+            finetune_budget: float = 60.0, small_budget: float = 60.0) -> dict[str, Any]:
+    """L-BFGS, variable-projection L-BFGS (:mod:`ecflow.engines.native.variable_projection`)
+    and the engine's first-order path (the two in turn) from the same starts, on (a) ρ 4 students (64 g neurons, 4 810 parameters) of the digits
+    r 16 g teacher (``ecflow teacher train --dataset digits --hidden 16 --activation g
+    --seed 0``) on all 1 797 digits images, from Glorot init; (b) that teacher with every
+    parameter perturbed by 1e-3 relative (a fine-tune); (c) a synthetic d_in 16 r 8 ρ 4 student
+    (577 parameters, N 30k), where the engine's default dense LM runs too. One BLAS thread, one
+    run at a time."""
+    from threadpoolctl import threadpool_limits
+
+    from ecflow import datasets
+    from ecflow.networks import glorot_normal
+    from ecflow.teachers import TeacherConfig, sample_inputs, synthetic_teacher, train_classifier
+
+    load_start = list(os.getloadavg())
+    cases = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        teacher = train_classifier("digits", 16, "g", 0).network
+        x = datasets.load("digits").x
+        y = teacher.forward(x)
+        for seed in seeds:
+            init = glorot_normal((64, 64, 10), ["g", "identity"], seed)
+            cases.append(_varpro_case(f"digits g r16 rho4 seed {seed}", x, y, init, budget))
+        rng = np.random.default_rng(0)
+        theta = teacher.flatten()
+        perturbed = teacher.unflatten(theta * (1.0 + 1e-3 * rng.standard_normal(theta.size)))
+        cases.append(_varpro_case("digits g r16 teacher perturbed 1e-3", x, y, perturbed,
+                                  finetune_budget))
+        small = synthetic_teacher(TeacherConfig(16, (8,), "g"), 0)
+        xs = sample_inputs(N_SAMPLES, 16, 10_000)
+        init = glorot_normal((16, 32, 1), ["g", "identity"], 2000)
+        cases.append(_varpro_case("synthetic d_in 16 r 8 rho 4", xs, small.forward(xs), init,
+                                  small_budget, lm=True))
+    return {
+        "setup": "one BLAS thread; the methods of a case run one after the other from the same "
+                 "start in the same process; RMSE = sqrt(MSE) on the training pairs",
+        "load_average_at_start": load_start,
+        "load_average_at_end": list(os.getloadavg()),
+        "cases": cases,
+    }
+
+
 # --- driver --------------------------------------------------------------------------------------
 
 PARTS = {
@@ -533,6 +662,7 @@ PARTS = {
     "scaling": _scaling,
     "large_student": _large_student,
     "threads": _threads,
+    "varpro": _varpro,
 }
 
 

@@ -129,7 +129,9 @@ class TrainConfig:
         Steps without relative improvement of the best loss before a phase counts as stalled.
     memory_budget_mb : float, default=2048.0
         Above this estimated size of the dense Jacobian QR/Hessian the engine uses L-BFGS on the
-        exact gradient and says so in ``TrainResult.notes``.
+        exact gradient (the native engine: after a warm-up, on the hidden parameters with the
+        output layer solved by least squares, variable projection) and says so in
+        ``TrainResult.notes``.
     target_loss : float or None, default=None
         MSE at which a student is good enough for its purpose and stops with
         ``REACHED_TARGET`` (recoveries cluster students that are far from zero loss: teacher
@@ -154,8 +156,8 @@ class TrainConfig:
         does. 0: always the QR.
     first_order_above : float or None, default=None
         Above this product of trained parameters and residuals (``n_samples · d_out``) the
-        native engine trains with L-BFGS on the exact gradient, as it does over
-        ``memory_budget_mb``: one dense LM step costs ~P²·n_residuals flops, so at 3 610
+        native engine trains with L-BFGS on the exact gradient (and variable projection of
+        the output layer after a warm-up), as it does over ``memory_budget_mb``: one dense LM step costs ~P²·n_residuals flops, so at 3 610
         parameters and 17 970 residuals (a ρ = 4 student of a digits teacher with r = 12) a
         step takes tens of seconds on one core, where L-BFGS reached RMSE 1e-3 in 42 s. None:
         only ``memory_budget_mb`` decides (students that must reach zero loss need LM);

@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 if TYPE_CHECKING:
     from ecflow.engines.native.derivatives import Architecture
 
-__all__ = ["ENABLED", "KERNEL_ACTIVATIONS", "loss_grad", "sum_sq_residuals"]
+__all__ = ["ENABLED", "KERNEL_ACTIVATIONS", "hidden_values", "loss_grad", "sum_sq_residuals"]
 
 ENABLED: bool = os.environ.get("ECFLOW_NUMBA", "1").strip() not in ("0", "false", "no", "off")
 """Whether :func:`loss_grad` and :func:`sum_sq_residuals` use the compiled kernels."""
@@ -343,6 +343,20 @@ def _sum_sq_shallow(kind, theta, x, y, n_hidden, block):
     return sse
 
 
+@_jit
+def _hidden_shallow(kind, theta, x, n_hidden, block, out):
+    """``out = σ(x Wᵀ + b)`` (n_samples, n_hidden), the forward half before the output layer."""
+    n, d_in = x.shape
+    n_w = n_hidden * d_in
+    W = theta[:n_w].reshape((n_hidden, d_in))
+    b = theta[n_w : n_w + n_hidden]
+    Z = np.empty((block, n_hidden))
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        np.dot(x[start : start + m], W.T, Z[:m])
+        _value(kind, Z[:m], b, out[start : start + m])
+
+
 # --- dispatch ------------------------------------------------------------------------------------
 
 
@@ -392,3 +406,18 @@ def sum_sq_residuals(
         kind, np.ascontiguousarray(theta, dtype=np.float64), np.ascontiguousarray(x),
         np.ascontiguousarray(y), arch.sizes[1], _BLOCK_ROWS,
     )
+
+
+def hidden_values(arch: Architecture, theta: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+    """The hidden activations ``σ(x Wᵀ + b)`` ((n_samples, n_hidden), float64) by the compiled
+    kernel, or None when ``arch`` has none (shapes as :func:`loss_grad`; the output layer's
+    entries of ``theta`` are not read)."""
+    kind = _kind(arch)
+    if kind is None:
+        return None
+    out = np.empty((x.shape[0], arch.sizes[1]))
+    _hidden_shallow(
+        kind, np.ascontiguousarray(theta, dtype=np.float64), np.ascontiguousarray(x),
+        arch.sizes[1], _BLOCK_ROWS, out,
+    )
+    return out

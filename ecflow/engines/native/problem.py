@@ -349,6 +349,16 @@ class Objective:
         self.max_calls = max_calls
         self.calls = 0
 
+    def start(self, theta: np.ndarray) -> np.ndarray:
+        """The optimiser's starting vector for the problem's point ``theta``."""
+        return theta.copy()
+
+    def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray | None, float, np.ndarray]:
+        """``(point, L, ∇L)``: the problem's point that the optimiser's ``theta`` stands for
+        (what the tracker records), its loss, and the gradient the optimiser sees."""
+        value, grad = self.problem.loss_grad(theta)
+        return theta, value, grad
+
     def check_time(self) -> None:
         if time.perf_counter() >= self.deadline:
             raise StopPhase("max_seconds")
@@ -360,11 +370,11 @@ class Objective:
         if self.calls >= self.max_calls:
             raise StopPhase("max_steps")
         self.calls += 1
-        value, grad = self.problem.loss_grad(theta)
+        point, value, grad = self.evaluate(theta)
         if not np.isfinite(value):
             # Outside the region where the network is finite: scipy's line searches back off.
             return np.inf, np.zeros_like(theta)
-        self.tracker.observe(theta, value)
+        self.tracker.observe(point, value)
         if value <= self.tracker.loss_tol:
             raise StopPhase("loss_tol")
         return value, grad
