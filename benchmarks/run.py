@@ -156,6 +156,7 @@ RESULTS: tuple[Reproduction, ...] = (
              "60", "--workers", "1"),
             ("benchmarks.engine", "--parts", "large_student", "--students", "20", "--budget",
              "90", "--workers", "1"),
+            ("benchmarks.engine", "--parts", "varpro"),
         ),
         recorded_seconds=lambda d: sum(
             d[p]["run_seconds"]
