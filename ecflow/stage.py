@@ -103,9 +103,10 @@ class StageConfig:
         cluster those alone, a cluster needing ``max(2, ceil(gamma n))`` of the ``n`` (module
         docstring, step 3). Measured on a g teacher (d_in 4, r 4, seed 100, 3 998 queries):
         3 of 10 students reached MSE 1e-14, the only ones to hold one teacher neuron (within
-        cosine distance 1e-14); the 7 stalled ones (MSE 2e-6 to 2e-11) held it as several
-        neurons 10 to 25 degrees off, which formed the big cluster instead, and the recovery
-        ended INEXACT (7 neurons, RMSE 3.6e-4); clustering the 3 gave the 4 neurons exactly.
+        cosine distance 2e-14); the 7 stalled ones (MSE 6e-14 to 2e-6) held it as neurons at
+        cosine distances 1.5e-4 to 6.4e-2 (about 1 to 21 degrees), which formed the big
+        clusters instead, and the recovery ended INEXACT (7 neurons, RMSE 3.6e-4);
+        clustering the 3 gave the 4 neurons exactly.
         Set for one hidden layer only: deep students stopped at MSE 1e-8 still pin most
         neurons (:class:`ecflow.config.DeepConfig`).
     """
