@@ -1,6 +1,6 @@
 """Black boxes as they really answer: probabilities, rounded or noisy outputs, a query budget.
 
-Three groups of cases, each written to ``benchmarks/results/oracle.json`` the moment it ends
+Four groups of cases, each written to ``benchmarks/results/oracle.json`` the moment it ends
 (atomically, so a killed run keeps every finished case):
 
 1. **probabilities** — scikit-learn ``MLPClassifier`` s (tanh, one hidden layer; 3 classes
@@ -9,16 +9,25 @@ Three groups of cases, each written to ``benchmarks/results/oracle.json`` the mo
    given), and a synthetic tanh teacher answering ``softmax`` through a Python callable. Each
    row: the recovered size, the RMSE of the centred logits on fresh inputs, and the largest
    cosine distance of the teacher's hidden neurons to the recovered ones.
-2. **floor** — the same teacher answering rounded to 8, 6, 4, 2 decimals, or with Gaussian
-   noise of 1e-8 to 1e-3 times ``std(y)``: the recovered size, the floor the report judged
-   against, the RMSE, and the cosine distance to the teacher.
-3. **queries** — the recovery under ``max_queries`` Q (training and fresh queries and the
-   probe together), counted at the callable: the fewest Q at which it is still exact.
+2. **floor** — synthetic teachers answering rounded to 8, 6, 4, 2 decimals (the floor read
+   from the values), or with Gaussian noise of 1e-8 to 1e-3 times ``std(y)`` (stated with
+   ``noise_std``): the recovered size, the floor the report judged against, the RMSE, and the
+   cosine distance to the teacher; a row whose sizes are not the teacher's says so in its
+   ``note``.
+3. **budget_seeds** (group ``seeds``) — the first teacher of ``--teachers`` for seeds 100 to
+   109 under ``max_queries`` 5000, students of width 4 r and the width search (activation
+   given): how many are exact.
+4. **queries** — the recovery under ``max_queries`` Q (training and fresh queries and the
+   probe together), counted at the callable, up a ladder of budgets: the fewest Q at which it
+   is exact, and exact at every larger Q tried (``queries_fewest``), next to the default
+   30 000 + 10 000 and Carlini et al.'s count. ``--exact-streak K`` stops a teacher's ladder
+   after K exact budgets in a row.
 
 Usage::
 
-    python -m benchmarks.oracle [--groups probabilities,floor,queries] [--teachers tanh:4:4]
-                                [--queries 500,1000,2000,5000] [--n-queries 8000]
+    python -m benchmarks.oracle [--groups probabilities,floor,queries] [--teachers g:4:4]
+                                [--queries 1000,2000,5000,10000,20000,40000]
+                                [--exact-streak K] [--n-queries 8000]
                                 [--out FILE] [--note TEXT] [--plot-only]
 
 A teacher is ``activation:d_in:r`` or ``activation:d_in:r:seed`` (default seed 100). Every row records the load average of the
@@ -79,8 +88,17 @@ def _row(rec, seconds: float, **extra) -> dict[str, Any]:
     keys = ("status", "hidden_sizes", "activation", "rmse_train", "rmse_fresh", "rmse_floor",
             "rmse_tol", "output_floor", "output_decimals", "outputs", "queries_used",
             "saturated_rows_dropped", "precision_reason")
-    return {**extra, **{k: rep.get(k) for k in keys}, "seconds": seconds,
-            "load_average": list(os.getloadavg())}
+    row = {**extra, **{k: rep.get(k) for k in keys}, "seconds": seconds,
+           "load_average": list(os.getloadavg())}
+    width = extra.get("width_true")
+    if width is not None:
+        row["sizes_exact"] = list(rec.hidden_sizes) == [width]
+        if not row["sizes_exact"] or rep.get("status") != "RECOVERED":
+            row["note"] = (f"not exact: sizes {list(rec.hidden_sizes)} (the teacher's "
+                           f"[{width}]), {rep.get('status')}, fresh RMSE "
+                           f"{_num(rep.get('rmse_fresh')) or float('nan'):.2g} against "
+                           f"{_num(rep.get('rmse_tol')) or float('nan'):.2g}")
+    return row
 
 
 def _save(out: Path, group: str, key: str, row: dict, note: str | None) -> None:
@@ -180,11 +198,49 @@ def run_floor(out: Path, specs, n_queries: int, note) -> None:
                 n_queries=n_queries, max_cosine_distance=cos), note)
 
 
-def run_queries(out: Path, specs, budgets, note) -> None:
+def fewest_queries(rows: list[dict]) -> int | None:
+    """The fewest budget at which the recovery was exact, and exact at every larger budget
+    tried; None when the largest one tried was not exact (the recovery is not monotone in the
+    budget: its students start from other queries at each)."""
+    fewest = None
+    for row in sorted(rows, key=lambda r: r["max_queries"], reverse=True):
+        if not row["exact"]:
+            break
+        fewest = row["max_queries"]
+    return fewest
+
+
+def _summarise_queries(out: Path, spec: str, net, note) -> None:
+    data = read_json(out)
+    rows = [r for r in data.get("queries", {}).values() if r.get("teacher") == spec]
+    n_params = sum(l.weight.size + l.bias.size for l in net.layers)
+    fewest = fewest_queries(rows)
+    data.setdefault("queries_fewest", {})[spec] = {
+        "teacher": spec, "parameters": int(n_params),
+        "budgets_tried": sorted(r["max_queries"] for r in rows),
+        "exact_at": sorted(r["max_queries"] for r in rows if r["exact"]),
+        "fewest_exact": fewest,
+        "fewest_exact_once": min((r["max_queries"] for r in rows if r["exact"]), default=None),
+        "default_queries": {"training": 30000, "fresh": 10000, "probe": 3},
+        "fresh_queries_here": "2000 (fewer when the budget is cut: a fifth of it)",
+        "carlini_queries": CARLINI["queries"],
+        "carlini_parameters": CARLINI["parameters"],
+        "load_average": list(os.getloadavg()),
+    }
+    if note is not None:
+        data["notes"] = note
+    write_json(data, out)
+    print(f"queries {spec}: fewest exact budget {fewest}", flush=True)
+
+
+def run_queries(out: Path, specs, budgets, note, exact_streak: int | None = None) -> None:
     for spec in specs:
         net = _teacher(spec)
         r = net.hidden_sizes[0]
-        for q in budgets:
+        streak = 0
+        for q in sorted(budgets):
+            if exact_streak is not None and streak >= exact_streak:
+                break
             calls = {"rows": 0}
 
             def counted(x, calls=calls):
@@ -193,10 +249,41 @@ def run_queries(out: Path, specs, budgets, note) -> None:
 
             rec, sec, cos = _recover_teacher(net, counted, hidden=4 * r, n_queries=30000,
                                              oracle=OracleConfig(max_queries=q))
+            exact = bool(rec.recovered and rec.hidden_sizes == (r,))
+            streak = streak + 1 if exact else 0
             _save(out, "queries", f"{spec}-q{q}", _row(
                 rec, sec, teacher=spec, width_true=r, max_queries=q,
                 rows_counted_at_callable=calls["rows"], max_cosine_distance=cos,
-                exact=bool(rec.recovered and rec.hidden_sizes == (r,))), note)
+                exact=exact), note)
+        _summarise_queries(out, spec, net, note)
+
+
+def run_seeds(out: Path, spec: str, seeds, max_queries: int, note) -> None:
+    """The ``spec`` teacher of each seed under ``max_queries``, counted at the callable:
+    students of width 4 r (``rho4``) and the width search with the activation given
+    (``auto``)."""
+    for seed in seeds:
+        net = _teacher(f"{spec}:{seed}")
+        r, layer = net.hidden_sizes[0], net.layers[0]
+        for mode, hidden in (("rho4", 4 * r), ("auto", "auto")):
+            calls = {"rows": 0}
+
+            def counted(x, calls=calls):
+                calls["rows"] += len(x)
+                return net.forward(x)
+
+            t = time.monotonic()
+            rec = recover(query=counted, d_in=net.d_in, config=RecoverConfig(
+                hidden=hidden, activation=layer.activation.name,
+                oracle=OracleConfig(max_queries=max_queries)))
+            _save(out, "budget_seeds", f"{spec}:{seed}-{mode}-q{max_queries}", _row(
+                rec, time.monotonic() - t, teacher=f"{spec}:{seed}", seed=seed, mode=mode,
+                width_true=r, max_queries=max_queries, student_width=rec.student_width,
+                student_losses=[float(v) for v in rec.student_losses],
+                rows_counted_at_callable=calls["rows"],
+                max_cosine_distance=_cosine(rec, layer.weight, layer.bias),
+                exact=bool(rec.recovered and rec.hidden_sizes == (r,)),
+                notes=list(rec.notes)), note)
 
 
 def plot(out: Path) -> Path:
@@ -211,16 +298,20 @@ def plot(out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, label in ((axes[0], "decimals", "decimals K of the answers"),
                            (axes[1], "noise_over_std", "noise std / std(y)")):
-        for spec in sorted({r["teacher"] for r in rows}):
+        # one colour per teacher; the floor is drawn once (it differs between the teachers
+        # only by their std(y), within a few percent)
+        for i, spec in enumerate(sorted({r["teacher"] for r in rows})):
             sel = sorted((r for r in rows if r["teacher"] == spec and key in r),
                          key=lambda r: r[key])
             if not sel:
                 continue
-            xs = [r[key] for r in sel]
-            ax.plot(xs, [r["rmse_fresh"] for r in sel], "o-", label=f"{spec} RMSE")
-            ax.plot(xs, [r["output_floor"] for r in sel], "k--", label=f"{spec} floor")
+            xs, colour = [r[key] for r in sel], f"C{i}"
+            ax.plot(xs, [r["rmse_fresh"] for r in sel], "o-", color=colour,
+                    label=f"{spec} RMSE")
             ax.plot(xs, [max(r["max_cosine_distance"] or 1e-40, 1e-40) for r in sel], "s:",
-                    label=f"{spec} cosine dist.")
+                    color=colour, label=f"{spec} cosine dist.")
+        floors = dict(sorted((r[key], r["output_floor"]) for r in rows if key in r))
+        ax.plot(list(floors), list(floors.values()), "k--", label="floor")
         ax.set_yscale("log")
         if key == "noise_over_std":
             ax.set_xscale("log")
@@ -237,8 +328,10 @@ def plot(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", default="probabilities,floor,queries")
-    parser.add_argument("--teachers", default="tanh:4:4")
-    parser.add_argument("--queries", default="500,1000,2000,5000")
+    parser.add_argument("--teachers", default="g:4:4")
+    parser.add_argument("--queries", default="1000,2000,5000,10000,20000,40000")
+    parser.add_argument("--exact-streak", type=int, default=None,
+                        help="Stop a teacher's ladder after this many exact budgets in a row.")
     parser.add_argument("--n-queries", type=int, default=8000)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--note", default=None)
@@ -251,8 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         run_probabilities(args.out, args.n_queries, args.note)
     if "floor" in groups:
         run_floor(args.out, specs, args.n_queries, args.note)
+    if "seeds" in groups:
+        run_seeds(args.out, args.teachers.split(",")[0], range(100, 110), 5000, args.note)
     if "queries" in groups:
-        run_queries(args.out, specs, [int(q) for q in args.queries.split(",")], args.note)
+        run_queries(args.out, specs, [int(q) for q in args.queries.split(",")], args.note,
+                    args.exact_streak)
     if "floor" in groups or args.plot_only:
         print(f"wrote {plot(args.out)}")
 

@@ -116,8 +116,21 @@ RESULTS: tuple[Reproduction, ...] = (
     ),
     Reproduction(
         name="oracle",
-        commands=(("benchmarks.oracle", "--groups", "probabilities,floor,queries",
-                   "--teachers", "tanh:4:4", "--queries", "500,1000,2000,5000"),),
+        commands=(
+            ("benchmarks.oracle", "--groups", "probabilities,floor,queries",
+             "--teachers", "tanh:4:4", "--queries", "500,1000,2000,5000"),
+            ("benchmarks.oracle", "--groups", "floor", "--teachers", "g:4:4,g:8:8"),
+            ("benchmarks.oracle", "--groups", "queries", "--teachers", "g:4:4",
+             "--queries", "1000,2000,5000,10000,20000,40003"),
+            ("benchmarks.oracle", "--groups", "queries", "--teachers", "g:8:8",
+             "--queries", "1000,2000,5000,10000,20000,40003", "--exact-streak", "2"),
+            ("benchmarks.oracle", "--groups", "queries", "--teachers", "g:8:8",
+             "--queries", "500"),
+            ("benchmarks.oracle", "--groups", "queries", "--teachers", "g:16:8",
+             "--queries", "2000,5000,10000,20000,40003", "--exact-streak", "1"),
+            ("benchmarks.oracle", "--groups", "queries", "--teachers", "g:16:8",
+             "--queries", "1000,5000"),
+        ),
         recorded_seconds=lambda d: sum(
             row["seconds"] for group in ("probabilities", "floor", "queries")
             for row in d.get(group, {}).values()

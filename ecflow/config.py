@@ -366,7 +366,7 @@ class RecoverConfig:
                                               queries.n_samples)
             return StageConfig(
                 n_students=self.n_students, cluster=self.cluster_config, train=train,
-                early_stop=self.early_stop,
+                early_stop=self.early_stop, zero_loss_quorum=True,
             ), note
         deep, train = self.deep, self.student_train
         if deep.student_loss is not None and self.train.target_loss is None:

@@ -355,7 +355,7 @@ def _recovery(stages: Sequence[Stage], finished: Finished | None, *, widths, act
         notes = [*notes, *finished.notes]
         hint = oracle.residual_note(fields["student_losses"], finished.rmse_fresh
                                     if finished.rmse_fresh is not None else finished.rmse_train,
-                                    dict(precision or {}))
+                                    {"rmse_tol": config.rmse_tol, **(precision or {})})
         notes += [hint] if hint else []
     elif stages:
         fields.update(status=RecoverStatus.NO_CLUSTERS,

@@ -1,6 +1,8 @@
 """One stage for any layer: clustering and collapse of trained students, the source rule, the
 work folder of a stage and its bad input; and the context values the stages share."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_recover import as_result
@@ -10,9 +12,10 @@ from ecflow import metrics, teachers
 from ecflow.budget import Budget
 from ecflow.clustering import ClusterConfig
 from ecflow.context import Queries, Run
+from ecflow.engines.base import TrainStatus
 from ecflow.errors import InputError
 from ecflow.networks import MLP, Layer
-from ecflow.stage import Source, StageConfig, cluster_stage, run_stage
+from ecflow.stage import Source, StageConfig, cluster_stage, run_stage, zero_loss_students
 
 
 def _exact(act="tanh", seed=11):
@@ -182,3 +185,67 @@ def test_relu_students_read_the_layer_below_as_reconstructed(monkeypatch):
                       config=StageConfig(n_students=2))
     assert seen == [3] and stage.fixed[0].n_out == 3
     assert not any("orientation" in n for n in stage.notes)
+
+
+def _rotated(v, deg, rng):
+    """``v`` turned by ``deg`` degrees towards a random orthogonal direction, same norm."""
+    u = rng.normal(size=v.shape)
+    u -= (u @ v) / (v @ v) * v
+    u *= np.linalg.norm(v) / np.linalg.norm(u)
+    t = np.deg2rad(deg)
+    return np.cos(t) * v + np.sin(t) * u
+
+
+def _stalled_majority(n_good=3, n_stalled=7, seed=5):
+    """``n_good`` exact students of a g teacher (d_in 3, r 3) at zero loss, and ``n_stalled``
+    stalled ones that hold its neurons 0 and 1 exactly but neuron 2 as a stand-in 40 degrees
+    off (more than beta), the same in each up to 1e-4 degrees of jitter: the stand-ins
+    outnumber the teacher's neuron."""
+    rng = np.random.default_rng(seed)
+    teacher = make_teacher("g", d_in=3, r=3, seed=seed)
+    V = np.hstack([teacher.layers[0].weight, teacher.layers[0].bias[:, None]])
+    a = teacher.layers[1].weight
+    stand_in = _rotated(V[2], 40.0, rng)
+    students = []
+    for s in range(n_good + n_stalled):
+        rows = V.copy()
+        if s >= n_good:
+            rows[2] = _rotated(stand_in, 1e-4, rng)
+        net = MLP.from_arrays([rows[:, :-1], a], [rows[:, -1], teacher.layers[1].bias],
+                              ["g", "identity"])
+        result = as_result(net, 1e-30 if s < n_good else 1e-9)
+        if s >= n_good:
+            result = dataclasses.replace(result, status=TrainStatus.STALLED)
+        students.append(result)
+    x = teachers.sample_inputs(200, 3, 0)
+    return teacher, V, students, Queries(x, teacher.forward(x), teacher=teacher)
+
+
+def _holds(layer, v):
+    rows = np.hstack([layer.weight, layer.bias[:, None]])
+    return float(metrics.cosine_distances(rows, v[None, :], layer.activation.symmetry).min())
+
+
+def test_stalled_students_outnumbering_the_zero_loss_ones_are_not_clustered():
+    teacher, V, students, queries = _stalled_majority()
+    plain = cluster_stage(queries, Run(), students, config=StageConfig(n_students=10))
+    # the stand-ins reach the quorum of 5, the teacher's neuron (3 students) does not
+    assert _holds(plain.layer_out, V[2]) > 0.1
+    config = StageConfig(n_students=10, zero_loss_quorum=True)
+    assert list(zero_loss_students(students, config)) == [0, 1, 2]
+    stage = cluster_stage(queries, Run(), students, config=config)
+    assert stage.layer_out.n_out == 3
+    assert max(_holds(stage.layer_out, v) for v in V) < 1e-20
+    assert any("3 of 10 students reached the student loss" in n for n in stage.notes)
+    # certificates name the students by their place among all of them
+    assert all(set(c.students) <= {0, 1, 2} for c in stage.neurons)
+
+
+@pytest.mark.parametrize("n_good, expected", [(1, None), (5, None), (7, None), (2, [0, 1])])
+def test_zero_loss_students_only_between_two_and_the_quorum(n_good, expected):
+    students = _stalled_majority(n_good=n_good, n_stalled=10 - n_good)[2]
+    got = zero_loss_students(students, StageConfig(n_students=10, zero_loss_quorum=True))
+    assert (got if got is None else list(got)) == expected
+    assert zero_loss_students(students, StageConfig(n_students=10)) is None
+    with pytest.raises(TypeError, match="zero_loss_quorum"):
+        StageConfig(zero_loss_quorum=1)
