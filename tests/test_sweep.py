@@ -110,6 +110,13 @@ def test_profiles_follow_the_issue_and_the_paper():
     assert len(sweep.student_units(paper)) == 10 * 5 * 4 * (20 + 20 + 10)
 
 
+def test_a_subset_of_the_paper_profiles_rho_keeps_its_order():
+    assert sweep.profile_config("paper", rho=(4,)).rho_order == (4,)
+    assert sweep.profile_config("paper", rho=(2, 1)).rho_order == (1, 2)
+    assert sweep.profile_config("paper", rho=(16, 4)).rho_order == (4, 16)
+    assert sweep.profile_config("medium", rho=(4,)).rho_order is None
+
+
 def test_overrides_replace_profile_fields_and_budgets():
     cfg = sweep.profile_config(
         "medium", d_in=(4, 2), rho=(4,), students=3, max_seconds=7.0, max_steps=11, teachers=None

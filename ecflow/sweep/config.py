@@ -300,6 +300,11 @@ def override_config(base: SweepConfig, **overrides: Any) -> SweepConfig:
     unknown = set(overrides) - known
     if unknown:
         raise InputError(f"unknown sweep settings: {', '.join(sorted(unknown))}")
+    if "rho" in overrides and "rho_order" not in overrides and base.rho_order is not None:
+        # a subset of the profile's ρ values keeps the profile's order; new ones come last
+        rho = set(_int_axis(overrides["rho"], "rho"))
+        kept = [v for v in base.rho_order if v in rho]
+        overrides["rho_order"] = (*kept, *sorted(rho - set(kept)))
     train = overrides.pop("train", base.train)
     finetune = overrides.pop("finetune", base.finetune)
     if max_seconds is not None:
