@@ -157,7 +157,7 @@ RESULTS: tuple[Reproduction, ...] = (
         name="sweep-paper",
         commands=(("ecflow", "synthetic-sweep", "--profile", "paper", "--workers", "2", "--out",
                    str((RUNS_DIR / "paper").relative_to(ROOT))),),
-        # the run spans sessions: the sum of their wall times (sessions.json)
+        # the run spans many calls: the sum of their wall times (runs.json)
         recorded_seconds=lambda d: d["wall_seconds"],
         sweep="paper",
     ),

@@ -11,7 +11,7 @@ Usage::
     python -m benchmarks.sweep throughput [--d-in 2,4 --r 2,4 --rho 1,2,4 --students 4 ...]
     python -m benchmarks.sweep summarize RUN_DIR --name medium
 
-The medium sweep itself is run with the CLI, resumable across sessions::
+The medium sweep itself is run with the CLI, resumable across calls and machines::
 
     ecflow synthetic-sweep --profile medium --out runs/medium --workers 2 --resume
 """
@@ -193,8 +193,8 @@ def _steps(results) -> dict[str, Any]:
     }
 
 
-def _sessions(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "sessions.json"
+def _calls(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "runs.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -247,7 +247,7 @@ def summarize_sweep(
                         cell["paper"] = PAPER_RHO4_CELLS.get((d, r), PAPER_CELL_UNREAD)
                     per_cell[f"d_in={d},r={r},rho={rho}"] = cell
     seconds = [row["seconds"] for row in results]
-    sessions = _sessions(run_dir)
+    calls = _calls(run_dir)
     record = {
         "benchmark": f"sweep-{name}",
         "partial": len(results) < n_students or len(recoveries) < n_recoveries,
@@ -267,8 +267,8 @@ def summarize_sweep(
         "student_seconds": sum(seconds),
         "recovery_seconds": sum(row["seconds"] for row in recoveries),
         "steps_per_student": _steps(results),
-        "sessions": sessions,
-        "wall_seconds": sum(s.get("wall_seconds") or 0.0 for s in sessions) or None,
+        "calls": calls,
+        "wall_seconds": sum(c.get("wall_seconds") or 0.0 for c in calls) or None,
         "config": config.to_dict(),
         "run": run or {},
         "machine": {**_machine(), "shared_with_other_jobs": True},

@@ -198,8 +198,8 @@ def _executor_slots(executor: cf.Executor, workers: int | None) -> int:
 
 
 class _Session:
-    """One call's line of ``sessions.json``: when it ran, on what, under what load, and what
-    it computed (the wall time and load of a run spread over sessions and machines)."""
+    """One call's line of ``runs.json``: when it ran, on what, under what load, and what it
+    computed (the wall time and load of a sweep run in several calls, on several machines)."""
 
     def __init__(self, workers: int | None, scheduler: str | None):
         self.t0 = time.monotonic()

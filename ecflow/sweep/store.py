@@ -678,14 +678,14 @@ class Store:
         self.write_archive(g)
 
     def write_session(self, record: Mapping[str, Any]) -> None:
-        """Add or update this run's line in ``sessions.json`` (matched by its start time)."""
-        path = self.out / "sessions.json"
-        sessions = _read_record(path) if path.is_file() else []
-        if not isinstance(sessions, list):
-            sessions = []
-        sessions = [s for s in sessions
-                    if not (isinstance(s, dict) and s.get("started_at") == record["started_at"])]
-        write_json(path, [*sessions, dict(record)])
+        """Add or update this call's line in ``runs.json`` (matched by its start time)."""
+        path = self.out / "runs.json"
+        calls = _read_record(path) if path.is_file() else []
+        if not isinstance(calls, list):
+            calls = []
+        calls = [c for c in calls
+                 if not (isinstance(c, dict) and c.get("started_at") == record["started_at"])]
+        write_json(path, [*calls, dict(record)])
 
     def write_tables(self) -> None:
         write_csv(
