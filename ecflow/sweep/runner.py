@@ -547,7 +547,7 @@ def recluster(
     if progress is not None:
         progress("", 0, 1)
     rec = _recovery_task(
-        data["x"], data["y"], store.archived_students(g), rconf, config.engine,
+        data["x"], data["y"], store.read_students(g), rconf, config.engine,
         data["x_fresh"], data["y_fresh"], data["teacher"],
     )
     if progress is not None:

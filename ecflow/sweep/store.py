@@ -633,19 +633,12 @@ class Store:
         write_group(self.archive_path(g), g, group)
 
     def read_students(self, g: RecoveryUnit) -> list[TrainResult]:
-        """The finished students of a recovery, read back from their result files.
+        """The finished students of a recovery, read back from their result files, or from the
+        archive where those were not written back (a folder read without its lock).
 
         A recovery always reads its students from disk, so that a resumed one sees exactly
         what an uninterrupted one does.
         """
-        return [
-            jobs.read_result_file(self.student_path(StudentUnit(*dataclasses.astuple(g), s), "h5"))
-            for s in range(self.config.n_students(g.r))
-        ]
-
-    def archived_students(self, g: RecoveryUnit) -> list[TrainResult]:
-        """The finished students of a recovery from their unit files, or from the archive where
-        those were not written back (a folder read without its lock)."""
         out = []
         for u in self.members(g):
             h5 = self.student_path(u, "h5")
@@ -656,10 +649,7 @@ class Store:
         return out
 
     def group_complete(self, g: RecoveryUnit) -> bool:
-        return all(
-            StudentUnit(g.d_in, g.r, g.teacher, g.rho, s) in self.student_records
-            for s in range(self.config.n_students(g.r))
-        )
+        return all(u in self.student_records for u in self.members(g))
 
     def write_recovery(self, g: RecoveryUnit, rec: Recovery) -> None:
         """The recovered network (when there is one), then the record."""
